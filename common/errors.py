@@ -1,0 +1,21 @@
+"""The one exception type that means "the user gave bad input"."""
+
+
+class UserError(Exception):
+    """Bad input: the message says what was wrong and what is expected.
+
+    `cli.py` turns it into a one-line message and exit code 2; the server turns it
+    into gRPC INVALID_ARGUMENT (or NOT_FOUND when `not_found` is set).
+    """
+
+    def __init__(self, message: str, *, not_found: bool = False):
+        super().__init__(message)
+        self.not_found = not_found
+
+
+def choose(kind: str, value, choices):
+    """Return `value` if it is one of `choices`, else raise a UserError listing them."""
+    choices = list(choices)
+    if value not in choices:
+        raise UserError(f"unknown {kind} {value!r}; expected one of: {', '.join(map(str, choices))}")
+    return value

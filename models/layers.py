@@ -1,0 +1,223 @@
+"""Parameter specs, variable creation and the functional residual pieces shared by every model.
+
+Every residual function is written as a pure function of a parameter dict so that the same
+code runs on ordinary per-block variables and on one slice of a stage's stacked variables
+(see `models/reversible.py`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Dict, List, Mapping, Tuple
+
+import tensorflow as tf
+
+TRAINABLE_KINDS = ("conv", "dense", "bias", "gamma", "beta")
+DECAY_KINDS = ("conv", "dense")
+MOVING_KINDS = ("moving_mean", "moving_var")
+
+# Batch statistics recorded by a training-mode call: {bn_name: (batch_mean, batch_var)}.
+BatchStats = Dict[str, Tuple[tf.Tensor, tf.Tensor]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One parameter of a residual function: its name, shape and kind (which sets init and decay)."""
+
+    name: str
+    shape: Tuple[int, ...]
+    kind: str
+
+    @property
+    def trainable(self) -> bool:
+        return self.kind in TRAINABLE_KINDS
+
+
+class SeedSequence:
+    """Deterministic per-variable seeds, so that `build_model(name, seed=s)` always gives the same weights."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+        self.counter = 0
+
+    def next(self) -> tf.Tensor:
+        self.counter += 1
+        return tf.constant([self.seed, self.counter], dtype=tf.int64)
+
+
+def initial_value(param: Param, dtype: tf.DType, seeds: SeedSequence, num_stacked: int | None = None):
+    """Initial value following the original code: He-normal convs, uniform-scaling dense, BN at identity."""
+    shape = tuple(param.shape) if num_stacked is None else (num_stacked,) + tuple(param.shape)
+    if param.kind == "conv":
+        kernel_h, kernel_w, _, out_channels = param.shape
+        stddev = math.sqrt(2.0 / (kernel_h * kernel_w * out_channels))
+        return tf.random.stateless_truncated_normal(shape, seeds.next(), stddev=stddev, dtype=dtype)
+    if param.kind == "dense":
+        limit = math.sqrt(3.0 / param.shape[0])
+        return tf.random.stateless_uniform(shape, seeds.next(), -limit, limit, dtype=dtype)
+    if param.kind in ("gamma", "moving_var"):
+        return tf.ones(shape, dtype)
+    return tf.zeros(shape, dtype)
+
+
+def create_variables(params: List[Param], prefix: str, dtype: tf.DType, seeds: SeedSequence,
+                     num_stacked: int | None = None) -> Dict[str, tf.Variable]:
+    """Create one variable per Param (shape `[num_stacked, ...]` when stacked).
+
+    Moving statistics are replica-synchronised on read with MEAN aggregation: each replica
+    updates its own copy in the forward pass, and reading them outside a replica (eval,
+    checkpoint, export) averages. A plain variable would silently keep replica 0's values.
+    """
+    variables = {}
+    for param in params:
+        value = initial_value(param, dtype, seeds, num_stacked)
+        name = f"{prefix}/{param.name}".replace("/", "_")
+        if param.kind in MOVING_KINDS:
+            variables[param.name] = tf.Variable(
+                value, trainable=False, name=name,
+                synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.MEAN)
+        else:
+            variables[param.name] = tf.Variable(value, trainable=True, name=name)
+    return variables
+
+
+def bn_params(name: str, channels: int) -> List[Param]:
+    return [Param(f"{name}/gamma", (channels,), "gamma"), Param(f"{name}/beta", (channels,), "beta"),
+            Param(f"{name}/moving_mean", (channels,), "moving_mean"),
+            Param(f"{name}/moving_var", (channels,), "moving_var")]
+
+
+def conv_param(name: str, size: int, in_channels: int, out_channels: int) -> Param:
+    return Param(f"{name}/kernel", (size, size, in_channels, out_channels), "conv")
+
+
+def conv2d(x, kernel, stride: int):
+    return tf.nn.conv2d(x, tf.cast(kernel, x.dtype), strides=stride, padding="SAME")
+
+
+def batch_norm(p: Mapping[str, tf.Tensor], name: str, x, training: bool, epsilon: float, stats: BatchStats):
+    """Batch norm in float32 whatever the compute dtype; training mode records the batch moments in `stats`."""
+    x32 = tf.cast(x, p[f"{name}/gamma"].dtype)
+    if training:
+        mean, variance = tf.nn.moments(x32, axes=[0, 1, 2])
+        stats[name] = (mean, variance)
+    else:
+        mean, variance = p[f"{name}/moving_mean"], p[f"{name}/moving_var"]
+    y = tf.nn.batch_normalization(x32, mean, variance, p[f"{name}/beta"], p[f"{name}/gamma"], epsilon)
+    return tf.cast(y, x.dtype)
+
+
+class ResidualFn:
+    """A residual function F(x) (pre-activation, as the original code's v2 units).
+
+    `params()` lists its parameters; `__call__(p, x, training, stats)` applies it with a dict
+    of parameter tensors and records batch-norm moments in `stats` when training.
+    """
+
+    epsilon = 1e-3
+
+    def params(self) -> List[Param]:
+        raise NotImplementedError
+
+    def __call__(self, p, x, training: bool, stats: BatchStats):
+        raise NotImplementedError
+
+    def _bn_relu(self, p, name, x, training, stats):
+        return tf.nn.relu(batch_norm(p, name, x, training, self.epsilon, stats))
+
+
+class BasicFn(ResidualFn):
+    """[BN-ReLU] conv3x3(stride) -> BN-ReLU -> conv3x3."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, preactivate: bool = True):
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.stride, self.preactivate = stride, preactivate
+
+    def params(self):
+        params = bn_params("bn1", self.in_channels) if self.preactivate else []
+        params.append(conv_param("conv1", 3, self.in_channels, self.out_channels))
+        params += bn_params("bn2", self.out_channels)
+        params.append(conv_param("conv2", 3, self.out_channels, self.out_channels))
+        return params
+
+    def __call__(self, p, x, training, stats):
+        if self.preactivate:
+            x = self._bn_relu(p, "bn1", x, training, stats)
+        x = conv2d(x, p["conv1/kernel"], self.stride)
+        x = self._bn_relu(p, "bn2", x, training, stats)
+        return conv2d(x, p["conv2/kernel"], 1)
+
+
+class BottleneckFn(ResidualFn):
+    """[BN-ReLU] conv1x1(stride) -> BN-ReLU -> conv3x3 -> BN-ReLU -> conv1x1, inner width out/4."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, preactivate: bool = True):
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.stride, self.preactivate = stride, preactivate
+        self.inner_channels = out_channels // 4
+
+    def params(self):
+        params = bn_params("bn1", self.in_channels) if self.preactivate else []
+        params.append(conv_param("conv1", 1, self.in_channels, self.inner_channels))
+        params += bn_params("bn2", self.inner_channels)
+        params.append(conv_param("conv2", 3, self.inner_channels, self.inner_channels))
+        params += bn_params("bn3", self.inner_channels)
+        params.append(conv_param("conv3", 1, self.inner_channels, self.out_channels))
+        return params
+
+    def __call__(self, p, x, training, stats):
+        if self.preactivate:
+            x = self._bn_relu(p, "bn1", x, training, stats)
+        x = conv2d(x, p["conv1/kernel"], self.stride)
+        x = self._bn_relu(p, "bn2", x, training, stats)
+        x = conv2d(x, p["conv2/kernel"], 1)
+        x = self._bn_relu(p, "bn3", x, training, stats)
+        return conv2d(x, p["conv3/kernel"], 1)
+
+
+def residual_fn(block: str, in_channels: int, out_channels: int, stride: int = 1,
+                preactivate: bool = True) -> ResidualFn:
+    cls = BasicFn if block == "basic" else BottleneckFn
+    return cls(in_channels, out_channels, stride, preactivate)
+
+
+class Shortcut:
+    """The identity path of a unit when shapes change, as in the original code.
+
+    Basic units: average-pool by the stride and zero-pad the new channels (no parameters).
+    Bottleneck units: a 1x1 projection conv with the stride (no BN).
+    """
+
+    def __init__(self, block: str, in_channels: int, out_channels: int, stride: int, name: str = "shortcut"):
+        self.block, self.name = block, name
+        self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
+        self.projects = block == "bottleneck" and (stride > 1 or in_channels != out_channels)
+
+    def params(self):
+        return [conv_param(self.name, 1, self.in_channels, self.out_channels)] if self.projects else []
+
+    def __call__(self, p, x):
+        if self.projects:
+            return conv2d(x, p[f"{self.name}/kernel"], self.stride)
+        if self.stride > 1:
+            x = tf.nn.avg_pool2d(x, self.stride, self.stride, "VALID")
+        if self.out_channels > self.in_channels:
+            pad = (self.out_channels - self.in_channels) // 2
+            x = tf.pad(x, [[0, 0], [0, 0], [0, 0], [pad, self.out_channels - self.in_channels - pad]])
+        return x
+
+
+def prefixed(prefix: str, params: List[Param]) -> List[Param]:
+    return [dataclasses.replace(param, name=f"{prefix}/{param.name}") for param in params]
+
+
+def sub_params(p: Mapping[str, tf.Tensor], prefix: str) -> Dict[str, tf.Tensor]:
+    """The entries of `p` under `prefix/`, with the prefix removed."""
+    start = len(prefix) + 1
+    return {name[start:]: value for name, value in p.items() if name.startswith(prefix + "/")}
+
+
+def sub_stats(stats: BatchStats, prefix: str, inner: BatchStats) -> None:
+    for name, value in inner.items():
+        stats[f"{prefix}/{name}"] = value

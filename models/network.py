@@ -1,0 +1,130 @@
+"""What every network shares: a module holding one residual piece's variables, the stem, the head,
+and the `Network` base class (input normalisation, variable lists, the call)."""
+from __future__ import annotations
+
+from typing import Dict, List
+
+import tensorflow as tf
+
+from models.layers import (DECAY_KINDS, BatchStats, Param, ResidualFn, SeedSequence, batch_norm, bn_params,
+                           conv2d, conv_param, create_variables)
+
+# Per-channel pixel statistics (0..1 scale) per dataset family; the model normalises its own input so
+# that training, evaluation and every exported signature take raw 0..255 RGB.
+PIXEL_STATS = {
+    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+def update_moving_stats(variables: Dict[str, tf.Variable], stats: BatchStats, momentum: float) -> None:
+    """moving = momentum * moving + (1 - momentum) * batch, once per real forward pass."""
+    for bn_name, (mean, variance) in stats.items():
+        for suffix, value in (("moving_mean", mean), ("moving_var", variance)):
+            variable = variables[f"{bn_name}/{suffix}"]
+            variable.assign_sub((1.0 - momentum) * (variable - tf.cast(value, variable.dtype)))
+
+
+class Layer(tf.Module):
+    """The variables of one residual piece (stem, unit, head) and its call."""
+
+    def __init__(self, fn: ResidualFn, name: str, dtype: tf.DType, seeds: SeedSequence, bn_momentum: float):
+        super().__init__(name=name.replace("/", "_"))
+        self.fn = fn
+        self.bn_momentum = bn_momentum
+        self.param_specs: List[Param] = fn.params()
+        with self.name_scope:
+            self.params = create_variables(self.param_specs, name, dtype, seeds)
+
+    def __call__(self, x, training: bool):
+        p = {spec.name: self.params[spec.name] for spec in self.param_specs if spec.trainable or not training}
+        p = {name: tf.convert_to_tensor(value) for name, value in p.items()}
+        stats: BatchStats = {}
+        y = self.fn(p, x, training, stats)
+        if training:
+            update_moving_stats(self.params, stats, self.bn_momentum)
+        return y
+
+
+class StemFn(ResidualFn):
+    """conv(k, stride) -> BN -> ReLU [-> max-pool 3x3/2]: 3x3/1 for CIFAR, 7x7/2 + pool for ImageNet."""
+
+    def __init__(self, channels: int, kernel_size: int, stride: int, max_pool: bool):
+        self.channels, self.kernel_size, self.stride, self.max_pool = channels, kernel_size, stride, max_pool
+
+    def params(self):
+        return [conv_param("conv", self.kernel_size, 3, self.channels)] + bn_params("bn", self.channels)
+
+    def __call__(self, p, x, training, stats):
+        x = conv2d(x, p["conv/kernel"], self.stride)
+        x = tf.nn.relu(batch_norm(p, "bn", x, training, self.epsilon, stats))
+        if self.max_pool:
+            x = tf.nn.max_pool2d(x, 3, 2, "SAME")
+        return x
+
+
+class HeadFn(ResidualFn):
+    """Final BN -> ReLU -> global average pool -> dense logits (float32)."""
+
+    def __init__(self, channels: int, num_classes: int):
+        self.channels, self.num_classes = channels, num_classes
+
+    def params(self):
+        return bn_params("bn", self.channels) + [
+            Param("dense/kernel", (self.channels, self.num_classes), "dense"),
+            Param("dense/bias", (self.num_classes,), "bias")]
+
+    def __call__(self, p, x, training, stats):
+        x = tf.nn.relu(batch_norm(p, "bn", x, training, self.epsilon, stats))
+        x = tf.cast(tf.reduce_mean(x, axis=[1, 2]), p["dense/kernel"].dtype)
+        return tf.matmul(x, p["dense/kernel"]) + p["dense/bias"]
+
+
+class Network(tf.Module):
+    """Base of ResNet and RevNet: `model(images, training)` maps raw 0..255 RGB to float32 logits."""
+
+    def __init__(self, config, name: str):
+        super().__init__(name=name.replace("-", "_"))
+        self.config = config
+        self.param_dtype = tf.as_dtype(config.param_dtype)
+        self.compute_dtype = tf.as_dtype(config.compute_dtype or config.param_dtype)
+        self.seeds = SeedSequence(config.seed)
+        mean, std = PIXEL_STATS[config.family]
+        self.pixel_mean = tf.constant([255.0 * m for m in mean], self.param_dtype)
+        self.pixel_std = tf.constant([255.0 * s for s in std], self.param_dtype)
+        stem_stride, stem_kernel, stem_pool = (2, 7, True) if config.stem == "imagenet" else (1, 3, False)
+        self.stem = self._layer(StemFn(config.stem_channels, stem_kernel, stem_stride, stem_pool), "stem")
+
+    def _layer(self, fn: ResidualFn, name: str) -> Layer:
+        return Layer(fn, name, self.param_dtype, self.seeds, self.config.bn_momentum)
+
+    def _build_head(self, channels: int) -> None:
+        self.head = self._layer(HeadFn(channels, self.config.num_classes), "head")
+
+    def body(self, x, training: bool):
+        raise NotImplementedError
+
+    def __call__(self, images, training: bool = False):
+        x = (tf.cast(images, self.param_dtype) - self.pixel_mean) / self.pixel_std
+        x = tf.cast(x, self.compute_dtype)
+        x = self.stem(x, training)
+        x = self.body(x, training)
+        return tf.cast(self.head(x, training), tf.float32)
+
+    @property
+    def decay_variables(self) -> List[tf.Variable]:
+        """Variables that get L2 weight decay in training: conv and dense kernels, as in the original."""
+        return [variable for variable, kind in self._variables_with_kinds() if kind in DECAY_KINDS]
+
+    def _variables_with_kinds(self):
+        for module in self._flatten_modules():
+            for name, variable in getattr(module, "params", {}).items():
+                spec = next(s for s in module.param_specs if s.name == name)
+                yield variable, spec.kind
+
+    def _flatten_modules(self):
+        return [module for module in self.submodules if hasattr(module, "param_specs")]
+
+    def count_params(self) -> int:
+        """Trainable parameter count (BN scale and offset included, moving statistics not)."""
+        return int(sum(v.shape.num_elements() for v in self.trainable_variables))

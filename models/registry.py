@@ -1,0 +1,116 @@
+"""The one model registry: name -> frozen config. `build_model` and `list_models` are the only ways in.
+
+Architectures follow the original code's `resnet/configs/{cifar,imagenet}_configs.py`
+(renmengye/revnet-public): pre-activation units, stage widths per stage (bottleneck units output
+4x the width), CIFAR stem 3x3/1, ImageNet stem 7x7/2 + max-pool 3x3/2.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, List, Optional, Tuple
+
+from common.errors import UserError, choose
+
+MODES = ("reversible", "autodiff")
+DTYPES = ("float32", "float64")
+COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    architecture: str                 # "resnet" | "revnet"
+    family: str                       # "cifar" | "imagenet": input size, stem, pixel statistics, recipe
+    block: str                        # "basic" | "bottleneck"
+    units_per_stage: Tuple[int, ...]
+    channels_per_stage: Tuple[int, ...]
+    stem_channels: int
+    strides: Tuple[int, ...]
+    num_classes: int
+    input_size: int
+    mode: str = "reversible"          # RevNet only: "reversible" (custom backward) or "autodiff"
+    param_dtype: str = "float32"
+    compute_dtype: Optional[str] = None  # bfloat16 / float16 for mixed precision; None = param_dtype
+    bn_momentum: float = 0.99
+    seed: int = 0
+
+    @property
+    def stem(self) -> str:
+        return self.family
+
+    @property
+    def stage_output_channels(self) -> Tuple[int, ...]:
+        factor = 4 if self.block == "bottleneck" else 1
+        return tuple(factor * c for c in self.channels_per_stage)
+
+    @property
+    def num_blocks(self) -> int:
+        return sum(self.units_per_stage)
+
+    def to_json(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
+def _cifar(name, architecture, block, units, channels, stem):
+    return ModelConfig(name, architecture, "cifar", block, units, channels, stem, (1, 2, 2), 10, 32)
+
+
+def _imagenet(name, architecture, units, channels, stem):
+    return ModelConfig(name, architecture, "imagenet", "bottleneck", units, channels, stem, (1, 2, 2, 2), 1000, 224)
+
+
+_CONFIGS: Dict[str, ModelConfig] = {c.name: c for c in [
+    _cifar("resnet-32", "resnet", "basic", (5, 5, 5), (16, 32, 64), 16),
+    _cifar("resnet-110", "resnet", "basic", (18, 18, 18), (16, 32, 64), 16),
+    _cifar("resnet-164", "resnet", "bottleneck", (18, 18, 18), (16, 32, 64), 16),
+    _cifar("revnet-38", "revnet", "basic", (3, 3, 3), (32, 64, 112), 32),
+    _cifar("revnet-110", "revnet", "basic", (9, 9, 9), (32, 64, 128), 32),
+    _cifar("revnet-164", "revnet", "bottleneck", (9, 9, 9), (32, 64, 128), 32),
+    _imagenet("resnet-50", "resnet", (3, 4, 6, 3), (64, 128, 256, 512), 64),
+    _imagenet("resnet-101", "resnet", (3, 4, 23, 3), (64, 128, 256, 512), 64),
+    _imagenet("revnet-56", "revnet", (2, 2, 3, 2), (128, 256, 512, 832), 128),
+    _imagenet("revnet-104", "revnet", (2, 2, 11, 2), (128, 256, 512, 832), 128),
+]}
+
+# The original code calls the 2-2-3-2 ImageNet RevNet "revnet-54".
+ALIASES = {"revnet-54": "revnet-56"}
+
+# Table 1 of the paper (millions of parameters); revnet-56 has no published figure.
+PAPER_PARAMS_MILLIONS = {"resnet-32": 0.46, "resnet-110": 1.73, "resnet-164": 1.70, "revnet-38": 0.46,
+                         "revnet-110": 1.73, "revnet-164": 1.75, "resnet-50": 25.6, "resnet-101": 44.5,
+                         "revnet-104": 45.2}
+
+
+def list_models() -> List[str]:
+    return list(_CONFIGS)
+
+
+def get_config(name: str, **overrides) -> ModelConfig:
+    """The registered config for `name` (or an alias) with `overrides` applied and checked."""
+    name = ALIASES.get(name, name)
+    config = _CONFIGS.get(name)
+    if config is None:
+        raise UserError(f"unknown model {name!r}; expected one of: {', '.join(list_models() + list(ALIASES))}")
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise UserError(f"unknown model option(s) {', '.join(unknown)}; expected some of: {', '.join(sorted(fields))}")
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    choose("mode", config.mode, MODES)
+    choose("parameter dtype", config.param_dtype, DTYPES)
+    choose("compute dtype", config.compute_dtype, COMPUTE_DTYPES)
+    if not isinstance(config.num_classes, int) or config.num_classes < 2:
+        raise UserError(f"num_classes must be an integer >= 2, got {config.num_classes!r}")
+    return config
+
+
+def build_model(name_or_config, **overrides):
+    """Build the network for a registered name (or a ModelConfig): `model(images, training) -> logits`."""
+    config = name_or_config if isinstance(name_or_config, ModelConfig) else get_config(name_or_config, **overrides)
+    if isinstance(name_or_config, ModelConfig) and overrides:
+        config = dataclasses.replace(config, **overrides)
+    if config.architecture == "revnet":
+        from models.revnet import RevNet
+        return RevNet(config)
+    from models.resnet import ResNet
+    return ResNet(config)

@@ -1,0 +1,80 @@
+"""The experiment folder: the contract between the trainer, the evaluator and the exporter.
+
+    WORKDIR/ID/config.json      {"model": ModelConfig as JSON, "data": {"dir", "dataset", "num_classes",
+                                 "label_names", "train_examples", "validation_examples"}, "train": {...}}
+    WORKDIR/ID/checkpoints/     tf.train.CheckpointManager files (ckpt-N), checkpoint = Checkpoint(model=, optimizer=, step=, ...)
+    WORKDIR/ID/best/            a copy of the best evaluated checkpoint (ckpt-N files + best.json)
+    WORKDIR/ID/eval.jsonl       one line per evaluated checkpoint
+    WORKDIR/ID/train.log        the trainer's log
+    WORKDIR/ID/tensorboard/     summaries (train/, eval/)
+"""
+from __future__ import annotations
+
+import os
+from typing import Dict, Tuple
+
+import tensorflow as tf
+
+from common.errors import UserError
+from common.fileio import atomic_write_json, read_json
+from models.registry import ModelConfig, build_model
+
+DEFAULT_WORKDIR = "./experiments"
+CONFIG_FILE = "config.json"
+
+
+def experiment_dir(workdir: str, exp_id: str) -> str:
+    return os.path.join(workdir or DEFAULT_WORKDIR, exp_id)
+
+
+def checkpoints_dir(exp_dir: str) -> str:
+    return os.path.join(exp_dir, "checkpoints")
+
+
+def best_dir(exp_dir: str) -> str:
+    return os.path.join(exp_dir, "best")
+
+
+def save_config(exp_dir: str, config: Dict) -> None:
+    atomic_write_json(os.path.join(exp_dir, CONFIG_FILE), config)
+
+
+def load_config(workdir: str, exp_id: str) -> Tuple[str, Dict]:
+    """(experiment folder, resolved config) or a UserError when the experiment does not exist."""
+    exp_dir = experiment_dir(workdir, exp_id)
+    path = os.path.join(exp_dir, CONFIG_FILE)
+    if not os.path.exists(path):
+        raise UserError(f"no experiment {exp_id!r} under {workdir or DEFAULT_WORKDIR!r} (missing {path})")
+    return exp_dir, read_json(path)
+
+
+def model_config_from(config: Dict, **overrides) -> ModelConfig:
+    fields = dict(config["model"])
+    for key in ("units_per_stage", "channels_per_stage", "strides"):
+        fields[key] = tuple(fields[key])
+    fields.update(overrides)
+    return ModelConfig(**fields)
+
+
+def resolve_checkpoint(exp_dir: str, which: str = "latest") -> str:
+    """A checkpoint prefix for "latest", "best" or an explicit path."""
+    if which == "latest":
+        path = tf.train.latest_checkpoint(checkpoints_dir(exp_dir))
+    elif which == "best":
+        path = tf.train.latest_checkpoint(best_dir(exp_dir))
+        if path is None:
+            raise UserError(f"experiment {exp_dir!r} has no best checkpoint yet; run `cli.py eval` or use --checkpoint latest")
+    else:
+        path = which if tf.io.gfile.exists(which + ".index") else None
+    if path is None:
+        raise UserError(f"no checkpoint {which!r} found for experiment {exp_dir!r}")
+    return path
+
+
+def restore_model(workdir: str, exp_id: str, checkpoint: str = "latest", **overrides):
+    """(model with restored weights, config, checkpoint path) for inference or export."""
+    exp_dir, config = load_config(workdir, exp_id)
+    model = build_model(model_config_from(config, **overrides))
+    path = resolve_checkpoint(exp_dir, checkpoint)
+    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    return model, config, path
