@@ -1,0 +1,234 @@
+"""Peak memory and step time of a full training step, reversible against autodiff.
+
+Each (model, mode) runs in a fresh subprocess (`python -m benchmarks.memory --worker SPEC`), so one
+measurement's allocations never inflate another's peak. The worker traces a `tf.function` training
+step (forward, backward, momentum-SGD update), runs one warm-up step, resets the allocator's peak
+and then times `steps` steps. `peak_bytes` is TensorFlow's allocator peak for the device (which needs
+TF_CPU_ALLOCATOR_USE_BFC=true on CPU, set here for the worker); `peak_rss_bytes` is the process's peak
+resident set (it includes TensorFlow's ~600 MB baseline).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional
+
+from common.errors import UserError, choose
+
+log = logging.getLogger(__name__)
+
+MODES = ("reversible", "autodiff")
+FIELDS = ("model", "mode", "batch_size", "peak_bytes", "peak_rss_bytes", "step_seconds", "grad_rel_err",
+          "grad_rel_err_float64")
+
+
+def _device_name() -> str:
+    import tensorflow as tf
+
+    return "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0"
+
+
+def max_relative_error(reference, other) -> float:
+    """max over tensors of ||a - b|| / ||a|| (each gradient tensor against its own norm)."""
+    import numpy as np
+
+    worst = 0.0
+    for a, b in zip(reference, other):
+        a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        worst = max(worst, float(np.linalg.norm(a - b)) / max(float(np.linalg.norm(a)), 1e-300))
+    return worst
+
+
+def _make_step(model, learning_rate: float = 0.01, momentum: float = 0.9):
+    import tensorflow as tf
+
+    velocities = [tf.Variable(tf.zeros_like(v), trainable=False) for v in model.trainable_variables]
+
+    @tf.function
+    def step(images, labels):
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        grads = tape.gradient(loss, model.trainable_variables)
+        for variable, velocity, grad in zip(model.trainable_variables, velocities, grads):
+            velocity.assign(momentum * velocity + grad)
+            variable.assign_sub(learning_rate * velocity)
+        return loss
+
+    return step
+
+
+def _gradients(model, images, labels):
+    import tensorflow as tf
+
+    @tf.function
+    def grads():
+        with tf.GradientTape() as tape:
+            tape.watch(images)
+            logits = model(images, training=True)
+            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
+        return tape.gradient(loss, [images] + list(model.trainable_variables))
+
+    return [g.numpy() for g in grads()]
+
+
+def measure(spec: Dict) -> Dict:
+    """Run in the worker process: one row of measurements for spec {model, mode, batch_size, steps, overrides}."""
+    import resource
+
+    import tensorflow as tf
+
+    from models import build_model
+
+    overrides = dict(spec.get("overrides") or {})
+    for key in ("units_per_stage", "channels_per_stage", "strides"):
+        if key in overrides:
+            overrides[key] = tuple(overrides[key])
+    model = build_model(spec["model"], mode=spec["mode"], **overrides)
+    size = spec.get("input_size") or model.config.input_size
+    batch_size = spec["batch_size"]
+    images = tf.random.stateless_uniform([batch_size, size, size, 3], [7, 1], 0, 255)
+    labels = tf.random.stateless_uniform([batch_size], [7, 2], 0, model.config.num_classes, dtype=tf.int32)
+    step = _make_step(model)
+    step(images, labels).numpy()  # trace and warm up outside the measured window
+    device = _device_name()
+    tf.config.experimental.reset_memory_stats(device)
+    times = []
+    for _ in range(spec["steps"]):
+        start = time.perf_counter()
+        step(images, labels).numpy()
+        times.append(time.perf_counter() - start)
+    peak_bytes = int(tf.config.experimental.get_memory_info(device)["peak"])
+    peak_rss_bytes = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+    grad_rel_err = grad_rel_err_float64 = None
+    if model.config.architecture == "revnet" and spec.get("check_gradients", True):
+        # Same seed -> identical initial weights; one step's gradients in both modes, in the training
+        # dtype and in float64 (where only the algorithm, not float32 rounding, can differ).
+        errors = {}
+        for dtype in ("float32", "float64"):
+            fresh = {mode: build_model(spec["model"], mode=mode, param_dtype=dtype, **overrides) for mode in MODES}
+            batch = tf.cast(images, dtype)
+            errors[dtype] = max_relative_error(_gradients(fresh["autodiff"], batch, labels),
+                                               _gradients(fresh["reversible"], batch, labels))
+        grad_rel_err, grad_rel_err_float64 = errors["float32"], errors["float64"]
+    return {"model": spec["model"], "mode": spec["mode"], "batch_size": batch_size, "peak_bytes": peak_bytes,
+            "peak_rss_bytes": peak_rss_bytes, "step_seconds": statistics.median(times),
+            "grad_rel_err": grad_rel_err, "grad_rel_err_float64": grad_rel_err_float64, "device": device,
+            "overrides": spec.get("overrides") or {}}
+
+
+def run_worker(spec: Dict, timeout_seconds: float = 1800) -> Dict:
+    """Measure one spec in a fresh Python process and return its row."""
+    env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true", TF_CPP_MIN_LOG_LEVEL="3")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    process = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--worker", json.dumps(spec)],
+                             capture_output=True, text=True, env=env, timeout=timeout_seconds, cwd=root)
+    if process.returncode != 0:
+        tail = (process.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"memory worker for {spec['model']}/{spec['mode']} failed: {tail}")
+    return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def plan(model_names: List[str], modes: List[str]) -> List[Dict]:
+    from models.registry import get_config
+
+    specs = []
+    for name in model_names:
+        config = get_config(name.strip())
+        for mode in (modes if config.architecture == "revnet" else ["autodiff"]):
+            specs.append({"model": config.name, "mode": choose("mode", mode.strip(), MODES)})
+    return specs
+
+
+def run_memory_benchmark(model_names: List[str], batch_size: int, steps: int, modes: List[str],
+                         json_path: Optional[str] = None, plot_path: Optional[str] = None) -> List[Dict]:
+    if batch_size < 1 or steps < 1:
+        raise UserError("--batch-size and --steps must be at least 1")
+    specs = plan(model_names, modes)
+    rows = []
+    for index, spec in enumerate(specs, 1):
+        spec.update(batch_size=batch_size, steps=steps)
+        log.info("[%d/%d] measuring %s (%s), batch %d", index, len(specs), spec["model"], spec["mode"], batch_size)
+        rows.append(run_worker(spec))
+    if json_path:
+        from common.fileio import atomic_write_json
+
+        atomic_write_json(json_path, [{k: row[k] for k in FIELDS} for row in rows])
+    if plot_path:
+        plot_rows(rows, plot_path)
+    return rows
+
+
+def _depth(name: str) -> int:
+    return int(name.rsplit("-", 1)[1])
+
+
+def format_rows(rows: List[Dict]) -> str:
+    """The table, then the ratios that matter: reversible/autodiff per RevNet, and growth with depth."""
+    by_key = {(row["model"], row["mode"]): row for row in rows}
+    lines = [f"{'model':<12}{'mode':<12}{'batch':>6}{'peak MB':>10}{'RSS MB':>10}{'step s':>9}{'grad err f32':>14}{'grad err f64':>14}"
+             f"{'peak vs autodiff':>18}{'time vs autodiff':>18}"]
+    lines.append("-" * len(lines[0]))
+    for row in rows:
+        reference = by_key.get((row["model"], "autodiff"))
+        peak_ratio = time_ratio = ""
+        if row["mode"] == "reversible" and reference:
+            peak_ratio = f"{row['peak_bytes'] / reference['peak_bytes']:.2f}x"
+            time_ratio = f"{row['step_seconds'] / reference['step_seconds']:.2f}x"
+        err = "-" if row["grad_rel_err"] is None else f"{row['grad_rel_err']:.1e}"
+        err64 = "-" if row["grad_rel_err_float64"] is None else f"{row['grad_rel_err_float64']:.1e}"
+        lines.append(f"{row['model']:<12}{row['mode']:<12}{row['batch_size']:>6}{row['peak_bytes'] / 1e6:>10.1f}"
+                     f"{row['peak_rss_bytes'] / 1e6:>10.1f}{row['step_seconds']:>9.3f}{err:>14}{err64:>14}"
+                     f"{peak_ratio:>18}{time_ratio:>18}")
+    growth = []
+    for architecture, mode in (("resnet", "autodiff"), ("revnet", "autodiff"), ("revnet", "reversible")):
+        series = sorted(((_depth(r["model"]), r) for r in rows
+                         if r["model"].startswith(architecture) and r["mode"] == mode), key=lambda item: item[0])
+        if len(series) >= 2 and series[0][0] != series[-1][0]:
+            (d0, shallow), (d1, deep) = series[0], series[-1]
+            growth.append(f"{architecture}-{mode}: depth {d0} -> {d1}: peak x{deep['peak_bytes'] / shallow['peak_bytes']:.2f}")
+    if growth:
+        lines.append("")
+        lines.extend(growth)
+    return "\n".join(lines)
+
+
+def plot_rows(rows: List[Dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for architecture, mode, label, marker in (("resnet", "autodiff", "ResNet", "s"),
+                                               ("revnet", "autodiff", "RevNet, autodiff", "o"),
+                                               ("revnet", "reversible", "RevNet, reversible", "^")):
+        series = sorted((_depth(r["model"]), r["peak_bytes"] / 1e6) for r in rows
+                        if r["model"].startswith(architecture) and r["mode"] == mode)
+        if series:
+            axis.plot([d for d, _ in series], [m for _, m in series], marker=marker, label=label)
+    batch = rows[0]["batch_size"] if rows else 0
+    axis.set_xlabel("depth (layers)")
+    axis.set_ylabel("peak memory of a training step (MB)")
+    axis.set_title(f"Training-step peak memory, batch {batch}, {rows[0]['device'] if rows else ''}")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    tmp_path = path + ".tmp.png"
+    figure.savefig(tmp_path, dpi=100)
+    plt.close(figure)
+    os.replace(tmp_path, path)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        logging.disable(logging.WARNING)
+        print(json.dumps(measure(json.loads(sys.argv[2]))))
+    else:
+        sys.exit("usage: python -m benchmarks.memory --worker SPEC_JSON (use `cli.py benchmark memory`)")
