@@ -1,0 +1,29 @@
+"""Export (SavedModel in TF-Serving layout, ONNX) and a gRPC server speaking TF Serving's API.
+
+Entry points: `export(...)`, `serve(...)` (blocking), `start_server(...)` (in-process handle with
+`.port`, `.rest_port` and `.stop()`), `predict(...)` (the client).
+"""
+
+
+def export(**options):
+    from serving.export import export as run_export
+
+    return run_export(**options)
+
+
+def serve(**options):
+    from serving.server import serve as run_serve
+
+    return run_serve(**options)
+
+
+def start_server(**options):
+    from serving.server import start_server as run_start
+
+    return run_start(**options)
+
+
+def predict(**options):
+    from serving.client import predict as run_predict
+
+    return run_predict(**options)
