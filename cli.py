@@ -73,6 +73,10 @@ def cli(debug, verbose):
     if debug:
         os.environ["REVNET_DEBUG"] = "1"
     _setup_logging(verbose)
+    if not debug and not any(arg in ("-h", "--help") for arg in sys.argv):
+        from common.devices import quiet_tensorflow
+
+        quiet_tensorflow()
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -6,8 +6,29 @@ log = logging.getLogger(__name__)
 
 
 def quiet_tensorflow() -> None:
-    """Keep TensorFlow's C++ start-up chatter (CUDA probes on CPU machines) out of user output."""
+    """Import TensorFlow and probe its devices with the C++ start-up chatter (absl banner, CUDA probes
+    on CPU-only machines, which TF_CPP_MIN_LOG_LEVEL does not silence) kept out of the user's stderr.
+
+    Only the import and the device probe run with file descriptor 2 pointed at /dev/null: nothing of
+    ours is logged in that window, and everything after it reaches stderr as usual.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import sys
+
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved_fd = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow as tf
+
+        tf.config.list_physical_devices("GPU")
+    finally:
+        os.dup2(saved_fd, 2)
+        os.close(saved_fd)
+        os.close(devnull)
 
 
 def configure_cpu_replicas(num_replicas: int) -> None:
