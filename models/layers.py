@@ -6,6 +6,7 @@ code runs on ordinary per-block variables and on one slice of a stage's stacked 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 from typing import Dict, List, Mapping, Tuple
@@ -60,6 +61,19 @@ def initial_value(param: Param, dtype: tf.DType, seeds: SeedSequence, num_stacke
     return tf.zeros(shape, dtype)
 
 
+_SHAPES_ONLY = []
+
+
+@contextlib.contextmanager
+def shapes_only():
+    """Build a model's structure without allocating or initialising weights (for counting parameters)."""
+    _SHAPES_ONLY.append(True)
+    try:
+        yield
+    finally:
+        _SHAPES_ONLY.pop()
+
+
 def create_variables(params: List[Param], prefix: str, dtype: tf.DType, seeds: SeedSequence,
                      num_stacked: int | None = None) -> Dict[str, tf.Variable]:
     """Create one variable per Param (shape `[num_stacked, ...]` when stacked).
@@ -69,6 +83,9 @@ def create_variables(params: List[Param], prefix: str, dtype: tf.DType, seeds: S
     checkpoint, export) averages. A plain variable would silently keep replica 0's values.
     """
     variables = {}
+    if _SHAPES_ONLY:
+        return {param.name: tf.TensorSpec(((num_stacked,) if num_stacked else ()) + tuple(param.shape), dtype)
+                for param in params}
     for param in params:
         value = initial_value(param, dtype, seeds, num_stacked)
         name = f"{prefix}/{param.name}".replace("/", "_")

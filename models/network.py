@@ -126,5 +126,7 @@ class Network(tf.Module):
         return [module for module in self.submodules if hasattr(module, "param_specs")]
 
     def count_params(self) -> int:
-        """Trainable parameter count (BN scale and offset included, moving statistics not)."""
-        return int(sum(v.shape.num_elements() for v in self.trainable_variables))
+        """Trainable parameter count (BN scale and offset included, moving statistics not), from the
+        parameter shapes, so it also works on a structure built under `layers.shapes_only()`."""
+        return int(sum(module.params[spec.name].shape.num_elements()
+                       for module in self._flatten_modules() for spec in module.param_specs if spec.trainable))

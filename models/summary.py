@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from typing import Dict, List
 
+from models.layers import shapes_only
 from models.registry import PAPER_PARAMS_MILLIONS, build_model, get_config, list_models
 
 
 def model_row(name: str) -> Dict:
     config = get_config(name)
-    params = build_model(config).count_params()
+    with shapes_only():
+        params = build_model(config).count_params()
     return {"name": name, "family": config.family, "architecture": config.architecture, "block": config.block,
             "units_per_stage": list(config.units_per_stage), "channels_per_stage": list(config.channels_per_stage),
             "params": params, "paper_params": (int(PAPER_PARAMS_MILLIONS[name] * 1e6)

@@ -19,6 +19,16 @@ def test_parameter_count_matches_paper_within_3_percent(name):
     assert abs(params - reference) / reference <= 0.03, f"{name}: {params} vs paper {reference:.0f}"
 
 
+@pytest.mark.parametrize("name", ["revnet-38", "resnet-164"])
+def test_shape_only_count_equals_the_real_trainable_variables(name):
+    from models.layers import shapes_only
+
+    model = build_model(name)
+    with shapes_only():
+        counted = build_model(name).count_params()
+    assert counted == sum(v.shape.num_elements() for v in model.trainable_variables) == model.count_params()
+
+
 def test_revnet_54_is_an_alias_of_revnet_56():
     assert get_config("revnet-54") == get_config("revnet-56")
     assert get_config("revnet-56").units_per_stage == (2, 2, 3, 2)
