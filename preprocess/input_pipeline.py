@@ -1,0 +1,152 @@
+"""The tf.data input pipeline: TFRecords + metadata.json -> batches of (images, labels).
+
+Images are float32 RAW 0..255 RGB (the model normalises its own input per channel), labels int32.
+Training streams are an endless sequence of epochs. Epoch `e` reads the shards in a shuffled order
+with parallel interleaved reads, shuffles records with a seed derived from (seed, e), and draws each
+record's augmentation from a stateless seed derived from (seed, e, index in epoch). So the stream is
+a pure function of the seed, and a trainer resumes it exactly by skipping `position` raw records
+(cheap: the skip happens before decoding) - the data position is just a count of records consumed.
+Evaluation reads every record of a split exactly once, in order, keeping the last partial batch.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional
+
+import tensorflow as tf
+
+from preprocess import schema
+
+AUGMENTATIONS = ("cifar", "imagenet")
+CIFAR_PAD = 4
+IMAGENET_RESIZE = 256
+SHUFFLE_BUFFER = 10_000
+MAX_PARALLEL_READS = 8
+
+
+def split_size(metadata: Dict, split: str) -> int:
+    """Records in one split, counted from its shard list (the number the trainer and evaluator reconcile)."""
+    return int(sum(shard["records"] for shard in metadata["splits"][split]["shards"]))
+
+
+def _decode(serialized, label_offset: int):
+    features = schema.parse_example(serialized)
+    image = tf.io.decode_image(features[schema.ENCODED], channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    label = tf.cast(features[schema.LABEL] - label_offset, tf.int32)
+    return tf.cast(image, tf.float32), label
+
+
+def _resize_if_needed(image, size: int):
+    shape = tf.shape(image)
+    return tf.cond(tf.logical_and(shape[0] == size, shape[1] == size), lambda: image,
+                   lambda: tf.image.resize(image, [size, size], method="bilinear"))
+
+
+def _cifar_train(image, size: int, seed):
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    image = _resize_if_needed(image, size)
+    image = tf.pad(image, [[CIFAR_PAD, CIFAR_PAD], [CIFAR_PAD, CIFAR_PAD], [0, 0]])
+    image = tf.image.stateless_random_crop(image, [size, size, 3], crop_seed)
+    return tf.image.stateless_random_flip_left_right(image, flip_seed)
+
+
+def _imagenet_train(image, size: int, seed):
+    box_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=box_seed,
+        min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0),
+        max_attempts=10, use_image_if_no_bounding_boxes=True)
+    image = tf.slice(image, begin, crop_size)
+    image = tf.image.resize(image, [size, size], method="bilinear")
+    return tf.image.stateless_random_flip_left_right(image, flip_seed)
+
+
+def _imagenet_eval(image, size: int):
+    """Resize the shorter side to 256 (for 224; same ratio otherwise), then center-crop `size`."""
+    resize_to = int(round(size * IMAGENET_RESIZE / 224))
+    shape = tf.cast(tf.shape(image)[:2], tf.float32)
+    scale = resize_to / tf.reduce_min(shape)
+    new_shape = tf.cast(tf.round(shape * scale), tf.int32)
+    image = tf.image.resize(image, new_shape, method="bilinear")
+    return tf.image.resize_with_crop_or_pad(image, size, size)
+
+
+def _preprocess(image, augmentation: str, size: int, training: bool, seed=None):
+    if augmentation == "cifar":
+        image = _cifar_train(image, size, seed) if training else _resize_if_needed(image, size)
+    else:
+        image = _imagenet_train(image, size, seed) if training else _imagenet_eval(image, size)
+    image = tf.clip_by_value(image, 0.0, 255.0)
+    image.set_shape([size, size, 3])
+    return image
+
+
+def _options(deterministic: bool) -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = deterministic
+    options.experimental_optimization.map_parallelization = True
+    return options
+
+
+def train_dataset(data_dir: str, metadata: Dict, *, augmentation: str, image_size: int, batch_size: int,
+                  seed: int, position: int = 0, num_input_pipelines: int = 1, input_pipeline_id: int = 0,
+                  deterministic: bool = True, shuffle_buffer: int = SHUFFLE_BUFFER) -> tf.data.Dataset:
+    """Endless augmented training batches of `batch_size`, starting `position` records into the stream.
+
+    With several input pipelines (one per worker), pipeline i keeps every n-th record of the same
+    global stream, so together they consume exactly the records a single pipeline would.
+    """
+    files = schema.split_files(data_dir, metadata, "train")
+    epoch_size = split_size(metadata, "train")
+    label_offset = int(metadata.get("label_offset") or 0)
+    first_epoch, offset = divmod(int(position), epoch_size)
+    buffer = min(epoch_size, shuffle_buffer)
+    cycle = min(len(files), MAX_PARALLEL_READS)
+    file_names = tf.constant(files)
+
+    def epoch(epoch_index):
+        epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch_index])
+        order_seed, record_seed = tf.unstack(tf.random.experimental.stateless_split(epoch_seed, 2)[:, 0])
+        records = (tf.data.Dataset.from_tensor_slices(file_names)
+                   .shuffle(len(files), seed=order_seed)
+                   .interleave(tf.data.TFRecordDataset, cycle_length=cycle, block_length=1,
+                               num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+                   .shuffle(buffer, seed=record_seed, reshuffle_each_iteration=False)
+                   .enumerate())
+        return records.map(lambda index, record: (epoch_seed, index, record))
+
+    stream = tf.data.Dataset.range(first_epoch, 2 ** 62).flat_map(epoch).skip(offset)
+    if num_input_pipelines > 1:
+        stream = stream.shard(num_input_pipelines, input_pipeline_id)
+
+    def decode_and_augment(epoch_seed, index, record):
+        image, label = _decode(record, label_offset)
+        record_seed = tf.random.experimental.stateless_fold_in(epoch_seed, index)
+        return _preprocess(image, augmentation, image_size, True, record_seed), label
+
+    dataset = (stream.map(decode_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
+               .batch(batch_size, drop_remainder=True)
+               .prefetch(tf.data.AUTOTUNE))
+    return dataset.with_options(_options(deterministic))
+
+
+def eval_dataset(data_dir: str, metadata: Dict, split: str, *, augmentation: str, image_size: int,
+                 batch_size: int) -> tf.data.Dataset:
+    """Every record of `split` exactly once, in shard order; the last batch may be smaller."""
+    files = schema.split_files(data_dir, metadata, split)
+    label_offset = int(metadata.get("label_offset") or 0)
+
+    def decode(record):
+        image, label = _decode(record, label_offset)
+        return _preprocess(image, augmentation, image_size, False), label
+
+    dataset = (tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), MAX_PARALLEL_READS))
+               .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+               .batch(batch_size, drop_remainder=False)
+               .prefetch(tf.data.AUTOTUNE))
+    return dataset.with_options(_options(True))
+
+
+def num_eval_batches(metadata: Dict, split: str, batch_size: int) -> int:
+    return int(math.ceil(split_size(metadata, split) / batch_size))

@@ -1,0 +1,81 @@
+"""The compiled training and evaluation steps (read top to bottom: forward, loss, backward, update)."""
+from __future__ import annotations
+
+from typing import Dict
+
+import numpy as np
+import tensorflow as tf
+
+
+def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, global_batch_size: int, step, position):
+    """`train_step(iterator, learning_rate) -> (loss, accuracy)` over one global batch.
+
+    The loss is the per-example cross entropy summed and divided by the GLOBAL batch size on each
+    replica, so the optimizer's cross-replica SUM of gradients is the gradient of the global mean.
+    Batch norm uses each replica's own batch (as the original multi-GPU code did); its moving
+    statistics are ON_READ/MEAN variables, so reading them averages the replicas.
+    """
+    loss_scale = optimizer.loss_scale
+
+    def replica_step(images, labels, learning_rate):
+        with tf.GradientTape() as tape:
+            logits = model(images, training=True)
+            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
+            scaled_loss = loss * loss_scale.scale if loss_scale is not None else loss
+        variables = model.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        optimizer.apply_gradients(gradients, variables, learning_rate)
+        correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        return loss, correct
+
+    @tf.function
+    def train_step(iterator, learning_rate):
+        images, labels = next(iterator)
+        loss, correct = strategy.run(replica_step, args=(images, labels, learning_rate))
+        step.assign_add(1)
+        position.assign_add(global_batch_size)
+        loss = strategy.reduce(tf.distribute.ReduceOp.SUM, loss, axis=None)
+        correct = strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
+        return loss, correct / global_batch_size
+
+    return train_step
+
+
+def make_eval_step(model):
+    """`eval_step(images, labels) -> (loss_sum, top1_count, top5_count, count)` for any batch size."""
+    num_classes = model.config.num_classes
+    top_k = min(5, num_classes)
+
+    @tf.function(reduce_retracing=True)
+    def eval_step(images, labels):
+        logits = model(images, training=False)
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+        top1 = tf.math.in_top_k(labels, logits, 1)
+        top5 = tf.math.in_top_k(labels, logits, top_k)
+        count = tf.shape(labels)[0]
+        return (tf.reduce_sum(tf.cast(losses, tf.float64)), tf.reduce_sum(tf.cast(top1, tf.int64)),
+                tf.reduce_sum(tf.cast(top5, tf.int64)), count)
+
+    return eval_step
+
+
+def run_evaluation(eval_step, dataset) -> Dict:
+    """Top-1, top-5 and mean loss over every example of `dataset` (each counted exactly once)."""
+    loss_sum, top1, top5, count = 0.0, 0, 0, 0
+    for images, labels in dataset:
+        batch_loss, batch_top1, batch_top5, batch_count = eval_step(images, labels)
+        loss_sum += float(batch_loss)
+        top1 += int(batch_top1)
+        top5 += int(batch_top5)
+        count += int(batch_count)
+    if count == 0:
+        return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan"), "examples": 0}
+    return {"top1": top1 / count, "top5": top5 / count, "loss": loss_sum / count, "examples": count}
+
+
+def copy_weights(source_model, target_model) -> None:
+    """Copy a (possibly distributed) model's variables into a plain one; replica-synced moving
+    statistics are read in cross-replica context, which averages them over the replicas."""
+    for target, source in zip(target_model.variables, source_model.variables):
+        target.assign(np.asarray(source.read_value()))
