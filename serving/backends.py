@@ -1,0 +1,140 @@
+"""Model backends (ONNX Runtime, TensorFlow SavedModel) and the version repository with hot reload."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Dict, List, Optional
+
+import numpy as np
+
+from common.errors import UserError, choose
+from common.fileio import read_json
+from serving import layout
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("onnx", "tf")
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class Servable:
+    """One loaded model version: `run(images float32 [B,H,W,3]) -> {probabilities, classes, logits}`."""
+
+    def __init__(self, name: str, version: int, path: str, labels: List[str], input_size: int, family: str):
+        self.name, self.version, self.path = name, version, path
+        self.labels, self.input_size, self.family = labels, input_size, family
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.labels)
+
+    def run(self, images: np.ndarray) -> Dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+class OnnxServable(Servable):
+    def __init__(self, *args, onnx_file: str = layout.ONNX_FILE, intra_op_threads: int = 0):
+        super().__init__(*args)
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        available = onnxruntime.get_available_providers()
+        wanted = [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
+        self.session = onnxruntime.InferenceSession(os.path.join(self.path, onnx_file), options, providers=wanted)
+        # ORT silently drops a provider it cannot initialise, so log what the session really uses.
+        self.providers = self.session.get_providers()
+        log.info("onnx backend: %s v%d on providers %s (available: %s)", self.name, self.version, self.providers, available)
+        self.output_names = [output.name for output in self.session.get_outputs()]
+
+    def run(self, images):
+        return dict(zip(self.output_names, self.session.run(None, {"images": images})))
+
+
+class TfServable(Servable):
+    def __init__(self, *args):
+        super().__init__(*args)
+        import tensorflow as tf
+
+        self._tf = tf
+        self.loaded = tf.saved_model.load(self.path)
+        self.function = self.loaded.signatures["serving_default"]
+        self.providers = ["tensorflow:" + ",".join(d.name for d in tf.config.list_logical_devices())]
+        log.info("tf backend: %s v%d loaded from %s", self.name, self.version, self.path)
+
+    def run(self, images):
+        outputs = self.function(images=self._tf.constant(images))
+        return {key: value.numpy() for key, value in outputs.items()}
+
+
+def _has_artifact(version_dir: str, backend: str, onnx_file: str) -> bool:
+    name = onnx_file if backend == "onnx" else layout.SAVED_MODEL_FILE
+    return os.path.exists(os.path.join(version_dir, name))
+
+
+def load_servable(model_dir: str, version: int, backend: str, onnx_file: str = layout.ONNX_FILE,
+                  intra_op_threads: int = 0) -> Servable:
+    name = os.path.basename(os.path.normpath(model_dir))
+    path = os.path.join(model_dir, str(version))
+    record = read_json(os.path.join(path, layout.EXPORT_FILE))
+    labels_path = os.path.join(path, layout.LABELS_FILE if backend == "onnx" else os.path.join("assets", layout.LABELS_FILE))
+    labels = layout.read_labels(labels_path) if os.path.exists(labels_path) else record["labels"]
+    args = (name, version, path, labels, int(record["input_size"]), record["family"])
+    if backend == "onnx":
+        return OnnxServable(*args, onnx_file=onnx_file, intra_op_threads=intra_op_threads)
+    return TfServable(*args)
+
+
+class ModelRepository:
+    """Serves the highest version of DIR/NAME that holds the backend's artifact; `poll()` picks up new ones."""
+
+    def __init__(self, model_dir: str, backend: str, onnx_file: str = layout.ONNX_FILE, intra_op_threads: int = 0):
+        choose("backend", backend, BACKENDS)
+        if not os.path.isdir(model_dir):
+            raise UserError(f"model folder {model_dir!r} does not exist; expected DIR/NAME from `cli.py export`")
+        self.model_dir, self.backend, self.onnx_file = model_dir, backend, onnx_file
+        self.intra_op_threads = intra_op_threads
+        self.name = os.path.basename(os.path.normpath(model_dir))
+        self._lock = threading.Lock()
+        self._current: Optional[Servable] = None
+        self.listeners = []  # called with the new servable after each load
+        if not self.poll():
+            raise UserError(f"{model_dir!r} has no version folder with a {backend} model "
+                            f"({onnx_file if backend == 'onnx' else layout.SAVED_MODEL_FILE}); run `cli.py export`")
+
+    def available_versions(self) -> List[int]:
+        return [v for v in layout.list_versions(self.model_dir)
+                if _has_artifact(os.path.join(self.model_dir, str(v)), self.backend, self.onnx_file)]
+
+    def poll(self) -> bool:
+        """Load the newest version if it is newer than the served one; True when something is served."""
+        versions = self.available_versions()
+        current = self._current
+        if versions and (current is None or versions[-1] > current.version):
+            try:
+                servable = load_servable(self.model_dir, versions[-1], self.backend, self.onnx_file, self.intra_op_threads)
+            except Exception as error:  # noqa: BLE001 - a broken new version must not take the server down
+                log.error("cannot load %s version %d: %s", self.name, versions[-1], error)
+                return current is not None
+            with self._lock:
+                self._current = servable
+            log.info("serving %s version %d (%s)", self.name, servable.version, self.backend)
+            for listener in self.listeners:
+                listener(servable)
+        return self._current is not None
+
+    def current(self) -> Servable:
+        with self._lock:
+            return self._current
+
+    def get(self, name: str, version: Optional[int]) -> Servable:
+        """The servable for a request's model spec, or a NOT_FOUND UserError."""
+        if name and name != self.name:
+            raise UserError(f"model {name!r} is not served; this server serves {self.name!r}", not_found=True)
+        servable = self.current()
+        if version is not None and version != servable.version:
+            raise UserError(f"version {version} of model {self.name!r} is not loaded; serving version {servable.version}",
+                            not_found=True)
+        return servable

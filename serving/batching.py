@@ -1,0 +1,91 @@
+"""Server-side dynamic batching: concurrent requests are merged up to `max_batch_size` rows or
+`batch_timeout_ms` after the first one arrives, run once, and each caller gets back only its own rows."""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from typing import Callable, Dict, List
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class _Item:
+    __slots__ = ("servable", "images", "future")
+
+    def __init__(self, servable, images, future):
+        self.servable, self.images, self.future = servable, images, future
+
+
+class DynamicBatcher:
+    def __init__(self, max_batch_size: int, batch_timeout_ms: float, on_batch: Callable[[int], None] = None):
+        self.max_batch_size = max_batch_size
+        self.batch_timeout_seconds = batch_timeout_ms / 1000.0
+        self.on_batch = on_batch or (lambda rows: None)
+        self._queue: "queue.Queue[_Item]" = queue.Queue()
+        self._stopped = threading.Event()
+        self._pending = None
+        self._thread = threading.Thread(target=self._loop, name="dynamic-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, servable, images: np.ndarray) -> Future:
+        future = Future()
+        self._queue.put(_Item(servable, images, future))
+        return future
+
+    def run(self, servable, images: np.ndarray) -> Dict[str, np.ndarray]:
+        return self.submit(servable, images).result()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join(timeout=5)
+
+    def _next(self, timeout):
+        if self._pending is not None:
+            item, self._pending = self._pending, None
+            return item
+        return self._queue.get(timeout=timeout)
+
+    def _collect(self) -> List[_Item]:
+        first = self._next(timeout=0.1)
+        items, rows = [first], len(first.images)
+        deadline = time.monotonic() + self.batch_timeout_seconds
+        while rows < self.max_batch_size:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                item = self._next(timeout=remaining)
+            except queue.Empty:
+                break
+            # A request that would overflow the batch, or that targets another version (hot reload),
+            # starts the next batch instead.
+            if rows + len(item.images) > self.max_batch_size or item.servable is not first.servable:
+                self._pending = item
+                break
+            items.append(item)
+            rows += len(item.images)
+        return items
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                items = self._collect()
+            except queue.Empty:
+                continue
+            sizes = [len(item.images) for item in items]
+            try:
+                outputs = items[0].servable.run(np.concatenate([item.images for item in items]))
+            except Exception as error:  # noqa: BLE001 - the callers get the error; the batcher lives on
+                for item in items:
+                    item.future.set_exception(error)
+                continue
+            self.on_batch(sum(sizes))
+            start = 0
+            for item, size in zip(items, sizes):
+                item.future.set_result({key: value[start:start + size] for key, value in outputs.items()})
+                start += size

@@ -1,0 +1,160 @@
+"""TensorFlow Serving's gRPC API (PredictionService, ModelService) over an InferenceCore.
+
+Bad input becomes INVALID_ARGUMENT and unknown model/version/signature NOT_FOUND; the server carries on.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import time
+
+import grpc
+import numpy as np
+from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
+                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+
+from common.errors import UserError
+from serving import layout
+from serving.inference import SIGNATURE_INPUTS, InferenceCore
+from serving.tensors import make_ndarray, make_tensor_proto, shape_proto
+
+log = logging.getLogger(__name__)
+
+IMAGE_FEATURES = ("image/encoded", "image_bytes")
+
+
+def _rpc(method_name):
+    """Time the call, count it by status code, and turn errors into gRPC statuses."""
+    def decorator(method):
+        @functools.wraps(method)
+        def wrapper(self, request, context):
+            started, code = time.perf_counter(), "OK"
+            try:
+                return method(self, request, context)
+            except UserError as error:
+                code = "NOT_FOUND" if error.not_found else "INVALID_ARGUMENT"
+                context.abort(getattr(grpc.StatusCode, code), str(error))
+            except Exception as error:  # noqa: BLE001 - never kill the server thread on one request
+                if isinstance(error, grpc.RpcError) or type(error).__name__ == "_AbortError":
+                    raise
+                code = "INTERNAL"
+                log.exception("%s failed", method_name)
+                context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+            finally:
+                self.core.metrics.record_request(method_name, code, time.perf_counter() - started)
+        return wrapper
+    return decorator
+
+
+def _version(model_spec):
+    return model_spec.version.value if model_spec.HasField("version") else None
+
+
+def _check_spec(model_spec):
+    if model_spec.version_label:
+        raise UserError(f"version label {model_spec.version_label!r} not found; this server has no labels, use a version",
+                        not_found=True)
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, core: InferenceCore):
+        self.core = core
+
+    @_rpc("Predict")
+    def Predict(self, request, context):
+        _check_spec(request.model_spec)
+        inputs = {name: make_ndarray(proto, name) for name, proto in request.inputs.items()}
+        servable, outputs = self.core.predict(request.model_spec.name, _version(request.model_spec),
+                                              request.model_spec.signature_name, inputs, list(request.output_filter))
+        response = predict_pb2.PredictResponse()
+        response.model_spec.name = servable.name
+        response.model_spec.version.value = servable.version
+        response.model_spec.signature_name = self.core.resolve_signature(request.model_spec.signature_name, list(inputs))
+        for name, value in outputs.items():
+            response.outputs[name].CopyFrom(make_tensor_proto(value))
+        return response
+
+    @_rpc("Classify")
+    def Classify(self, request, context):
+        _check_spec(request.model_spec)
+        kind = request.input.WhichOneof("kind")
+        examples = (request.input.example_list.examples if kind == "example_list"
+                    else request.input.example_list_with_context.examples if kind else [])
+        image_bytes = [_example_image(example, index) for index, example in enumerate(examples)]
+        servable, outputs = self.core.predict(request.model_spec.name, _version(request.model_spec), "predict_images",
+                                              {"image_bytes": image_bytes}, ["probabilities"])
+        response = classification_pb2.ClassificationResponse()
+        response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
+        response.model_spec.signature_name = "predict_images"
+        for row in outputs["probabilities"]:
+            classification = response.result.classifications.add()
+            for index in np.argsort(-row, kind="stable"):
+                classification.classes.add(label=servable.labels[index], score=float(row[index]))
+        return response
+
+    @_rpc("GetModelMetadata")
+    def GetModelMetadata(self, request, context):
+        _check_spec(request.model_spec)
+        unknown = [field for field in request.metadata_field if field != "signature_def"]
+        if unknown or not request.metadata_field:
+            raise UserError(f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}")
+        servable = self.core.repository.get(request.model_spec.name, _version(request.model_spec))
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
+        response.metadata["signature_def"].Pack(signature_def_map(servable))
+        return response
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, core: InferenceCore):
+        self.core = core
+
+    @_rpc("GetModelStatus")
+    def GetModelStatus(self, request, context):
+        _check_spec(request.model_spec)
+        servable = self.core.repository.get(request.model_spec.name, _version(request.model_spec))
+        response = get_model_status_pb2.GetModelStatusResponse()
+        status = response.model_version_status.add(version=servable.version,
+                                                   state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+        status.status.error_code = 0
+        return response
+
+
+def _example_image(example, index: int) -> bytes:
+    for key in IMAGE_FEATURES:
+        if key in example.features.feature:
+            values = example.features.feature[key].bytes_list.value
+            if len(values) == 1:
+                return values[0]
+    raise UserError(f"example {index} has no single bytes feature {' or '.join(map(repr, IMAGE_FEATURES))} "
+                    f"holding a JPEG/PNG image")
+
+
+def signature_def_map(servable):
+    """The SignatureDefMap of the exported SavedModel, for GetModelMetadata (the same for both backends)."""
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import meta_graph_pb2
+
+    size, classes = servable.input_size, servable.num_classes
+
+    def info(name, dtype, dims):
+        return meta_graph_pb2.TensorInfo(name=name, dtype=dtype, tensor_shape=shape_proto(dims))
+
+    outputs = {"probabilities": info("probabilities", types_pb2.DT_FLOAT, [-1, classes]),
+               "classes": info("classes", types_pb2.DT_INT64, [-1]),
+               "logits": info("logits", types_pb2.DT_FLOAT, [-1, classes])}
+    inputs = {"serving_default": info("images", types_pb2.DT_FLOAT, [-1, size, size, 3]),
+              "predict_images": info("image_bytes", types_pb2.DT_STRING, [-1])}
+    result = get_model_metadata_pb2.SignatureDefMap()
+    for signature, input_name in SIGNATURE_INPUTS.items():
+        definition = result.signature_def[signature]
+        definition.method_name = "tensorflow/serving/predict"
+        definition.inputs[input_name].CopyFrom(inputs[signature])
+        for name in layout.OUTPUTS:
+            definition.outputs[name].CopyFrom(outputs[name])
+    return result
+
+
+def add_services(server: grpc.Server, core: InferenceCore) -> None:
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)

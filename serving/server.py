@@ -1,0 +1,132 @@
+"""The model server: gRPC (TF Serving API + health) with optional REST/metrics, dynamic batching and hot reload."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from typing import Optional
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from common.errors import UserError
+from serving import layout
+from serving.backends import ModelRepository
+from serving.batching import DynamicBatcher
+from serving.grpc_service import add_services
+from serving.inference import InferenceCore
+from serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 8500
+DEFAULT_REST_PORT = 8501
+
+
+class ServerHandle:
+    """A running server: `.port`, `.rest_port` (None when REST is off), `.repository`, `.stop()`."""
+
+    def __init__(self, grpc_server, port, http_server, batcher, repository, health_servicer, poll_stop, core):
+        self.grpc_server, self.port, self.http_server = grpc_server, port, http_server
+        self.rest_port = http_server.server_address[1] if http_server else None
+        self.batcher, self.repository, self.health, self._poll_stop, self.core = batcher, repository, health_servicer, poll_stop, core
+
+    @property
+    def metrics(self) -> Metrics:
+        return self.core.metrics
+
+    def stop(self, grace_seconds: float = 1.0) -> None:
+        self._poll_stop.set()
+        self.health.enter_graceful_shutdown()
+        self.grpc_server.stop(grace_seconds).wait()
+        if self.http_server:
+            self.http_server.shutdown()
+            self.http_server.server_close()
+        if self.batcher:
+            self.batcher.stop()
+
+    def wait(self) -> None:
+        self.grpc_server.wait_for_termination()
+
+
+def _read(path: Optional[str], what: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as error:
+        raise UserError(f"cannot read {what} {path!r}: {error.strerror}") from None
+
+
+def start_server(model_dir: str, backend: str = "onnx", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                 rest_port: Optional[int] = DEFAULT_REST_PORT, max_batch_size: int = 32, batch_timeout_ms: float = 2.0,
+                 workers: int = 16, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
+                 max_message_mb: int = 64, poll_seconds: float = 2.0, onnx_file: str = layout.ONNX_FILE,
+                 intra_op_threads: int = 0) -> ServerHandle:
+    """Start serving DIR/NAME in background threads. Port 0 picks a free port; rest_port None turns REST off.
+
+    batch_timeout_ms 0 turns dynamic batching off (each request runs on its own); max_batch_size is
+    also the largest batch a single request may carry.
+    """
+    if max_batch_size < 1 or batch_timeout_ms < 0 or workers < 1:
+        raise UserError("--max-batch-size and --workers must be at least 1 and --batch-timeout-ms at least 0")
+    if bool(tls_cert) != bool(tls_key):
+        raise UserError("TLS needs both --tls-cert and --tls-key")
+    repository = ModelRepository(model_dir, backend, onnx_file=onnx_file, intra_op_threads=intra_op_threads)
+    metrics = Metrics()
+    metrics.model_version = repository.current().version
+    repository.listeners.append(lambda servable: setattr(metrics, "model_version", servable.version))
+    batcher = DynamicBatcher(max_batch_size, batch_timeout_ms, metrics.record_batch) if batch_timeout_ms > 0 else None
+    core = InferenceCore(repository, max_batch_size, batcher, metrics)
+    max_bytes = max_message_mb * 1024 * 1024
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+                         options=[("grpc.max_receive_message_length", max_bytes),
+                                  ("grpc.max_send_message_length", max_bytes), ("grpc.so_reuseport", 0)])
+    add_services(server, core)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{host}:{port}"
+    if tls_cert:
+        credentials = grpc.ssl_server_credentials([(_read(tls_key, "TLS key"), _read(tls_cert, "TLS certificate"))])
+        bound = server.add_secure_port(address, credentials)
+    else:
+        bound = server.add_insecure_port(address)
+    if not bound:
+        raise UserError(f"cannot bind gRPC to {address}; is the port in use?")
+    server.start()
+    http_server = None
+    if rest_port is not None:
+        from serving.rest import start_http
+
+        try:
+            http_server = start_http(core, host, rest_port)
+        except OSError as error:
+            server.stop(0)
+            raise UserError(f"cannot bind REST to {host}:{rest_port}: {error.strerror}") from None
+    for service in ("", repository.name):
+        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    poll_stop = threading.Event()
+
+    def poll_versions():
+        while not poll_stop.wait(poll_seconds):
+            repository.poll()
+
+    threading.Thread(target=poll_versions, name="version-poll", daemon=True).start()
+    handle = ServerHandle(server, bound, http_server, batcher, repository, health_servicer, poll_stop, core)
+    log.info("serving %r version %d (%s) on %s gRPC port %d%s; batching %s", repository.name,
+             repository.current().version, backend, host, bound,
+             f", REST/metrics port {handle.rest_port}" if http_server else "",
+             f"up to {max_batch_size} rows / {batch_timeout_ms:g} ms" if batcher else "off")
+    return handle
+
+
+def serve(**options) -> None:
+    """Run the server until SIGINT/SIGTERM."""
+    handle = start_server(**options)
+    stopped = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopped.set())
+    print(f"serving on port {handle.port}" + (f", REST on {handle.rest_port}" if handle.rest_port else ""), flush=True)
+    stopped.wait()
+    log.info("shutting down")
+    handle.stop()
