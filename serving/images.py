@@ -1,9 +1,11 @@
-"""Image decoding "as in evaluation", twice: in the TF graph (the SavedModel's `predict_images`)
-and with Pillow (the server, because ONNX cannot hold DecodeJpeg and the hot path avoids TF).
+"""Image decoding "as in evaluation", twice: in the TF graph (the SavedModel's `predict_images`, which
+calls the input pipeline's own evaluation preprocessing) and in numpy (the server, because ONNX cannot
+hold DecodeJpeg and the hot path avoids TF).
 
-Evaluation preprocessing: decode to 3-channel RGB, then for the ImageNet family a central crop of
-87.5% of the shorter side; finally a bilinear resize to the model's square input when the size
-differs. CIFAR-sized inputs are therefore passed through untouched, identical on both paths.
+Evaluation preprocessing (preprocess/input_pipeline.py): decode to 3-channel RGB float; CIFAR family:
+bilinear resize to the square input when the size differs; ImageNet family: resize the shorter side to
+size*256/224, then centre-crop. The numpy path re-implements TF's bilinear resize (half-pixel centres,
+no antialiasing) so both paths agree.
 """
 from __future__ import annotations
 
@@ -13,15 +15,40 @@ import numpy as np
 
 from common.errors import UserError
 
-IMAGENET_CENTRAL_FRACTION = 0.875
+IMAGENET_RESIZE = 256
 
 
-def _crop_box(height: int, width: int, family: str):
-    if family != "imagenet":
-        return 0, 0, height, width
-    side = int(round(min(height, width) * IMAGENET_CENTRAL_FRACTION))
-    top, left = (height - side) // 2, (width - side) // 2
-    return top, left, side, side
+def _resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """tf.image.resize(method="bilinear") in numpy: half-pixel centres, edge clamping, float output."""
+    def axis(out_size, in_size):
+        position = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+        low = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
+        high = np.minimum(low + 1, in_size - 1)
+        return low, high, (position - low).astype(np.float32)
+
+    top, bottom, y_weight = axis(height, image.shape[0])
+    left, right, x_weight = axis(width, image.shape[1])
+    rows = image[top] + (image[bottom] - image[top]) * y_weight[:, None, None]
+    return rows[:, left] + (rows[:, right] - rows[:, left]) * x_weight[None, :, None]
+
+
+def _evaluation_resize(pixels: np.ndarray, input_size: int, family: str) -> np.ndarray:
+    height, width = pixels.shape[:2]
+    if family == "imagenet":
+        resize_to = int(round(input_size * IMAGENET_RESIZE / 224))
+        scale = np.float32(resize_to) / np.float32(min(height, width))
+        new_h, new_w = int(np.round(np.float32(height) * scale)), int(np.round(np.float32(width) * scale))
+        pixels = _resize_bilinear(pixels, new_h, new_w)
+        top, left = (new_h - input_size) // 2, (new_w - input_size) // 2
+        pixels = pixels[max(top, 0):max(top, 0) + input_size, max(left, 0):max(left, 0) + input_size]
+        if pixels.shape[:2] != (input_size, input_size):  # smaller than the crop: TF pads with zeros
+            padded = np.zeros((input_size, input_size, 3), np.float32)
+            off_h, off_w = (input_size - pixels.shape[0]) // 2, (input_size - pixels.shape[1]) // 2
+            padded[off_h:off_h + pixels.shape[0], off_w:off_w + pixels.shape[1]] = pixels
+            pixels = padded
+    elif (height, width) != (input_size, input_size):
+        pixels = _resize_bilinear(pixels, input_size, input_size)
+    return np.clip(pixels, 0.0, 255.0)
 
 
 def decode_image_numpy(data: bytes, input_size: int, family: str) -> np.ndarray:
@@ -34,14 +61,10 @@ def decode_image_numpy(data: bytes, input_size: int, family: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as image:
             if image.format not in ("JPEG", "PNG"):
                 raise UserError(f"image format {image.format} is not supported; expected JPEG or PNG")
-            pixels = np.asarray(image.convert("RGB"))
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise UserError(f"bytes are not a decodable JPEG or PNG image ({type(error).__name__})") from None
-    top, left, height, width = _crop_box(pixels.shape[0], pixels.shape[1], family)
-    pixels = pixels[top:top + height, left:left + width]
-    if pixels.shape[:2] != (input_size, input_size):
-        pixels = np.asarray(Image.fromarray(pixels).resize((input_size, input_size), Image.BILINEAR))
-    return pixels.astype(np.float32)
+    return _evaluation_resize(pixels, input_size, family).astype(np.float32)
 
 
 def decode_images_numpy(images, input_size: int, family: str) -> np.ndarray:
@@ -51,17 +74,11 @@ def decode_images_numpy(images, input_size: int, family: str) -> np.ndarray:
 
 
 def decode_image_tf(data, input_size: int, family: str):
-    """The TF graph version of `decode_image_numpy` (one scalar string tensor)."""
+    """The TF graph version (one scalar string tensor): the input pipeline's evaluation preprocessing."""
     import tensorflow as tf
 
+    from preprocess.input_pipeline import _preprocess
+
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    shape = tf.shape(image)
-    if family == "imagenet":
-        side = tf.cast(tf.round(tf.cast(tf.minimum(shape[0], shape[1]), tf.float32) * IMAGENET_CENTRAL_FRACTION), tf.int32)
-        image = tf.image.crop_to_bounding_box(image, (shape[0] - side) // 2, (shape[1] - side) // 2, side, side)
-    image = tf.cast(image, tf.float32)
-    same = tf.logical_and(tf.equal(tf.shape(image)[0], input_size), tf.equal(tf.shape(image)[1], input_size))
-    image = tf.cond(same, lambda: image,
-                    lambda: tf.clip_by_value(tf.round(tf.image.resize(image, [input_size, input_size], method="bilinear",
-                                                                     antialias=True)), 0.0, 255.0))
-    return tf.ensure_shape(image, [input_size, input_size, 3])
+    image.set_shape([None, None, 3])
+    return _preprocess(tf.cast(image, tf.float32), family, input_size, training=False)
