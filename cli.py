@@ -133,6 +133,110 @@ def benchmark_memory_command(model_names, batch_size, steps, modes, json_path, p
 # ---------------------------------------------------------------------------------------------------
 # export / serve / predict (issue: serving)
 # ---------------------------------------------------------------------------------------------------
+@cli.command("export")
+@click.option("--id", "exp_id", required=True, help="Experiment id (folder under --workdir).")
+@click.option("--workdir", default="./experiments", help="Folder holding the experiments.")
+@click.option("--format", "export_format", type=click.Choice(["savedmodel", "onnx", "all"]), default="all",
+              help="SavedModel (TF-Serving layout), ONNX, or both in the same version folder.")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Export root; writes OUTPUT/NAME/VERSION/.")
+@click.option("--name", default=None, help="Model name (folder under --output). Default: the experiment id.")
+@click.option("--version", type=int, default=None, help="Version number. Default: the next free number.")
+@click.option("--checkpoint", default="latest", help="'latest', 'best' or a checkpoint path prefix.")
+@click.option("--opset", type=int, default=17, help="ONNX opset for tf2onnx (7..18).")
+@click.option("--quantize", type=click.Choice(["int8"]), default=None,
+              help="Also write model.int8.onnx (ONNX Runtime dynamic quantization) and report the accuracy change.")
+@click.option("--data-dir", default=None, help="Dataset for the parity check images. Default: the experiment's data dir.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing version folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the full export.json record.")
+def export_command(exp_id, workdir, export_format, output, name, version, checkpoint, opset, quantize, data_dir,
+                   overwrite, as_json):
+    """Export a trained experiment for serving (inference-only graph), checked for TF/ONNX parity."""
+    import serving
+
+    record = serving.export(exp_id=exp_id, workdir=workdir, format=export_format, output=output, name=name,
+                            version=version, checkpoint=checkpoint, opset=opset, quantize=quantize,
+                            data_dir=data_dir, overwrite=overwrite)
+    if as_json:
+        _print_json(record)
+    else:
+        click.echo(f"exported {record['name']} version {record['version']} to {record['path']}")
+        if "onnx" in record:
+            click.echo(f"onnx max abs probability difference vs TF: {record['onnx']['max_abs_probability_diff']:.3g}")
+
+
+@cli.command("serve")
+@click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="OUTPUT/NAME folder from `export`.")
+@click.option("--backend", type=click.Choice(["onnx", "tf"]), default="onnx", help="ONNX Runtime or TF SavedModel.")
+@click.option("--host", default="127.0.0.1", help="Bind address; use 0.0.0.0 to expose the server.")
+@click.option("--port", type=click.IntRange(min=0), default=8500, help="gRPC port (0 = any free port).")
+@click.option("--rest-port", type=click.IntRange(min=-1), default=8501,
+              help="REST and /metrics port (0 = any free port, -1 = off).")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=32,
+              help="Rows per dynamic batch, and the largest batch one request may send.")
+@click.option("--batch-timeout-ms", type=click.FloatRange(min=0), default=2.0,
+              help="Wait this long for more requests to batch; 0 turns dynamic batching off.")
+@click.option("--workers", type=click.IntRange(min=1), default=16, help="gRPC worker threads.")
+@click.option("--tls-cert", default=None, type=click.Path(dir_okay=False), help="PEM certificate (with --tls-key) for TLS.")
+@click.option("--tls-key", default=None, type=click.Path(dir_okay=False), help="PEM private key for TLS.")
+@click.option("--max-message-mb", type=click.IntRange(min=1), default=64, help="Largest gRPC message in MiB.")
+@click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=2.0, help="How often to look for new versions.")
+@click.option("--onnx-file", default="model.onnx", help="ONNX file in each version folder (e.g. model.int8.onnx).")
+def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, batch_timeout_ms, workers, tls_cert,
+                  tls_key, max_message_mb, poll_seconds, onnx_file):
+    """Serve the newest version over TF Serving's gRPC API (plus REST, health and Prometheus metrics)."""
+    import serving
+
+    serving.serve(model_dir=model_dir, backend=backend, host=host, port=port,
+                  rest_port=None if rest_port < 0 else rest_port, max_batch_size=max_batch_size,
+                  batch_timeout_ms=batch_timeout_ms, workers=workers, tls_cert=tls_cert, tls_key=tls_key,
+                  max_message_mb=max_message_mb, poll_seconds=poll_seconds, onnx_file=onnx_file)
+
+
+@cli.command("predict")
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--server", default="127.0.0.1:8500", help="HOST:PORT of a model server.")
+@click.option("--model", default="", help="Model name (empty = the server's model).")
+@click.option("--top-k", type=click.IntRange(min=1), default=5, help="Classes to print per image.")
+@click.option("--timeout-seconds", type=click.FloatRange(min=0.1), default=30.0, help="Request deadline.")
+@click.option("--tls-ca", default=None, type=click.Path(dir_okay=False), help="PEM CA certificate to connect with TLS.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+def predict_command(images, server, model, top_k, timeout_seconds, tls_ca, as_json):
+    """Send JPEG/PNG files to a server and print the top-k classes with probabilities per image."""
+    import serving
+    from serving.client import format_predictions
+
+    results = serving.predict(server=server, images=list(images), model=model, top_k=top_k,
+                              timeout_seconds=timeout_seconds, tls_ca=tls_ca)
+    if as_json:
+        _print_json(results)
+    else:
+        click.echo(format_predictions(results))
+
+
+@benchmark_group.command("serve")
+@click.option("--model-dir", default=None, type=click.Path(file_okay=False),
+              help="OUTPUT/NAME with both formats; default: export a randomly initialised revnet-38 to a temp folder.")
+@click.option("--requests-per-client", type=click.IntRange(min=1), default=None,
+              help="Requests each client sends (default: enough for about 64-200 per configuration).")
+@click.option("--concurrency", default="1,8,32", help="Comma-separated client counts.")
+@click.option("--backends", default="onnx,tf", help="Comma-separated backends.")
+@click.option("--max-batch-size", type=click.IntRange(min=1), default=32, help="Dynamic batching limit.")
+@click.option("--batch-timeout-ms", type=click.FloatRange(min=0.1), default=5.0, help="Dynamic batching timeout.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
+def benchmark_serve_command(model_dir, requests_per_client, concurrency, backends, max_batch_size, batch_timeout_ms,
+                            as_json):
+    """Requests/s and p50/p99 latency at batch 1 over loopback gRPC, with and without dynamic batching, both
+    backends, next to raw in-process ONNX Runtime and TensorFlow throughput."""
+    from benchmarks.serve import format_rows, run_serve_benchmark
+
+    rows = run_serve_benchmark(model_dir=model_dir, concurrency=[int(c) for c in concurrency.split(",")],
+                               backends=backends.split(","), requests_per_client=requests_per_client,
+                               max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms)
+    if as_json:
+        _print_json(rows)
+    else:
+        click.echo(format_rows(rows))
+
 
 # ---------------------------------------------------------------------------------------------------
 # demo (issue: end to end)
