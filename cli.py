@@ -129,6 +129,93 @@ def benchmark_memory_command(model_names, batch_size, steps, modes, json_path, p
 # ---------------------------------------------------------------------------------------------------
 # train / eval (issue: distributed trainer)
 # ---------------------------------------------------------------------------------------------------
+@cli.command("train")
+@click.option("--model", required=True, help="Model name (see `cli.py models`), e.g. revnet-38 or revnet-104.")
+@click.option("--data", default=None, help="Dataset folder from `cli.py preprocess` (metadata.json + TFRecords); "
+              "optional when resuming an --id.")
+@click.option("--id", "exp_id", default=None, help="Experiment id; a fresh one is generated and printed if omitted. "
+              "An existing id resumes from its latest checkpoint.")
+@click.option("--workdir", default="./experiments", help="Folder that holds the experiment folders.")
+@click.option("--gpus", type=click.IntRange(min=0), default=None,
+              help="Number of GPUs for MirroredStrategy [default: all visible; CPU when there are none].")
+@click.option("--cpu-replicas", type=click.IntRange(min=1), default=1,
+              help="Split the CPU into N logical devices for multi-replica synchronous SGD without GPUs.")
+@click.option("--steps", type=click.IntRange(min=1), default=None, help="Total training steps [default: paper recipe].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None,
+              help="Global batch size, split across replicas [default: paper recipe].")
+@click.option("--lr", type=float, default=None, help="Base learning rate [default: paper recipe, 0.1].")
+@click.option("--eval-every", type=click.IntRange(min=0), default=None,
+              help="Evaluate on the validation split every N steps (0 = never) [default: 0].")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
+              help="Save a checkpoint every N steps (and at the end) [default: paper recipe].")
+@click.option("--log-every", type=click.IntRange(min=1), default=None,
+              help="Log and write summaries every N steps [default: paper recipe].")
+@click.option("--seed", type=int, default=None, help="Seed for weights, data order and augmentation "
+              "[default: random, saved in config.json].")
+@click.option("--mixed-precision", type=click.Choice(["bf16", "fp16"]), default=None,
+              help="Compute in bfloat16 or float16 (with dynamic loss scaling) [default: float32].")
+@click.option("--mode", type=click.Choice(["reversible", "autodiff"]), default=None,
+              help="RevNet backward pass: reversible recomputation or plain autodiff [default: reversible].")
+@click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
+def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch_size, lr, eval_every,
+                  checkpoint_every, log_every, seed, mixed_precision, mode, as_json):
+    """Train a model with synchronous SGD (or resume an experiment); SIGTERM saves a checkpoint and exits 143."""
+    from common.devices import configure_cpu_replicas
+
+    configure_cpu_replicas(cpu_replicas)  # before TensorFlow runs any op
+    import train
+
+    summary = train.run(model=model, data=data, id=exp_id, workdir=workdir, gpus=gpus, cpu_replicas=cpu_replicas,
+                        steps=steps, batch_size=batch_size, learning_rate=lr, eval_every=eval_every,
+                        checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
+                        mixed_precision=mixed_precision, mode=mode)
+    if as_json:
+        _print_json(summary)
+    else:
+        click.echo(f"{summary['id']}: {summary['status']} at step {summary['step']} "
+                   f"loss={summary['last_loss']} checkpoint={summary['checkpoint']}")
+    if summary["status"] == "preempted":
+        sys.exit(143)
+
+
+@cli.command("eval")
+@click.option("--id", "exp_id", required=True, help="Experiment id to evaluate.")
+@click.option("--workdir", default="./experiments", help="Folder that holds the experiment folders.")
+@click.option("--once", is_flag=True, help="Evaluate the latest checkpoint once, print top1/top5/loss and exit.")
+@click.option("--split", default="validation", help="Split to evaluate (train or validation).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Eval batch size [default: recipe].")
+@click.option("--timeout", "timeout_seconds", type=click.FloatRange(min=0), default=3600.0,
+              help="Stop watching after this many seconds without a new checkpoint.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def eval_command(exp_id, workdir, once, split, batch_size, timeout_seconds, as_json):
+    """Evaluate an experiment's checkpoints on the full split (watching for new ones unless --once)."""
+    import train
+
+    result = train.evaluate(id=exp_id, workdir=workdir, once=once, split=split, batch_size=batch_size,
+                            timeout_seconds=timeout_seconds)
+    if as_json:
+        _print_json(result)
+    elif result is not None:
+        click.echo(f"top1={result['top1']:.4f} top5={result['top5']:.4f} loss={result['loss']:.4f}")
+
+
+@benchmark_group.command("train")
+@click.option("--model", default="revnet-38", help="RevNet to measure (both modes).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Global batch size.")
+@click.option("--steps", type=click.IntRange(min=1), default=10, help="Measured steps per configuration (after warm-up).")
+@click.option("--replicas", default="1,2", help="Comma-separated CPU replica counts.")
+@click.option("--modes", default="reversible,autodiff", help="Comma-separated modes.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
+def benchmark_train_command(model, batch_size, steps, replicas, modes, as_json):
+    """Training examples/s of the real train step for each mode and replica count, one subprocess each."""
+    from benchmarks.train import format_rows, run_train_benchmark
+
+    rows = run_train_benchmark(model, batch_size, steps, [int(r) for r in replicas.split(",")], modes.split(","))
+    if as_json:
+        _print_json(rows)
+    else:
+        click.echo(format_rows(rows))
+
 
 # ---------------------------------------------------------------------------------------------------
 # export / serve / predict (issue: serving)
