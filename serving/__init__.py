@@ -6,7 +6,7 @@ Entry points: `export(...)`, `serve(...)` (blocking), `start_server(...)` (in-pr
 
 
 def export(**options):
-    from serving.export import export as run_export
+    from serving.exporter import export as run_export
 
     return run_export(**options)
 
