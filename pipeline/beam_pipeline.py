@@ -1,0 +1,231 @@
+"""The Beam graph: manifest -> decode/check/encode -> deterministic shards -> TFRecord files.
+
+    ReadFromText(_manifest.jsonl) -> expand (CIFAR batch -> rows) -> Reshuffle -> Encode
+        -> records ((split, shard), (key, example bytes)) -> GroupByKey -> WriteShard -> _shards.json
+        -> rejects {path, split, reason}                                              -> rejects.jsonl
+
+The driver (pipeline/run.py) lists the inputs into the manifest and fixes the shard boundaries, so the
+graph holds no data and runs unchanged on any runner that can read the manifest's folder. Every record
+has a key: a hash of (seed, split, source id) for training, the source id for validation. A record's
+shard is found by bisecting the boundaries, and records are written in key order within a shard, so
+re-runs give byte-identical files whatever order the runner processes them in.
+"""
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Dict, List, Sequence, Tuple
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+MANIFEST_FILE = "_manifest.jsonl"
+SHARDS_FILE = "_shards.json"
+METRICS_NAMESPACE = "preprocess"
+
+
+def order_key(seed: int, split: str, source_id: str) -> Tuple[str, str]:
+    """Sort key of one record: training records are shuffled by a seeded hash, validation keeps input order."""
+    if split == "train":
+        digest = hashlib.sha256(f"{seed}\x00{split}\x00{source_id}".encode("utf-8")).hexdigest()[:32]
+        return (digest, source_id)
+    return ("", source_id)
+
+
+def shard_boundaries(keys: Sequence[Tuple[str, str]], num_shards: int) -> List[Tuple[str, str]]:
+    """The first key of shards 1..S-1 so that the record of rank r lands in shard floor(r * S / N)."""
+    ordered = sorted(keys)
+    count = len(ordered)
+    bounds = []
+    for shard in range(1, num_shards):
+        first_rank = -(-shard * count // num_shards)  # ceil(shard * N / S)
+        bounds.append(ordered[first_rank] if first_rank < count else (chr(0x10FFFF), ""))
+    return bounds
+
+
+def shard_of(boundaries: Sequence[Tuple[str, str]], key: Tuple[str, str]) -> int:
+    return bisect.bisect_right(boundaries, tuple(key))
+
+
+def _read_bytes(path: str) -> bytes:
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+
+        with FileSystems.open(path, compression_type="uncompressed") as handle:
+            return handle.read()
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def _create(path: str):
+    if "://" in path:
+        from apache_beam.io.filesystems import FileSystems
+
+        return FileSystems.create(path, compression_type="uncompressed")
+    return open(path, "wb")
+
+
+def _write_bytes(path: str, data: bytes) -> None:
+    with _create(path) as handle:
+        handle.write(data)
+
+
+class _Progress:
+    """Records processed and rate on stderr, at most once a second, only when stderr is a terminal."""
+
+    def __init__(self):
+        self.count = self.rejected = 0
+        self.start = self.last = time.monotonic()
+        self.enabled = sys.stderr.isatty()
+
+    def tick(self, rejected: bool) -> None:
+        self.count += 1
+        self.rejected += int(rejected)
+        now = time.monotonic()
+        if self.enabled and now - self.last >= 1.0:
+            self.last = now
+            rate = self.count / max(now - self.start, 1e-9)
+            sys.stderr.write(f"\rpreprocess [worker {os.getpid()}]: {self.count} records "
+                             f"({self.rejected} rejected), {rate:.0f} records/s ")
+            sys.stderr.flush()
+
+
+class ExpandInputs(beam.DoFn):
+    """A manifest line -> input rows: a CIFAR batch file becomes one row per image; image files pass through."""
+
+    def __init__(self, dataset: str, input_path: str):
+        self.dataset, self.input_path = dataset, input_path
+
+    def process(self, line: str):
+        item = json.loads(line)
+        if item["kind"] == "file":
+            yield item
+            return
+        from preprocess import cifar
+
+        spec = cifar.SPECS[self.dataset]
+        member = item["member"]
+        data = cifar.read_members(self.input_path, spec, [member])[member]
+        batch = cifar.parse_batch(data, spec, member, item["num_classes"])
+        for index, filename, _, labels in cifar.iter_batch(batch):
+            yield {"kind": "cifar", "split": item["split"], "source_id": f"{member}:{index:06d}",
+                   "filename": filename, "pixels": batch["data"][index].tobytes(), "labels": labels}
+
+
+class EncodeRecords(beam.DoFn):
+    """Decode, check and encode one input; emits ((split, shard), (key, Example bytes)) or a reject."""
+
+    REJECTS = "rejects"
+
+    def __init__(self, seed: int, boundaries: Dict[str, list], label_key: str, label_names: Dict[str, List[str]],
+                 label_offset: int = 0):
+        self.seed, self.boundaries = seed, boundaries
+        self.label_key, self.label_names, self.label_offset = label_key, label_names, label_offset
+
+    def setup(self):
+        self.progress = _Progress()
+        self.counters = {}
+
+    def _count(self, split: str, what: str) -> None:
+        name = f"{split}_{what}"
+        if name not in self.counters:
+            self.counters[name] = Metrics.counter(METRICS_NAMESPACE, name)
+        self.counters[name].inc()
+
+    def process(self, item):
+        from preprocess import images, tfrecord
+
+        split = item["split"]
+        self._count(split, "read")
+        try:
+            if item["kind"] == "cifar":
+                example = self._cifar_example(item, images, tfrecord)
+            else:
+                example, action = self._image_example(item, images, tfrecord)
+                if action != "kept":
+                    self._count(split, f"converted_{action}")
+        except images.ImageRejected as error:
+            self._count(split, "rejected")
+            self.progress.tick(rejected=True)
+            yield beam.pvalue.TaggedOutput(self.REJECTS, {"path": item.get("path", item["source_id"]),
+                                                          "split": split, "reason": str(error)})
+            return
+        self.progress.tick(rejected=False)
+        key = order_key(self.seed, split, item["source_id"])
+        shard = shard_of(self.boundaries[split], key)
+        yield (split, shard), (key, example)
+
+    def _cifar_example(self, item, images, tfrecord):
+        from preprocess.cifar import IMAGE_SIZE, planar_to_hwc
+        import numpy as np
+
+        pixels = planar_to_hwc(np.frombuffer(item["pixels"], dtype=np.uint8)[None])[0]
+        labels = item["labels"]
+        label = labels[self.label_key]
+        coarse = labels.get("coarse_labels")
+        return tfrecord.image_example(images.encode_png(np.ascontiguousarray(pixels)), "PNG", IMAGE_SIZE, IMAGE_SIZE,
+                                   item["filename"], label + self.label_offset, self.label_names[self.label_key][label],
+                                   coarse_label=coarse)
+
+    def _image_example(self, item, images, tfrecord):
+        try:
+            data = _read_bytes(item["path"])
+        except OSError as error:
+            raise images.ImageRejected(f"cannot read file: {error}") from None
+        encoded = images.to_rgb_jpeg(data)
+        example = tfrecord.image_example(encoded.encoded, encoded.image_format, encoded.height, encoded.width,
+                                      os.path.basename(item["path"]), item["label"], item["text"],
+                                      synset=item["synset"])
+        return example, encoded.action
+
+
+class WriteShard(beam.DoFn):
+    """All records of one shard, sorted by key, into one TFRecord file; emits the file's record count."""
+
+    def __init__(self, output_dir: str, shard_files: Dict[str, List[str]]):
+        self.output_dir, self.shard_files = output_dir, shard_files
+
+    def process(self, element):
+        from preprocess.tfrecord import write_record
+
+        (split, shard), records = element
+        records = sorted(records)
+        name = self.shard_files[split][shard]
+        # Rewriting the whole file makes a retried bundle harmless (the output is the same bytes).
+        with _create(os.path.join(self.output_dir, name)) as handle:
+            for _, serialized in records:
+                write_record(handle, serialized)
+        Metrics.counter(METRICS_NAMESPACE, f"{split}_written").inc(len(records))
+        yield {"split": split, "shard": shard, "file": name, "records": len(records)}
+
+
+def _write_shard_list(shards, output_dir: str):
+    _write_bytes(os.path.join(output_dir, SHARDS_FILE), json.dumps(sorted(shards, key=lambda s: s["file"])).encode())
+
+
+def _write_rejects(rejects, path: str):
+    lines = sorted(json.dumps(r, sort_keys=True) for r in rejects)
+    _write_bytes(path, "".join(line + "\n" for line in lines).encode("utf-8"))
+
+
+def build(pipeline: beam.Pipeline, *, dataset: str, input_path: str, work_dir: str, seed: int,
+          boundaries: Dict[str, list], shard_files: Dict[str, List[str]], label_key: str,
+          label_names: Dict[str, List[str]], label_offset: int = 0, rejects_file: str = "rejects.jsonl") -> None:
+    lines = pipeline | "ReadManifest" >> beam.io.ReadFromText(os.path.join(work_dir, MANIFEST_FILE))
+    rows = (lines | "Expand" >> beam.ParDo(ExpandInputs(dataset, input_path))
+            # CIFAR gives one element per batch file: spread its images over the workers.
+            | "Spread" >> beam.Reshuffle())
+    encoded = rows | "Encode" >> beam.ParDo(EncodeRecords(seed, boundaries, label_key, label_names, label_offset)).with_outputs(
+        EncodeRecords.REJECTS, main="records")
+    (encoded.records
+     | "GroupShards" >> beam.GroupByKey()
+     | "WriteShards" >> beam.ParDo(WriteShard(work_dir, shard_files))
+     | "ListShards" >> beam.combiners.ToList()
+     | "WriteShardList" >> beam.Map(_write_shard_list, work_dir))
+    (encoded[EncodeRecords.REJECTS]
+     | "ListRejects" >> beam.combiners.ToList()
+     | "WriteRejects" >> beam.Map(_write_rejects, os.path.join(work_dir, rejects_file)))
