@@ -1,0 +1,87 @@
+"""Session fixtures: a tiny "trained" experiment (random init, in the trainer's folder contract), a tiny
+validation dataset in the pipeline's TFRecord format, and one export of both formats."""
+import io
+import os
+
+import numpy as np
+import pytest
+
+LABELS = ["cat", "dog", "ship"]
+NUM_IMAGES = 8
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jpeg_bytes(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def make_dataset(data_dir: str):
+    """A validation split of PNG/JPEG 32x32 images, written exactly as `pipeline/` would."""
+    import tensorflow as tf
+
+    from common.fileio import atomic_write_json
+    from preprocess.schema import make_example, shard_name
+
+    rng = np.random.RandomState(1)
+    os.makedirs(data_dir, exist_ok=True)
+    pixels = rng.randint(0, 256, (NUM_IMAGES, 32, 32, 3))
+    encoded = [png_bytes(p) if i % 2 == 0 else jpeg_bytes(p) for i, p in enumerate(pixels)]
+    labels = [i % len(LABELS) for i in range(NUM_IMAGES)]
+    name = shard_name("validation", 0, 1)
+    with tf.io.TFRecordWriter(os.path.join(data_dir, name)) as writer:
+        for i, (data, label) in enumerate(zip(encoded, labels)):
+            kind = "PNG" if i % 2 == 0 else "JPEG"
+            writer.write(make_example(data, kind, 32, 32, f"img{i}", label, LABELS[label]).SerializeToString())
+    split = {"read": NUM_IMAGES, "written": NUM_IMAGES, "rejected": 0, "shards": [{"file": name, "records": NUM_IMAGES}]}
+    atomic_write_json(os.path.join(data_dir, "metadata.json"), {
+        "dataset": "cifar-10", "num_classes": len(LABELS), "label_names": LABELS, "synsets": None, "label_offset": 0,
+        "label": None, "splits": {"validation": split}, "options": {}, "complete": True})
+    return encoded, labels
+
+
+def make_experiment(workdir: str, exp_id: str, data_dir: str):
+    import tensorflow as tf
+
+    from models import build_model
+    from train.experiment import checkpoints_dir, experiment_dir, save_config
+
+    exp_dir = experiment_dir(workdir, exp_id)
+    model = build_model("revnet-38", num_classes=len(LABELS), seed=3)
+    # A few training-mode calls move the BN statistics away from their initial values, so the export
+    # is only right if it really uses the moving statistics.
+    rng = np.random.RandomState(2)
+    for _ in range(2):
+        model(tf.constant(rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)), training=True)
+    os.makedirs(exp_dir, exist_ok=True)
+    save_config(exp_dir, {"model": model.config.to_json(),
+                          "data": {"dir": data_dir, "dataset": "cifar-10", "num_classes": len(LABELS),
+                                   "label_names": LABELS, "train_examples": 0, "validation_examples": NUM_IMAGES},
+                          "train": {}})
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), checkpoints_dir(exp_dir), max_to_keep=2)
+    manager.save()
+    return model
+
+
+@pytest.fixture(scope="session")
+def serving_env(tmp_path_factory):
+    """dict(workdir, exp_id, data_dir, images, labels, output, record, model_dir) after one `export --format all`."""
+    from serving import export
+
+    root = tmp_path_factory.mktemp("serving")
+    data_dir, workdir, output = str(root / "data"), str(root / "experiments"), str(root / "exports")
+    encoded, labels = make_dataset(data_dir)
+    model = make_experiment(workdir, "exp1", data_dir)
+    record = export(exp_id="exp1", workdir=workdir, output=output, format="all", name="revnet")
+    return {"workdir": workdir, "exp_id": "exp1", "data_dir": data_dir, "encoded": encoded, "labels": labels,
+            "output": output, "record": record, "model_dir": os.path.join(output, "revnet"), "model": model}

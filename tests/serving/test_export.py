@@ -1,0 +1,113 @@
+"""Export: TF-Serving layout, both signatures loaded back, warm-up records, ONNX parity, refusals."""
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from common.errors import UserError
+
+
+def test_layout_and_record(serving_env):
+    version_dir = os.path.join(serving_env["model_dir"], "1")
+    for name in ("saved_model.pb", "variables", "assets/labels.txt", "assets.extra/tf_serving_warmup_requests",
+                 "model.onnx", "labels.txt", "export.json"):
+        assert os.path.exists(os.path.join(version_dir, name)), name
+    assert open(os.path.join(version_dir, "assets/labels.txt")).read().split() == ["cat", "dog", "ship"]
+    record = serving_env["record"]
+    assert record["version"] == 1 and record["parity_images"]["source"].startswith("validation:")
+    assert 0 <= record["onnx"]["max_abs_probability_diff"] <= 1e-4
+    assert not [e for e in os.listdir(serving_env["model_dir"]) if e.startswith(".")]  # no staging left over
+
+
+def test_both_signatures_load_back_and_match_the_inference_model(serving_env):
+    loaded = tf.saved_model.load(os.path.join(serving_env["model_dir"], "1"))
+    assert set(loaded.signatures) == {"serving_default", "predict_images"}
+    from serving.images import decode_images_numpy
+
+    images = decode_images_numpy(serving_env["encoded"], 32, "cifar")
+    expected = tf.nn.softmax(serving_env["model"](tf.constant(images), training=False)).numpy()
+    by_images = loaded.signatures["serving_default"](images=tf.constant(images))
+    by_bytes = loaded.signatures["predict_images"](image_bytes=tf.constant(serving_env["encoded"]))
+    np.testing.assert_allclose(by_images["probabilities"].numpy(), expected, atol=1e-5)
+    assert by_images["classes"].dtype == tf.int64
+    np.testing.assert_array_equal(by_images["classes"].numpy(), expected.argmax(-1))
+    png_rows = slice(0, None, 2)  # PNG decodes identically everywhere; JPEG decoders may differ slightly
+    np.testing.assert_allclose(by_bytes["probabilities"].numpy()[png_rows], expected[png_rows], atol=1e-5)
+    # Inference mode: the moving BN statistics differ from batch statistics, so training=True must disagree.
+    # (A separately restored copy: training=True updates the moving statistics.)
+    from train.experiment import restore_model
+
+    copy, _, _ = restore_model(serving_env["workdir"], "exp1")
+    training_probs = tf.nn.softmax(copy(tf.constant(images), training=True)).numpy()
+    assert np.abs(training_probs - expected).max() > 1e-3
+
+
+def test_signature_defs_as_saved_model_cli_shows_them(serving_env):
+    from tensorflow.python.tools import saved_model_utils
+
+    meta = saved_model_utils.get_meta_graph_def(os.path.join(serving_env["model_dir"], "1"), "serve")
+    defs = meta.signature_def
+    assert set(defs) >= {"serving_default", "predict_images"}
+    assert list(defs["serving_default"].inputs) == ["images"]
+    assert [d.size for d in defs["serving_default"].inputs["images"].tensor_shape.dim] == [-1, 32, 32, 3]
+    assert list(defs["predict_images"].inputs) == ["image_bytes"]
+    for name in ("serving_default", "predict_images"):
+        assert set(defs[name].outputs) == {"probabilities", "classes", "logits"}
+
+
+def test_warmup_records_are_prediction_logs(serving_env):
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = os.path.join(serving_env["model_dir"], "1", "assets.extra", "tf_serving_warmup_requests")
+    logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+    signatures = {log.predict_log.request.model_spec.signature_name for log in logs}
+    assert len(logs) >= 2 and signatures == {"serving_default", "predict_images"}
+
+
+def test_onnx_parity_and_dynamic_batch(serving_env):
+    import onnx
+    import onnxruntime
+
+    path = os.path.join(serving_env["model_dir"], "1", "model.onnx")
+    proto = onnx.load(path)
+    onnx.checker.check_model(proto)
+    assert any(node.op_type == "Loop" for node in proto.graph.node)  # the reversible while_loop
+    assert not proto.graph.input[0].type.tensor_type.shape.dim[0].HasField("dim_value")
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    images = np.random.RandomState(5).uniform(0, 255, (5, 32, 32, 3)).astype(np.float32)
+    names = [o.name for o in session.get_outputs()]
+    got = dict(zip(names, session.run(None, {"images": images})))
+    expected = tf.nn.softmax(serving_env["model"](tf.constant(images), training=False)).numpy()
+    assert np.abs(got["probabilities"] - expected).max() <= 1e-4
+    assert got["classes"].dtype == np.int64
+
+
+def test_existing_version_refuses_without_overwrite(serving_env):
+    from serving import export
+
+    with pytest.raises(UserError, match="already exists.*--overwrite"):
+        export(exp_id="exp1", workdir=serving_env["workdir"], output=serving_env["output"], format="onnx",
+               name="revnet", version=1)
+
+
+def test_cli_export_errors_are_one_line(serving_env):
+    from click.testing import CliRunner
+
+    from cli import cli
+
+    result = CliRunner().invoke(cli, ["export", "--id", "exp1", "--workdir", serving_env["workdir"], "--output",
+                                      serving_env["output"], "--name", "revnet", "--version", "1"])
+    assert result.exit_code == 2 and "already exists" in result.output
+    result = CliRunner().invoke(cli, ["export", "--id", "missing", "--workdir", serving_env["workdir"], "--output", "x"])
+    assert result.exit_code == 2 and "no experiment 'missing'" in result.output
+
+
+def test_parity_failure_stops_the_export(serving_env, monkeypatch, tmp_path):
+    import serving.exporter as export_module
+
+    monkeypatch.setattr(export_module, "PARITY_TOLERANCE", -1.0)
+    with pytest.raises(UserError, match="disagree"):
+        export_module.export(exp_id="exp1", workdir=serving_env["workdir"], output=str(tmp_path), format="onnx",
+                             name="broken")
+    assert os.listdir(tmp_path / "broken") == []  # nothing published, staging removed
