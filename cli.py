@@ -125,6 +125,72 @@ def benchmark_memory_command(model_names, batch_size, steps, modes, json_path, p
 # ---------------------------------------------------------------------------------------------------
 # preprocess (issue: Beam preprocessing)
 # ---------------------------------------------------------------------------------------------------
+@cli.command("preprocess", context_settings={"ignore_unknown_options": True})
+@click.argument("dataset", type=click.Choice(["cifar-10", "cifar-100", "imagenet"]))
+@click.option("--input", "input_path", default=None,
+              help="CIFAR: the official .tar.gz or its extracted folder [default: download it, MD5-checked]. "
+                   "ImageNet: the folder holding train/<synset>/*.JPEG and val/.")
+@click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False),
+              help="Dataset folder to create (TFRecord shards + metadata.json), written atomically.")
+@click.option("--train-shards", type=click.IntRange(1, 99999), default=None,
+              help="Training shard files [default: 1024 for ImageNet, 10 for CIFAR].")
+@click.option("--val-shards", type=click.IntRange(1, 99999), default=None,
+              help="Validation shard files [default: 128 for ImageNet, 2 for CIFAR].")
+@click.option("--seed", type=int, default=0, help="Seed of the deterministic shuffle of training examples across shards.")
+@click.option("--label", type=click.Choice(["fine", "coarse"]), default="fine", help="CIFAR-100 label to train on.")
+@click.option("--val-labels", type=click.Path(dir_okay=False), default=None,
+              help="ImageNet flat val/: LOC_val_solution.csv or a file with one synset per line (sorted file names).")
+@click.option("--label-offset", type=click.IntRange(min=0), default=0,
+              help="Added to every label; 1 gives the 1..1000 ImageNet convention of the classic TF scripts.")
+@click.option("--class-names", type=click.Path(dir_okay=False), default=None,
+              help="ImageNet class texts ('n01440764 tench, ...' per line) [default: INPUT/LOC_synset_mapping.txt "
+                   "or synset_words.txt if present, else the synset].")
+@click.option("--max-reject-fraction", type=click.FloatRange(0, 1), default=0.001,
+              help="Fail (naming the rejects file) if a split rejects more than this fraction of its inputs.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Local DirectRunner worker processes (multi_processing when > 1) [default: CPU count].")
+@click.option("--download-dir", type=click.Path(file_okay=False), default=None,
+              help="Where a downloaded CIFAR archive is kept [default: ~/.cache/revnet].")
+@click.option("--overwrite", is_flag=True, help="Replace a finished dataset already in --output.")
+@click.option("--json", "as_json", is_flag=True, help="Print metadata.json instead of a summary table.")
+@click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
+def preprocess_command(dataset, input_path, output_dir, train_shards, val_shards, seed, label, val_labels,
+                       label_offset, class_names, max_reject_fraction, workers, download_dir, overwrite, as_json,
+                       beam_args):
+    """Turn a raw DATASET (cifar-10, cifar-100, imagenet) into sharded TFRecords with an Apache Beam pipeline.
+
+    Beam pipeline options go after `--`, e.g. `-- --runner=DataflowRunner --project=P --region=R
+    --temp_location=gs://B/tmp`. Without them the pipeline runs locally with --workers processes.
+    """
+    from pipeline import format_summary, run_preprocess
+
+    metadata = run_preprocess(dataset, input_path, output_dir, train_shards=train_shards, val_shards=val_shards,
+                              seed=seed, label=label, val_labels=val_labels, label_offset=label_offset,
+                              class_names=class_names, max_reject_fraction=max_reject_fraction, workers=workers,
+                              overwrite=overwrite, beam_args=beam_args, download_dir=download_dir)
+    if as_json:
+        _print_json(metadata)
+    else:
+        click.echo(format_summary(metadata, output_dir))
+
+
+@benchmark_group.command("preprocess")
+@click.option("--images", "num_images", type=click.IntRange(min=10), default=300,
+              help="Synthetic ImageNet-style JPEGs to generate (some grayscale, CMYK and PNG-named-JPEG).")
+@click.option("--workers", "worker_counts", default="1,2", help="Comma-separated DirectRunner worker counts.")
+@click.option("--seed", type=int, default=0, help="Seed of the synthetic images.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
+def benchmark_preprocess_command(num_images, worker_counts, seed, as_json):
+    """Images per second on the ImageNet path: a plain single-process Python loop against the Beam
+    pipeline with 1 and 2 DirectRunner workers, measured in one run on the same generated JPEG tree."""
+    from benchmarks.preprocess import format_rows, run_preprocess_benchmark
+
+    rows = run_preprocess_benchmark(num_images, worker_counts, seed)
+    if as_json:
+        _print_json(rows)
+    else:
+        click.echo(format_rows(rows))
+
 
 # ---------------------------------------------------------------------------------------------------
 # train / eval (issue: distributed trainer)
@@ -156,9 +222,12 @@ def benchmark_memory_command(model_names, batch_size, steps, modes, json_path, p
               help="Compute in bfloat16 or float16 (with dynamic loss scaling) [default: float32].")
 @click.option("--mode", type=click.Choice(["reversible", "autodiff"]), default=None,
               help="RevNet backward pass: reversible recomputation or plain autodiff [default: reversible].")
+@click.option("--bn-momentum", type=float, default=None,
+              help="Batch-norm moving-average momentum; lower (e.g. 0.9) suits runs of a few hundred steps "
+              "[default: the model's, 0.99].")
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch_size, lr, eval_every,
-                  checkpoint_every, log_every, seed, mixed_precision, mode, as_json):
+                  checkpoint_every, log_every, seed, mixed_precision, mode, bn_momentum, as_json):
     """Train a model with synchronous SGD (or resume an experiment); SIGTERM saves a checkpoint and exits 143."""
     from common.devices import configure_cpu_replicas
 
@@ -168,7 +237,7 @@ def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch
     summary = train.run(model=model, data=data, id=exp_id, workdir=workdir, gpus=gpus, cpu_replicas=cpu_replicas,
                         steps=steps, batch_size=batch_size, learning_rate=lr, eval_every=eval_every,
                         checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
-                        mixed_precision=mixed_precision, mode=mode)
+                        mixed_precision=mixed_precision, mode=mode, bn_momentum=bn_momentum)
     if as_json:
         _print_json(summary)
     else:

@@ -154,7 +154,7 @@ def _publish(work_dir: str, output_dir: str) -> None:
 def run_preprocess(dataset: str, input_path: Optional[str], output_dir: str, *, train_shards: Optional[int] = None,
                    val_shards: Optional[int] = None, seed: int = 0, label: str = "fine",
                    val_labels: Optional[str] = None, label_offset: int = 0, class_names: Optional[str] = None,
-                   max_reject_fraction: float = 0.001, workers: int = 1, overwrite: bool = False,
+                   max_reject_fraction: float = 0.001, workers: Optional[int] = None, overwrite: bool = False,
                    beam_args: Sequence[str] = (), download_dir: Optional[str] = None) -> Dict:
     """Turn a raw dataset into sharded TFRecords + metadata.json in `output_dir`; returns the metadata."""
     choose("dataset", dataset, DATASETS)
@@ -170,6 +170,7 @@ def run_preprocess(dataset: str, input_path: Optional[str], output_dir: str, *, 
             raise UserError(f"{split} shard count must be 1..99999, got {count}")
     if not 0.0 <= max_reject_fraction <= 1.0:
         raise UserError(f"--max-reject-fraction must be within 0..1, got {max_reject_fraction}")
+    workers = workers or os.cpu_count() or 1
     if label_offset < 0 or workers < 1:
         raise UserError("--label-offset must be >= 0 and --workers >= 1")
     if "://" in output_dir:
@@ -261,3 +262,14 @@ def _run_in(work_dir, dataset, plan: Plan, num_shards, boundaries, read, *, seed
     atomic_write_json(os.path.join(work_dir, METADATA_FILE), metadata)
     os.chmod(os.path.join(work_dir, METADATA_FILE), 0o644)
     return metadata
+
+
+def format_summary(metadata: Dict, output_dir: str) -> str:
+    """A short table of the per-split counts for the terminal."""
+    lines = [f"{metadata['dataset']} -> {os.path.abspath(output_dir)} ({metadata['num_classes']} classes, "
+             f"{metadata['seconds']:.1f} s)",
+             f"{'split':<12}{'read':>10}{'written':>10}{'rejected':>10}{'shards':>8}"]
+    for split, counts in metadata["splits"].items():
+        lines.append(f"{split:<12}{counts['read']:>10}{counts['written']:>10}{counts['rejected']:>10}"
+                     f"{len(counts['shards']):>8}")
+    return "\n".join(lines)
