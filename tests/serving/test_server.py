@@ -240,3 +240,26 @@ def test_hot_reload_picks_up_a_new_version(serving_env, tmp_path):
         channel.close()
     finally:
         handle.stop()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate")
+def test_tls_server_and_client(serving_env, tmp_path):
+    import subprocess
+
+    from serving import predict, start_server
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    handle = start_server(model_dir=serving_env["model_dir"], backend="onnx", port=0, rest_port=None,
+                          batch_timeout_ms=0, tls_cert=str(cert), tls_key=str(key), poll_seconds=3600)
+    try:
+        image = tmp_path / "a.png"
+        image.write_bytes(serving_env["encoded"][0])
+        rows = predict(server=f"127.0.0.1:{handle.port}", images=[str(image)], top_k=1, tls_ca=str(cert))
+        assert rows[0]["classes"][0]["label"] in {"cat", "dog", "ship"}
+        with pytest.raises(Exception):  # a plaintext client cannot talk to the TLS port
+            predict(server=f"127.0.0.1:{handle.port}", images=[str(image)], timeout_seconds=5)
+    finally:
+        handle.stop()
