@@ -30,7 +30,7 @@ MIXED_PRECISION = {None: None, "bf16": "bfloat16", "fp16": "float16"}
 KEEP_CHECKPOINTS = 5
 # Flags that override the recipe (and, on resume, the saved config) when given.
 TRAIN_FIELDS = ("batch_size", "learning_rate", "momentum", "weight_decay", "steps", "checkpoint_every",
-                "eval_every", "log_every", "eval_batch_size", "seed", "mixed_precision", "mode")
+                "eval_every", "log_every", "eval_batch_size", "seed", "mixed_precision", "mode", "bn_momentum")
 
 
 def new_experiment_id(model_name: str) -> str:
@@ -51,7 +51,7 @@ def resolve_config(model: str, data: Optional[str], exp_dir: str, saved: Optiona
     schema.split_files(data_dir, metadata, "train")
     recipe = recipe_for(model_config.family)
     train = recipe.to_json()
-    train.update(eval_every=0, seed=None, mixed_precision=None, mode="reversible")
+    train.update(eval_every=0, seed=None, mixed_precision=None, mode="reversible", bn_momentum=model_config.bn_momentum)
     if saved is not None:
         train.update(saved["train"])
         if saved["model"]["num_classes"] != num_classes:
@@ -66,10 +66,14 @@ def resolve_config(model: str, data: Optional[str], exp_dir: str, saved: Optiona
             raise UserError(f"{key.replace('_', '-')} must be at least 1, got {train[key]}")
     train["lr_boundaries"] = list(recipe.boundaries_for(train["steps"]))
     if saved is not None:
-        model_json = dict(saved["model"], mode=train["mode"], compute_dtype=MIXED_PRECISION[train["mixed_precision"]])
+        model_json = dict(saved["model"], mode=train["mode"], compute_dtype=MIXED_PRECISION[train["mixed_precision"]],
+                          bn_momentum=train["bn_momentum"])
     else:
         model_json = get_config(model, num_classes=num_classes, mode=train["mode"], seed=train["seed"] % 2 ** 31,
-                                compute_dtype=MIXED_PRECISION[train["mixed_precision"]]).to_json()
+                                compute_dtype=MIXED_PRECISION[train["mixed_precision"]],
+                                bn_momentum=train["bn_momentum"]).to_json()
+    if not 0.0 <= float(train["bn_momentum"]) < 1.0:
+        raise UserError(f"--bn-momentum must be in [0, 1), got {train['bn_momentum']}")
     return {"model": model_json, "train": train,
             "data": {"dir": os.path.abspath(data_dir), "dataset": metadata.get("dataset"), "num_classes": num_classes,
                      "label_names": metadata.get("label_names"),
