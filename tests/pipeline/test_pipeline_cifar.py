@@ -1,0 +1,142 @@
+"""CIFAR-10/100 through the Beam pipeline (in-process DirectRunner): counts, schema, exact pixels,
+deterministic shuffling, byte-identical re-runs, atomic output."""
+import io
+import json
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from common.errors import UserError
+from pipeline import beam_pipeline, run_preprocess
+from preprocess import schema
+from conftest import CIFAR10_NAMES, read_records
+
+
+@pytest.fixture(scope="module")
+def cifar10_run(tmp_path_factory, cifar10_archive):
+    output = str(tmp_path_factory.mktemp("out") / "cifar10")
+    metadata = run_preprocess("cifar-10", cifar10_archive, output, train_shards=4, val_shards=2, seed=7, workers=1)
+    return output, metadata
+
+
+def _files(folder):
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))
+            if name.endswith(".tfrecord")}
+
+
+def test_counts_reconcile_and_metadata_describes_the_dataset(cifar10_run):
+    output, metadata = cifar10_run
+    assert metadata == json.load(open(os.path.join(output, "metadata.json")))
+    assert schema.load_metadata(output)["complete"] is True
+    assert metadata["dataset"] == "cifar-10" and metadata["num_classes"] == 10
+    assert metadata["label_names"] == CIFAR10_NAMES and metadata["label_offset"] == 0
+    expected = {"train": 250, "validation": 60}
+    for split, counts in metadata["splits"].items():
+        assert counts["read"] == expected[split]
+        assert counts["read"] == counts["written"] + counts["rejected"] and counts["rejected"] == 0
+        assert sum(shard["records"] for shard in counts["shards"]) == counts["written"]
+        assert len(read_records(output, split)) == counts["written"]
+    assert [s["file"] for s in metadata["splits"]["train"]["shards"]] == \
+        [f"train-{i:05d}-of-00004.tfrecord" for i in range(4)]
+    assert [s["records"] for s in metadata["splits"]["train"]["shards"]] == [63, 62, 63, 62]  # rank r -> r*4//250
+    assert metadata["options"]["seed"] == 7 and metadata["beam_counters"]["train_written"] == 250
+    assert sorted(os.listdir(output)) == sorted(["metadata.json", "rejects.jsonl"] + list(_files(output)))
+
+
+def test_records_hold_the_exact_pixels_labels_and_schema(cifar10_run, cifar10_arrays):
+    output, _ = cifar10_run
+    for split, prefix in (("train", "train"), ("validation", "test")):
+        records = read_records(output, split)
+        images, labels = cifar10_arrays[f"{prefix}_images"], cifar10_arrays[f"{prefix}_labels"]
+        seen = set()
+        for record in records:
+            # The archive writer names images {prefix}_s_{index}.png, so the filename gives the source row.
+            index = int(record["image/filename"].decode().rsplit("_", 1)[1].split(".")[0])
+            seen.add(index)
+            assert record["image/format"] == b"PNG" and record["image/colorspace"] == b"RGB"
+            assert (record["image/height"], record["image/width"], record["image/channels"]) == (32, 32, 3)
+            decoded = np.asarray(Image.open(io.BytesIO(record["image/encoded"])))
+            np.testing.assert_array_equal(decoded, images[index])
+            assert record["image/class/label"] == labels[index]
+            assert record["image/class/text"].decode() == CIFAR10_NAMES[labels[index]]
+            assert record["image/class/coarse_label"] == -1  # CIFAR-10 has none
+        assert seen == set(range(len(images)))
+
+
+def test_training_examples_are_shuffled_across_shards_and_validation_keeps_order(cifar10_run):
+    output, _ = cifar10_run
+    train_order = [int(r["image/filename"].decode().rsplit("_", 1)[1][:6]) for r in read_records(output, "train")]
+    assert train_order != sorted(train_order)
+    first_shard = train_order[:63]
+    assert max(first_shard) > 200 and min(first_shard) < 50  # drawn from the whole input, not a contiguous block
+    val_order = [int(r["image/filename"].decode().rsplit("_", 1)[1][:6]) for r in read_records(output, "validation")]
+    assert val_order == sorted(val_order)
+
+
+def test_rerun_is_byte_identical_and_extracted_folder_gives_the_same_records(cifar10_run, cifar10_archive, tmp_path):
+    output, _ = cifar10_run
+    with tarfile.open(cifar10_archive, "r:gz") as handle:
+        handle.extractall(tmp_path / "extracted", filter="data")
+    again = str(tmp_path / "again")
+    run_preprocess("cifar-10", str(tmp_path / "extracted"), again, train_shards=4, val_shards=2, seed=7, workers=1)
+    assert _files(again) == _files(output)
+    other_seed = [beam_pipeline.order_key(8, "train", f"data_batch_1:{i:06d}") for i in range(50)]
+    same_seed = [beam_pipeline.order_key(7, "train", f"data_batch_1:{i:06d}") for i in range(50)]
+    assert np.argsort(other_seed).tolist() != np.argsort(same_seed).tolist()
+
+
+def test_finished_dataset_is_refused_without_overwrite(cifar10_run, cifar10_archive, tmp_path):
+    output, _ = cifar10_run
+    before = _files(output)
+    with pytest.raises(UserError, match="already holds a finished dataset; pass --overwrite"):
+        run_preprocess("cifar-10", cifar10_archive, output, workers=1)
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(UserError, match="is not empty"):
+        run_preprocess("cifar-10", cifar10_archive, str(tmp_path), workers=1)
+    assert _files(output) == before
+
+
+def test_interrupted_job_leaves_no_complete_looking_output(cifar10_archive, tmp_path, monkeypatch):
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("simulated interrupt after the shards were written")
+
+    monkeypatch.setattr(beam_pipeline, "_write_rejects", crash)
+    output = tmp_path / "dataset"
+    with pytest.raises(BaseException):
+        run_preprocess("cifar-10", cifar10_archive, str(output), train_shards=2, val_shards=1, workers=1)
+    assert not output.exists()
+    assert os.listdir(tmp_path) == []  # the temporary sibling folder is gone too
+
+
+def test_cifar100_coarse_labels(cifar100_archive, cifar100_arrays, tmp_path):
+    output = str(tmp_path / "c100")
+    metadata = run_preprocess("cifar-100", cifar100_archive, output, label="coarse", train_shards=2, val_shards=1,
+                              workers=1)
+    assert metadata["num_classes"] == 20 and metadata["label"] == "coarse"
+    assert metadata["label_names"] == cifar100_arrays["coarse_names"]
+    assert metadata["coarse_label_names"] == cifar100_arrays["coarse_names"]
+    assert (metadata["splits"]["train"]["written"], metadata["splits"]["validation"]["written"]) == (120, 30)
+    for record in read_records(output, "validation"):
+        index = int(record["image/filename"].decode().rsplit("_", 1)[1][:6])
+        assert record["image/class/label"] == cifar100_arrays["test_coarse"][index]
+        assert record["image/class/coarse_label"] == cifar100_arrays["test_coarse"][index]
+        assert record["image/class/text"].decode() == cifar100_arrays["coarse_names"][cifar100_arrays["test_coarse"][index]]
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(record["image/encoded"]))),
+                                      cifar100_arrays["test_images"][index])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dataset": "cifar-10", "label": "coarse"}, "--label coarse only applies to cifar-100"),
+    ({"dataset": "cifar-11"}, "unknown dataset 'cifar-11'"),
+    ({"dataset": "cifar-100"}, "lacks cifar-100-python/meta"),
+    ({"dataset": "imagenet"}, "no train/ folder"),
+])
+def test_wrong_inputs_are_user_errors_with_nothing_left_behind(cifar10_archive, tmp_path, kwargs, message):
+    dataset = kwargs.pop("dataset")
+    with pytest.raises(UserError, match=message):
+        run_preprocess(dataset, cifar10_archive if dataset != "imagenet" else str(tmp_path), str(tmp_path / "out"),
+                       workers=1, **kwargs)
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,88 @@
+"""ImageNet through the Beam pipeline: conversions, rejects, counts, label mapping for both layouts."""
+import io
+import json
+import os
+
+import pytest
+from PIL import Image
+
+from common.errors import UserError
+from pipeline import run_preprocess
+from conftest import read_records
+
+
+@pytest.fixture(scope="module")
+def imagenet_run(tmp_path_factory, imagenet_tree):
+    root, info = imagenet_tree
+    output = str(tmp_path_factory.mktemp("out") / "imagenet")
+    metadata = run_preprocess("imagenet", root, output, train_shards=3, val_shards=2, workers=1,
+                              max_reject_fraction=0.2)
+    return root, info, output, metadata
+
+
+def test_counts_reconcile_and_bad_files_are_listed_as_rejects(imagenet_run):
+    root, info, output, metadata = imagenet_run
+    train, validation = metadata["splits"]["train"], metadata["splits"]["validation"]
+    assert (train["read"], train["written"], train["rejected"]) == (info["train_files"], info["train_files"] - 2, 2)
+    assert (validation["read"], validation["written"], validation["rejected"]) == (6, 6, 0)
+    for counts in (train, validation):
+        assert counts["read"] == counts["written"] + counts["rejected"]
+        assert sum(s["records"] for s in counts["shards"]) == counts["written"]
+    assert train["converted"] == {"cmyk": 1, "png": 1, "grayscale": 1}
+    rejects = [json.loads(line) for line in open(os.path.join(output, "rejects.jsonl"))]
+    by_path = {r["path"]: r for r in rejects}
+    assert set(by_path) == {info["specials"]["truncated"], info["specials"]["empty"]}
+    assert by_path[info["specials"]["empty"]]["reason"] == "empty file"
+    assert "truncated" in by_path[info["specials"]["truncated"]]["reason"]
+    assert {r["split"] for r in rejects} == {"train"}
+
+
+def test_records_have_the_imagenet_schema_and_labels(imagenet_run):
+    root, info, output, metadata = imagenet_run
+    synsets = metadata["synsets"]
+    assert synsets == info["synsets"] and metadata["num_classes"] == 3
+    assert metadata["label_names"] == [f"class {i}, thing {i}" for i in range(3)]
+    records = read_records(output, "train") + read_records(output, "validation")
+    by_name = {r["image/filename"].decode(): r for r in records}
+    for record in records:
+        synset = record["image/class/synset"].decode()
+        assert record["image/class/label"] == synsets.index(synset)
+        assert record["image/class/text"].decode() == metadata["label_names"][synsets.index(synset)]
+        assert record["image/format"] == b"JPEG" and record["image/channels"] == 3
+        image = Image.open(io.BytesIO(record["image/encoded"]))
+        assert image.format == "JPEG" and image.mode == "RGB"
+        assert image.size == (record["image/width"], record["image/height"])
+    # A valid RGB JPEG is stored as it is; converted files keep their names and are now RGB JPEGs.
+    plain = os.path.join(root, "train", synsets[1], f"{synsets[1]}_1.JPEG")
+    assert by_name[os.path.basename(plain)]["image/encoded"] == open(plain, "rb").read()
+    for kind in ("cmyk", "png", "grayscale"):
+        assert os.path.basename(info["specials"][kind]) in by_name
+    for kind in ("truncated", "empty"):
+        assert os.path.basename(info["specials"][kind]) not in by_name
+
+
+def test_too_many_rejects_fail_naming_the_rejects_file(imagenet_tree, tmp_path):
+    root, _ = imagenet_tree
+    output = tmp_path / "imagenet"
+    with pytest.raises(UserError, match=r"train: 2 of 23 inputs rejected, more than --max-reject-fraction 0.001; "
+                                        r"see .*imagenet.rejects.jsonl"):
+        run_preprocess("imagenet", root, str(output), train_shards=2, val_shards=1, workers=1)
+    assert not output.exists()
+    kept = [json.loads(line) for line in open(f"{output}.rejects.jsonl")]
+    assert len(kept) == 2
+    assert sorted(os.listdir(tmp_path)) == ["imagenet.rejects.jsonl"]
+
+
+@pytest.mark.parametrize("label_file", ["LOC_val_solution.csv", "val_synsets.txt"])
+def test_flat_validation_with_either_label_file_and_label_offset(imagenet_flat_tree, tmp_path, label_file):
+    root, info = imagenet_flat_tree
+    output = str(tmp_path / "flat")
+    metadata = run_preprocess("imagenet", root, output, val_labels=os.path.join(root, label_file), label_offset=1,
+                              train_shards=2, val_shards=2, workers=1)
+    assert metadata["label_offset"] == 1 and metadata["num_classes"] == 3
+    records = read_records(output, "validation")
+    assert [r["image/filename"].decode() for r in records] == \
+        [f"ILSVRC2012_val_{n + 1:08d}.JPEG" for n in range(len(info["val_synsets"]))]
+    assert [r["image/class/synset"].decode() for r in records] == info["val_synsets"]
+    assert [r["image/class/label"] for r in records] == [info["synsets"].index(s) + 1 for s in info["val_synsets"]]
+    assert all(1 <= r["image/class/label"] <= 3 for r in read_records(output, "train"))

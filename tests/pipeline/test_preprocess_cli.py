@@ -1,0 +1,87 @@
+"""`cli.py preprocess` and `cli.py benchmark preprocess` as a user runs them, including the real
+multi-process DirectRunner (2 workers) end to end."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks.preprocess import format_rows, run_preprocess_benchmark
+from common.errors import UserError
+from preprocess.cifar import write_cifar10_archive
+from conftest import read_records
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_cli(*args, timeout=300):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=ROOT)
+
+
+def _one_line_error(result, expected):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], result.stderr
+
+
+def test_multiprocess_direct_runner_end_to_end_with_beam_args(cifar10_archive, tmp_path):
+    output = tmp_path / "cifar10"
+    result = run_cli("preprocess", "cifar-10", "--input", cifar10_archive, "--output", str(output), "--workers", "2",
+                     "--train-shards", "3", "--val-shards", "1", "--json", "--", "--direct_num_workers=2",
+                     "--direct_running_mode=multi_processing")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metadata = json.loads(result.stdout)
+    assert metadata["complete"] is True and metadata["options"]["workers"] == 2
+    assert "--direct_running_mode=multi_processing" in metadata["options"]["beam_args"]
+    assert {s: (c["read"], c["written"], c["rejected"]) for s, c in metadata["splits"].items()} == \
+        {"train": (250, 250, 0), "validation": (60, 60, 0)}
+    assert len(read_records(str(output), "train")) == 250
+    # The same finished dataset again: a one-line error, nothing touched.
+    _one_line_error(run_cli("preprocess", "cifar-10", "--input", cifar10_archive, "--output", str(output)),
+                    "already holds a finished dataset; pass --overwrite")
+
+
+def test_hostile_archive_is_refused_on_the_command_line(tmp_path):
+    import io
+    import tarfile
+
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name in ["batches.meta"] + [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+            data = pickle.dumps({b"label_names": Payload()}, protocol=2)
+            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    (tmp_path / "cifar-10-python.tar.gz").write_bytes(buffer.getvalue())
+    result = run_cli("preprocess", "cifar-10", "--input", str(tmp_path / "cifar-10-python.tar.gz"), "--output",
+                     str(tmp_path / "out"))
+    _one_line_error(result, "refusing to load posix.system")
+    assert not marker.exists() and not (tmp_path / "out").exists()
+
+
+def test_missing_archive_is_a_one_line_error(tmp_path):
+    _one_line_error(run_cli("preprocess", "cifar-10", "--input", str(tmp_path / "nope.tar.gz"), "--output",
+                            str(tmp_path / "out")), "does not exist; expected the official cifar-10-python.tar.gz")
+    assert not (tmp_path / "out").exists()
+
+
+def test_benchmark_rows_compare_the_loop_and_beam(tmp_path):
+    rows = run_preprocess_benchmark(num_images=25, worker_counts="1", seed=0)
+    assert [(r["method"], r["workers"]) for r in rows] == [("python loop", 1), ("beam DirectRunner", 1)]
+    for row in rows:
+        assert row["images"] == row["written"] + row["rejected"] and row["rejected"] == 2
+        assert row["images_per_second"] > 0
+    assert rows[0]["vs_loop"] == 1.0
+    assert "images/s" in format_rows(rows)
+    with pytest.raises(UserError, match="comma-separated integers"):
+        run_preprocess_benchmark(25, "1,two")
