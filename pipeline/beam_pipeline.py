@@ -96,13 +96,19 @@ class _Progress:
     def tick(self, rejected: bool) -> None:
         self.count += 1
         self.rejected += int(rejected)
-        now = time.monotonic()
-        if self.enabled and now - self.last >= 1.0:
-            self.last = now
-            rate = self.count / max(now - self.start, 1e-9)
-            sys.stderr.write(f"\rpreprocess [worker {os.getpid()}]: {self.count} records "
-                             f"({self.rejected} rejected), {rate:.0f} records/s ")
-            sys.stderr.flush()
+        if self.enabled and time.monotonic() - self.last >= 1.0:
+            self._show("")
+
+    def finish(self) -> None:
+        if self.enabled and self.count:
+            self._show("\n")
+
+    def _show(self, end: str) -> None:
+        self.last = now = time.monotonic()
+        rate = self.count / max(now - self.start, 1e-9)
+        sys.stderr.write(f"\rpreprocess [worker {os.getpid()}]: {self.count} records "
+                         f"({self.rejected} rejected), {rate:.0f} records/s {end}")
+        sys.stderr.flush()
 
 
 class ExpandInputs(beam.DoFn):
@@ -140,6 +146,10 @@ class EncodeRecords(beam.DoFn):
     def setup(self):
         self.progress = _Progress()
         self.counters = {}
+
+    def teardown(self):
+        if getattr(self, "progress", None) is not None:
+            self.progress.finish()
 
     def _count(self, split: str, what: str) -> None:
         name = f"{split}_{what}"

@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
-import uuid
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from common.errors import UserError, choose
-from pipeline import beam_pipeline
+from pipeline import beam_pipeline, storage
 
 log = logging.getLogger(__name__)
 
@@ -81,12 +79,10 @@ def _plan_imagenet(input_path: Optional[str], val_labels: Optional[str], label_o
 def _check_output(output_dir: str, overwrite: bool) -> None:
     if os.path.isfile(output_dir):
         raise UserError(f"--output {output_dir!r} is a file; expected a folder path")
-    if not os.path.isdir(output_dir):
-        return
-    finished = os.path.exists(os.path.join(output_dir, "metadata.json"))
-    if finished and not overwrite:
+    names = storage.list_names(output_dir)
+    if "metadata.json" in names and not overwrite:
         raise UserError(f"{output_dir!r} already holds a finished dataset; pass --overwrite to replace it")
-    if os.listdir(output_dir) and not overwrite:
+    if names and not overwrite:
         raise UserError(f"--output {output_dir!r} is not empty; choose a new folder or pass --overwrite")
 
 
@@ -105,6 +101,8 @@ def _beam_options(beam_args: Sequence[str], workers: int):
         args.append(f"--direct_num_workers={workers}")
     if not any(a.startswith("--direct_running_mode") for a in args):
         args.append(f"--direct_running_mode={'multi_processing' if workers > 1 else 'in_memory'}")
+    # Worker start-up notices ("No semi_persistent_directory found") are not for the user; errors still show.
+    logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
     # Local worker processes import our packages by name, wherever the command was started from.
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
     return FnApiRunner(), PipelineOptions(args), args
@@ -126,29 +124,19 @@ def _counter_values(result) -> Dict[str, int]:
 def _read_outputs(work_dir: str, num_shards: Dict[str, int]):
     from preprocess.schema import REJECTS_FILE, shard_name
 
-    with open(os.path.join(work_dir, beam_pipeline.SHARDS_FILE), encoding="utf-8") as handle:
-        written = {item["file"]: item["records"] for item in json.load(handle)}
+    listed = json.loads(storage.read_text(storage.join(work_dir, beam_pipeline.SHARDS_FILE)))
+    written = {item["file"]: item["records"] for item in listed}
     shards = {}
     for split in SPLITS:
         shards[split] = []
         for index in range(num_shards[split]):
             name = shard_name(split, index, num_shards[split])
             if name not in written:  # no record fell in this shard: an empty (valid) TFRecord file
-                open(os.path.join(work_dir, name), "wb").close()
+                storage.write_bytes(storage.join(work_dir, name), b"")
             shards[split].append({"file": name, "records": written.get(name, 0)})
-    with open(os.path.join(work_dir, REJECTS_FILE), encoding="utf-8") as handle:
-        rejects = [json.loads(line) for line in handle if line.strip()]
+    rejects = [json.loads(line) for line in storage.read_text(storage.join(work_dir, REJECTS_FILE)).splitlines()
+               if line.strip()]
     return shards, rejects
-
-
-def _publish(work_dir: str, output_dir: str) -> None:
-    old = None
-    if os.path.exists(output_dir):
-        old = os.path.join(os.path.dirname(output_dir), f".{os.path.basename(output_dir)}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(output_dir, old)
-    os.rename(work_dir, output_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def run_preprocess(dataset: str, input_path: Optional[str], output_dir: str, *, train_shards: Optional[int] = None,
@@ -173,9 +161,8 @@ def run_preprocess(dataset: str, input_path: Optional[str], output_dir: str, *, 
     workers = workers or os.cpu_count() or 1
     if label_offset < 0 or workers < 1:
         raise UserError("--label-offset must be >= 0 and --workers >= 1")
-    if "://" in output_dir:
-        raise UserError("--output must be a local or mounted folder (the dataset is renamed into place atomically)")
-    output_dir = os.path.abspath(output_dir)
+    if not storage.is_remote(output_dir):
+        output_dir = os.path.abspath(output_dir)
     _check_output(output_dir, overwrite)
 
     if dataset == "imagenet":
@@ -189,17 +176,16 @@ def run_preprocess(dataset: str, input_path: Optional[str], output_dir: str, *, 
         [beam_pipeline.order_key(seed, split, source_id) for source_id in plan.source_ids[split]], num_shards[split])
         for split in SPLITS}
 
-    parent = os.path.dirname(output_dir)
-    os.makedirs(parent, exist_ok=True)
-    work_dir = os.path.join(parent, f".{os.path.basename(output_dir)}.tmp-{uuid.uuid4().hex[:8]}")
-    os.makedirs(work_dir)
+    if not storage.is_remote(output_dir):
+        os.makedirs(os.path.dirname(output_dir), exist_ok=True)
+    work_dir = storage.temp_sibling(output_dir, "tmp")
     try:
         metadata = _run_in(work_dir, dataset, plan, num_shards, boundaries, read, seed=seed, label=label,
                            label_offset=label_offset, max_reject_fraction=max_reject_fraction, workers=workers,
                            beam_args=beam_args, output_dir=output_dir)
-        _publish(work_dir, output_dir)
+        storage.publish(work_dir, output_dir, "metadata.json")  # schema.METADATA_FILE
     except BaseException:
-        shutil.rmtree(work_dir, ignore_errors=True)
+        storage.remove_tree(work_dir)
         raise
     log.info("wrote %s", output_dir)
     return metadata
@@ -209,13 +195,10 @@ def _run_in(work_dir, dataset, plan: Plan, num_shards, boundaries, read, *, seed
             max_reject_fraction, workers, beam_args, output_dir) -> Dict:
     import apache_beam as beam
 
-    from common.fileio import atomic_write_json
     from preprocess.schema import METADATA_FILE, REJECTS_FILE, shard_name
 
-    manifest_path = os.path.join(work_dir, beam_pipeline.MANIFEST_FILE)
-    with open(manifest_path, "w", encoding="utf-8") as handle:
-        for line in plan.manifest:
-            handle.write(json.dumps(line, sort_keys=True) + "\n")
+    storage.write_bytes(storage.join(work_dir, beam_pipeline.MANIFEST_FILE),
+                        "".join(json.dumps(line, sort_keys=True) + "\n" for line in plan.manifest).encode("utf-8"))
     runner, options, effective_args = _beam_options(beam_args, workers)
     label_tables = dict(plan.label_tables)
     started = time.monotonic()
@@ -243,11 +226,11 @@ def _run_in(work_dir, dataset, plan: Plan, num_shards, boundaries, read, *, seed
     for split, counts in splits.items():
         if counts["read"] and counts["rejected"] / counts["read"] > max_reject_fraction:
             kept = f"{output_dir}.rejects.jsonl"
-            shutil.copyfile(os.path.join(work_dir, REJECTS_FILE), kept)
+            storage.write_bytes(kept, storage.read_text(storage.join(work_dir, REJECTS_FILE)).encode("utf-8"))
             raise UserError(f"{split}: {counts['rejected']} of {counts['read']} inputs rejected, more than "
                             f"--max-reject-fraction {max_reject_fraction}; see {kept}")
     for scratch in (beam_pipeline.MANIFEST_FILE, beam_pipeline.SHARDS_FILE):
-        os.remove(os.path.join(work_dir, scratch))
+        storage.remove(storage.join(work_dir, scratch))
     metadata = {
         "dataset": dataset, "num_classes": len(plan.label_names), "label_names": plan.label_names,
         "synsets": plan.synsets, "label_offset": label_offset, "label": label if dataset == "cifar-100" else None,
@@ -259,8 +242,8 @@ def _run_in(work_dir, dataset, plan: Plan, num_shards, boundaries, read, *, seed
         **plan.extra,
     }
     # Last file of the folder: its presence with "complete": true is what marks a finished dataset.
-    atomic_write_json(os.path.join(work_dir, METADATA_FILE), metadata)
-    os.chmod(os.path.join(work_dir, METADATA_FILE), 0o644)
+    storage.write_bytes(storage.join(work_dir, METADATA_FILE),
+                        (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode("utf-8"))
     return metadata
 
 

@@ -83,6 +83,11 @@ def test_rerun_is_byte_identical_and_extracted_folder_gives_the_same_records(cif
     again = str(tmp_path / "again")
     run_preprocess("cifar-10", str(tmp_path / "extracted"), again, train_shards=4, val_shards=2, seed=7, workers=1)
     assert _files(again) == _files(output)
+    # --overwrite replaces a finished dataset in one rename, leaving no sibling folders behind.
+    run_preprocess("cifar-10", cifar10_archive, again, train_shards=4, val_shards=2, seed=8, workers=1, overwrite=True)
+    assert _files(again).keys() == _files(output).keys() and _files(again) != _files(output)
+    assert json.load(open(os.path.join(again, "metadata.json")))["options"]["seed"] == 8
+    assert sorted(os.listdir(tmp_path)) == ["again", "extracted"]
     other_seed = [beam_pipeline.order_key(8, "train", f"data_batch_1:{i:06d}") for i in range(50)]
     same_seed = [beam_pipeline.order_key(7, "train", f"data_batch_1:{i:06d}") for i in range(50)]
     assert np.argsort(other_seed).tolist() != np.argsort(same_seed).tolist()
