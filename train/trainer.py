@@ -142,7 +142,9 @@ def run(model: str, data: Optional[str] = None, id: Optional[str] = None, workdi
         if placement.num_workers > 1:
             raise UserError("--id is required when TF_CONFIG names several workers (they must share one experiment)")
         id = new_experiment_id(get_config(model).name)
-        print(f"experiment id: {id}", file=sys.stderr)
+        announce_id = True
+    else:
+        announce_id = False
     exp_dir = experiment.experiment_dir(workdir, id)
     config_path = os.path.join(exp_dir, experiment.CONFIG_FILE)
     saved = experiment.load_config(workdir, id)[1] if os.path.exists(config_path) else None
@@ -152,6 +154,8 @@ def run(model: str, data: Optional[str] = None, id: Optional[str] = None, workdi
     global_batch = int(train_cfg["batch_size"])
     if global_batch % strategy.num_replicas_in_sync:
         raise UserError(f"--batch-size {global_batch} must be divisible by the {strategy.num_replicas_in_sync} replicas")
+    if announce_id:
+        print(f"experiment id: {id}", file=sys.stderr)
     if placement.is_chief:
         os.makedirs(exp_dir, exist_ok=True)
         experiment.save_config(exp_dir, config)

@@ -1,11 +1,7 @@
 """Session fixtures for the trainer tests: a tiny learnable dataset in the official format (PNG
 TFRecords + metadata.json) and one short finished experiment that several tests read."""
-import os
-import sys
-
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NUM_CLASSES = 4
 
 
@@ -27,14 +23,3 @@ def finished_experiment(toy_data, tmp_path_factory):
     summary = train.run(model="resnet-32", data=toy_data, id="done", workdir=workdir, steps=4, batch_size=8,
                         checkpoint_every=2, log_every=1, seed=5, progress=False)
     return workdir, "done", summary
-
-
-def subprocess_env():
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.pop("TF_CONFIG", None)
-    return env
-
-
-def cli_command(*args):
-    return [sys.executable, os.path.join(ROOT, "cli.py"), *args]

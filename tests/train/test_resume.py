@@ -1,0 +1,70 @@
+"""Preemption and crash recovery with the real CLI in a subprocess: SIGKILL loses at most the steps since
+the last checkpoint, SIGTERM saves before exiting, and a rerun with the same --id continues the step
+counter, the optimizer state and the data position."""
+import os
+import re
+import signal
+import subprocess
+import time
+
+import tensorflow as tf
+
+import train
+from trainer_testing import cli_command, subprocess_env
+
+BATCH = 8
+
+
+def _latest_step(checkpoints_dir):
+    path = tf.train.latest_checkpoint(checkpoints_dir)
+    return int(path.rsplit("-", 1)[1]) if path else 0
+
+
+def _wait_for(predicate, process, timeout_seconds=240):
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        assert process.poll() is None, f"trainer exited early with {process.returncode}"
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError("timed out waiting for the trainer")
+
+
+def _start(toy_data, workdir, checkpoint_every, log_path):
+    args = cli_command("train", "--model", "resnet-32", "--data", toy_data, "--id", "kr", "--workdir", workdir,
+                       "--steps", "100000", "--batch-size", str(BATCH), "--checkpoint-every", str(checkpoint_every),
+                       "--log-every", "1", "--seed", "4")
+    return subprocess.Popen(args, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
+
+
+def test_sigkill_and_sigterm_then_resume_continue_step_optimizer_and_data(toy_data, tmp_path):
+    workdir = str(tmp_path / "work")
+    checkpoints = os.path.join(workdir, "kr", "checkpoints")
+    train_log = os.path.join(workdir, "kr", "train.log")
+
+    # 1. Crash: SIGKILL after a periodic checkpoint; whatever ran after it is lost, nothing more.
+    first = _start(toy_data, workdir, 3, tmp_path / "first.log")
+    _wait_for(lambda: _latest_step(checkpoints) >= 6, first)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=60)
+    killed_at = _latest_step(checkpoints)
+    assert killed_at % 3 == 0 and killed_at >= 6
+
+    # 2. Preemption: the rerun resumes from that checkpoint; SIGTERM saves an off-schedule checkpoint.
+    second = _start(toy_data, workdir, 1000, tmp_path / "second.log")
+    _wait_for(lambda: os.path.exists(train_log) and f"step {killed_at + 2}/" in open(train_log).read(), second)
+    second.send_signal(signal.SIGTERM)
+    assert second.wait(timeout=120) == 143
+    log_text = open(train_log).read()
+    assert re.search(rf"resumed from .*ckpt-{killed_at} at step {killed_at} \(data position {killed_at * BATCH}\)",
+                     log_text)
+    preempted_at = _latest_step(checkpoints)
+    assert preempted_at >= killed_at + 2 and "(SIGTERM)" in log_text
+
+    # 3. Finish in-process: counters continue from the SIGTERM checkpoint.
+    summary = train.run(model="resnet-32", id="kr", workdir=workdir, steps=preempted_at + 2, progress=False)
+    assert summary["start_step"] == preempted_at and summary["step"] == preempted_at + 2
+    assert summary["data_position"] == (preempted_at + 2) * BATCH
+    final = tf.train.latest_checkpoint(checkpoints)
+    assert tf.train.load_variable(final, "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE") == preempted_at + 2
