@@ -23,7 +23,7 @@ from common.errors import UserError, choose
 log = logging.getLogger(__name__)
 
 MODES = ("reversible", "autodiff")
-FIELDS = ("model", "mode", "batch_size", "peak_bytes", "peak_rss_bytes", "step_seconds", "grad_rel_err",
+FIELDS = ("model", "mode", "batch_size", "peak_bytes", "activation_bytes", "batch1_peak_bytes", "peak_rss_bytes", "step_seconds", "grad_rel_err",
           "grad_rel_err_float64")
 
 
@@ -85,6 +85,8 @@ def measure(spec: Dict) -> Dict:
 
     from models import build_model
 
+    if spec.get("inter_op_threads"):
+        tf.config.threading.set_inter_op_parallelism_threads(spec["inter_op_threads"])
     overrides = dict(spec.get("overrides") or {})
     for key in ("units_per_stage", "channels_per_stage", "strides"):
         if key in overrides:
@@ -95,8 +97,15 @@ def measure(spec: Dict) -> Dict:
     images = tf.random.stateless_uniform([batch_size, size, size, 3], [7, 1], 0, 255)
     labels = tf.random.stateless_uniform([batch_size], [7, 2], 0, model.config.num_classes, dtype=tf.int32)
     step = _make_step(model)
-    step(images, labels).numpy()  # trace and warm up outside the measured window
     device = _device_name()
+    # The same step at batch 1 measures what does not scale with the batch: weights, optimizer
+    # state and the convolution back-prop workspace (TF's CPU filter-gradient kernel alone takes
+    # ~34 MB whatever the batch). peak - that baseline is the activation memory the paper compares.
+    step(images[:1], labels[:1]).numpy()
+    tf.config.experimental.reset_memory_stats(device)
+    step(images[:1], labels[:1]).numpy()
+    baseline_bytes = int(tf.config.experimental.get_memory_info(device)["peak"])
+    step(images, labels).numpy()  # trace and warm up outside the measured window
     tf.config.experimental.reset_memory_stats(device)
     times = []
     for _ in range(spec["steps"]):
@@ -117,6 +126,7 @@ def measure(spec: Dict) -> Dict:
                                                _gradients(fresh["reversible"], batch, labels))
         grad_rel_err, grad_rel_err_float64 = errors["float32"], errors["float64"]
     return {"model": spec["model"], "mode": spec["mode"], "batch_size": batch_size, "peak_bytes": peak_bytes,
+            "batch1_peak_bytes": baseline_bytes, "activation_bytes": max(peak_bytes - baseline_bytes, 0),
             "peak_rss_bytes": peak_rss_bytes, "step_seconds": statistics.median(times),
             "grad_rel_err": grad_rel_err, "grad_rel_err_float64": grad_rel_err_float64, "device": device,
             "overrides": spec.get("overrides") or {}}
@@ -169,33 +179,44 @@ def _depth(name: str) -> int:
     return int(name.rsplit("-", 1)[1])
 
 
+SERIES = (("resnet", "autodiff", "ResNet", "s"), ("revnet", "autodiff", "RevNet, autodiff", "o"),
+          ("revnet", "reversible", "RevNet, reversible", "^"))
+
+
+def _series(rows: List[Dict], architecture: str, mode: str):
+    """[(depth, row)] of one line of the plot, shallowest first."""
+    return sorted(((_depth(r["model"]), r) for r in rows if r["model"].startswith(architecture) and r["mode"] == mode),
+                  key=lambda item: item[0])
+
+
 def format_rows(rows: List[Dict]) -> str:
     """The table, then the ratios that matter: reversible/autodiff per RevNet, and growth with depth."""
     by_key = {(row["model"], row["mode"]): row for row in rows}
-    lines = [f"{'model':<12}{'mode':<12}{'batch':>6}{'peak MB':>10}{'RSS MB':>10}{'step s':>9}{'grad err f32':>14}{'grad err f64':>14}"
-             f"{'peak vs autodiff':>18}{'time vs autodiff':>18}"]
-    lines.append("-" * len(lines[0]))
+    header = (f"{'model':<12}{'mode':<12}{'batch':>6}{'peak MB':>9}{'act. MB':>9}{'RSS MB':>9}{'step s':>8}"
+              f"{'grad err f32':>13}{'grad err f64':>13}{'peak/autodiff':>14}{'act./autodiff':>14}{'time/autodiff':>14}")
+    lines = [header, "-" * len(header)]
     for row in rows:
         reference = by_key.get((row["model"], "autodiff"))
-        peak_ratio = time_ratio = ""
+        ratios = ["", "", ""]
         if row["mode"] == "reversible" and reference:
-            peak_ratio = f"{row['peak_bytes'] / reference['peak_bytes']:.2f}x"
-            time_ratio = f"{row['step_seconds'] / reference['step_seconds']:.2f}x"
-        err = "-" if row["grad_rel_err"] is None else f"{row['grad_rel_err']:.1e}"
-        err64 = "-" if row["grad_rel_err_float64"] is None else f"{row['grad_rel_err_float64']:.1e}"
-        lines.append(f"{row['model']:<12}{row['mode']:<12}{row['batch_size']:>6}{row['peak_bytes'] / 1e6:>10.1f}"
-                     f"{row['peak_rss_bytes'] / 1e6:>10.1f}{row['step_seconds']:>9.3f}{err:>14}{err64:>14}"
-                     f"{peak_ratio:>18}{time_ratio:>18}")
+            ratios = [f"{row['peak_bytes'] / reference['peak_bytes']:.2f}x",
+                      f"{row['activation_bytes'] / max(reference['activation_bytes'], 1):.2f}x",
+                      f"{row['step_seconds'] / reference['step_seconds']:.2f}x"]
+        errors = ["-" if row.get(key) is None else f"{row[key]:.1e}" for key in ("grad_rel_err", "grad_rel_err_float64")]
+        lines.append(f"{row['model']:<12}{row['mode']:<12}{row['batch_size']:>6}{row['peak_bytes'] / 1e6:>9.1f}"
+                     f"{row['activation_bytes'] / 1e6:>9.1f}{row['peak_rss_bytes'] / 1e6:>9.1f}{row['step_seconds']:>8.3f}"
+                     f"{errors[0]:>13}{errors[1]:>13}{ratios[0]:>14}{ratios[1]:>14}{ratios[2]:>14}")
     growth = []
-    for architecture, mode in (("resnet", "autodiff"), ("revnet", "autodiff"), ("revnet", "reversible")):
-        series = sorted(((_depth(r["model"]), r) for r in rows
-                         if r["model"].startswith(architecture) and r["mode"] == mode), key=lambda item: item[0])
+    for architecture, mode, label, _ in SERIES:
+        series = _series(rows, architecture, mode)
         if len(series) >= 2 and series[0][0] != series[-1][0]:
             (d0, shallow), (d1, deep) = series[0], series[-1]
-            growth.append(f"{architecture}-{mode}: depth {d0} -> {d1}: peak x{deep['peak_bytes'] / shallow['peak_bytes']:.2f}")
+            growth.append(f"{label}: depth {d0} -> {d1}: peak x{deep['peak_bytes'] / shallow['peak_bytes']:.2f}, "
+                          f"activations x{deep['activation_bytes'] / max(shallow['activation_bytes'], 1):.2f}")
     if growth:
-        lines.append("")
-        lines.extend(growth)
+        lines += ["", "Growth with depth (deepest / shallowest measured):"] + growth
+    lines += ["", "act. = peak minus the same step's peak at batch 1 (weights, optimizer state and the "
+                  "batch-independent conv back-prop workspace)."]
     return "\n".join(lines)
 
 
@@ -205,20 +226,19 @@ def plot_rows(rows: List[Dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for architecture, mode, label, marker in (("resnet", "autodiff", "ResNet", "s"),
-                                               ("revnet", "autodiff", "RevNet, autodiff", "o"),
-                                               ("revnet", "reversible", "RevNet, reversible", "^")):
-        series = sorted((_depth(r["model"]), r["peak_bytes"] / 1e6) for r in rows
-                        if r["model"].startswith(architecture) and r["mode"] == mode)
-        if series:
-            axis.plot([d for d, _ in series], [m for _, m in series], marker=marker, label=label)
-    batch = rows[0]["batch_size"] if rows else 0
-    axis.set_xlabel("depth (layers)")
-    axis.set_ylabel("peak memory of a training step (MB)")
-    axis.set_title(f"Training-step peak memory, batch {batch}, {rows[0]['device'] if rows else ''}")
-    axis.grid(alpha=0.3)
-    axis.legend()
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, key, title in ((axes[0], "peak_bytes", "allocator peak"), (axes[1], "activation_bytes", "activation memory")):
+        for architecture, mode, label, marker in SERIES:
+            series = _series(rows, architecture, mode)
+            if series:
+                axis.plot([d for d, _ in series], [r[key] / 1e6 for _, r in series], marker=marker, label=label)
+        axis.set_xlabel("depth (layers)")
+        axis.set_ylabel("MB")
+        axis.set_title(f"Training step, {title}")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    if rows:
+        figure.suptitle(f"batch {rows[0]['batch_size']}, {rows[0]['device']}, `cli.py benchmark memory`")
     figure.tight_layout()
     tmp_path = path + ".tmp.png"
     figure.savefig(tmp_path, dpi=100)
