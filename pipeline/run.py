@@ -68,7 +68,7 @@ def _plan_imagenet(input_path: Optional[str], val_labels: Optional[str], label_o
         raise UserError("imagenet needs --input: the extracted ILSVRC2012 folder with train/<synset>/*.JPEG "
                         "(it cannot be downloaded automatically)")
     synsets, texts, items = imagenet.list_imagenet(input_path, val_labels, label_offset, class_names)
-    manifest = [{"kind": "file", "split": item.split, "source_id": item.source_id, "path": os.path.abspath(item.path),
+    manifest = [{"kind": "file", "split": item.split, "source_id": item.source_id, "path": item.path if "://" in item.path else os.path.abspath(item.path),
                  "label": item.label, "synset": item.synset, "text": item.text}
                 for split in SPLITS for item in items[split]]
     source_ids = {split: [item.source_id for item in items[split]] for split in SPLITS}
@@ -86,12 +86,38 @@ def _check_output(output_dir: str, overwrite: bool) -> None:
         raise UserError(f"--output {output_dir!r} is not empty; choose a new folder or pass --overwrite")
 
 
+class _Capture(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: List[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+def _refuse_unknown_beam_args(args: Sequence[str]) -> None:
+    """Beam only logs and drops arguments it does not know; a mistyped option must not vanish silently."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    capture, beam_log = _Capture(), logging.getLogger("apache_beam.options.pipeline_options")
+    beam_log.addHandler(capture)
+    try:
+        PipelineOptions(list(args)).get_all_options()
+    finally:
+        beam_log.removeHandler(capture)
+    unknown = [m.split(":", 1)[1].strip() for m in capture.messages if "unparseable args" in m]
+    if unknown:
+        raise UserError(f"unknown option(s) {unknown[0]}: preprocess options go before `--`, Beam pipeline "
+                        f"options (--runner, --project, --direct_num_workers...) after it")
+
+
 def _beam_options(beam_args: Sequence[str], workers: int):
     """(runner or None, PipelineOptions, the effective args). Local runs use Beam's FnApiRunner directly:
     the DirectRunner would first try the Prism runner, which downloads a binary from GitHub."""
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
     args = list(beam_args)
+    _refuse_unknown_beam_args(args)
     runner = PipelineOptions(args).view_as(StandardOptions).runner
     if runner not in (None, "DirectRunner", "direct"):
         return None, PipelineOptions(args), args
@@ -146,6 +172,7 @@ def run_preprocess(dataset: str, input_path: Optional[str], output_dir: str, *, 
                    beam_args: Sequence[str] = (), download_dir: Optional[str] = None) -> Dict:
     """Turn a raw dataset into sharded TFRecords + metadata.json in `output_dir`; returns the metadata."""
     choose("dataset", dataset, DATASETS)
+    _refuse_unknown_beam_args(beam_args)
     choose("label", label, ("fine", "coarse"))
     if label == "coarse" and dataset != "cifar-100":
         raise UserError(f"--label coarse only applies to cifar-100, not {dataset}")

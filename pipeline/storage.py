@@ -99,6 +99,10 @@ def publish(work_dir: str, output_dir: str, last_file: str) -> None:
         remove(join(output_dir, last_file))
     if existing:
         _fs().delete([join(output_dir, name) for name in existing if name != last_file])
+    try:
+        _fs().mkdirs(output_dir)  # a no-op on object stores
+    except IOError:
+        pass  # already there
     names = [name for name in list_names(work_dir) if name != last_file]
     _fs().rename([join(work_dir, n) for n in names], [join(output_dir, n) for n in names])
     _fs().rename([join(work_dir, last_file)], [join(output_dir, last_file)])

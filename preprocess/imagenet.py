@@ -11,7 +11,9 @@ order, plus `label_offset` (1 gives the 1..1000 convention of the classic TF Ima
 from __future__ import annotations
 
 import csv
+import io
 import os
+import posixpath
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -31,24 +33,71 @@ class ImageItem:
     text: str
 
 
+# Local folders use os; gs:// and other Beam file systems are listed with FileSystems.match, where a
+# "folder" is a name prefix and `*` does not cross "/".
+def _remote(path: str) -> bool:
+    return "://" in path
+
+
+def _join(folder: str, name: str) -> str:
+    return posixpath.join(folder, name) if _remote(folder) else os.path.join(folder, name)
+
+
+def _remote_children(folder: str):
+    """(file names, subfolder names) directly inside a remote folder."""
+    from apache_beam.io.filesystems import FileSystems
+
+    prefix = folder.rstrip("/") + "/"
+    files, folders = set(), set()
+    for pattern, target in ((prefix + "*", files), (prefix + "*/*", folders)):
+        for match in FileSystems.match([pattern])[0].metadata_list:
+            target.add(match.path[len(prefix):].split("/", 1)[0])
+    return sorted(files), sorted(folders)
+
+
+def _is_dir(folder: str) -> bool:
+    if not _remote(folder):
+        return os.path.isdir(folder)
+    files, folders = _remote_children(folder)
+    return bool(files or folders)
+
+
 def _image_files(folder: str) -> List[str]:
-    return sorted(name for name in os.listdir(folder)
-                  if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-                  and os.path.isfile(os.path.join(folder, name)))
+    names = _remote_children(folder)[0] if _remote(folder) else [
+        name for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name))]
+    return sorted(name for name in names if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS))
 
 
 def _subfolders(folder: str) -> List[str]:
-    return sorted(name for name in os.listdir(folder)
-                  if not name.startswith(".") and os.path.isdir(os.path.join(folder, name)))
+    names = _remote_children(folder)[1] if _remote(folder) else [
+        name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))]
+    return sorted(name for name in names if not name.startswith("."))
+
+
+def _is_file(path: str) -> bool:
+    if not _remote(path):
+        return os.path.isfile(path)
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.exists(path)
+
+
+def _open_text(path: str):
+    if not _remote(path):
+        return open(path, "r", encoding="utf-8")
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type="uncompressed") as handle:
+        return io.StringIO(handle.read().decode("utf-8"))
 
 
 def read_class_texts(input_dir: str, class_names_file: Optional[str] = None) -> Dict[str, str]:
     """synset -> human-readable class text, from LOC_synset_mapping.txt / synset_words.txt if present."""
-    candidates = [class_names_file] if class_names_file else [os.path.join(input_dir, n) for n in CLASS_TEXT_FILES]
+    candidates = [class_names_file] if class_names_file else [_join(input_dir, n) for n in CLASS_TEXT_FILES]
     for path in candidates:
-        if path and os.path.isfile(path):
+        if path and _is_file(path):
             texts = {}
-            with open(path, "r", encoding="utf-8") as handle:
+            with _open_text(path) as handle:
                 for line in handle:
                     synset, _, text = line.strip().partition(" ")
                     if synset:
@@ -61,10 +110,10 @@ def read_class_texts(input_dir: str, class_names_file: Optional[str] = None) -> 
 
 def read_val_labels(path: str, filenames: Sequence[str]) -> List[str]:
     """The synset of each validation file (in the order given), from either label file format."""
-    if not os.path.isfile(path):
+    if not _is_file(path):
         raise UserError(f"--val-labels file {path!r} does not exist; expected LOC_val_solution.csv or a text "
                         f"file with one synset per line")
-    with open(path, "r", encoding="utf-8") as handle:
+    with _open_text(path) as handle:
         first = handle.readline()
         handle.seek(0)
         if first.replace(" ", "").startswith("ImageId,PredictionString"):
@@ -90,10 +139,10 @@ def read_val_labels(path: str, filenames: Sequence[str]) -> List[str]:
 def list_imagenet(input_dir: str, val_labels: Optional[str] = None, label_offset: int = 0,
                   class_names_file: Optional[str] = None):
     """(synsets, class texts, {split: [ImageItem]}) for an extracted ILSVRC2012 folder."""
-    train_dir, val_dir = os.path.join(input_dir, "train"), os.path.join(input_dir, "val")
-    if not os.path.isdir(input_dir):
+    train_dir, val_dir = _join(input_dir, "train"), _join(input_dir, "val")
+    if not _is_dir(input_dir):
         raise UserError(f"ImageNet input {input_dir!r} does not exist; expected a folder with train/<synset>/*.JPEG")
-    if not os.path.isdir(train_dir):
+    if not _is_dir(train_dir):
         raise UserError(f"{input_dir!r} has no train/ folder; expected train/<synset>/*.JPEG")
     synsets = _subfolders(train_dir)
     if not synsets:
@@ -102,15 +151,15 @@ def list_imagenet(input_dir: str, val_labels: Optional[str] = None, label_offset
     texts = read_class_texts(input_dir, class_names_file)
     items: Dict[str, List[ImageItem]] = {"train": [], "validation": []}
 
-    def add(split, folder, name, synset):
-        path = os.path.join(folder, name)
-        items[split].append(ImageItem(split, os.path.relpath(path, input_dir), path, label_of[synset], synset,
+    def add(split, relative_folder, name, synset):
+        path = _join(_join(input_dir, relative_folder), name)
+        items[split].append(ImageItem(split, os.path.join(relative_folder, name), path, label_of[synset], synset,
                                       texts.get(synset, synset)))
 
     for synset in synsets:
-        for name in _image_files(os.path.join(train_dir, synset)):
-            add("train", os.path.join(train_dir, synset), name, synset)
-    if not os.path.isdir(val_dir):
+        for name in _image_files(_join(train_dir, synset)):
+            add("train", os.path.join("train", synset), name, synset)
+    if not _is_dir(val_dir):
         raise UserError(f"{input_dir!r} has no val/ folder; expected val/<synset>/*.JPEG or flat "
                         f"val/*.JPEG with --val-labels")
     val_synsets = _subfolders(val_dir)
@@ -118,8 +167,8 @@ def list_imagenet(input_dir: str, val_labels: Optional[str] = None, label_offset
         for synset in val_synsets:
             if synset not in label_of:
                 raise UserError(f"validation synset {synset} (val/{synset}/) has no training folder train/{synset}/")
-            for name in _image_files(os.path.join(val_dir, synset)):
-                add("validation", os.path.join(val_dir, synset), name, synset)
+            for name in _image_files(_join(val_dir, synset)):
+                add("validation", os.path.join("val", synset), name, synset)
     else:
         names = _image_files(val_dir)
         if names and not val_labels:
@@ -128,5 +177,5 @@ def list_imagenet(input_dir: str, val_labels: Optional[str] = None, label_offset
         for name, synset in zip(names, read_val_labels(val_labels, names) if names else []):
             if synset not in label_of:
                 raise UserError(f"validation label {synset} (for {name}) has no training folder train/{synset}/")
-            add("validation", val_dir, name, synset)
+            add("validation", "val", name, synset)
     return synsets, [texts.get(s, s) for s in synsets], items

@@ -138,6 +138,7 @@ def test_cifar100_coarse_labels(cifar100_archive, cifar100_arrays, tmp_path):
     ({"dataset": "cifar-11"}, "unknown dataset 'cifar-11'"),
     ({"dataset": "cifar-100"}, "lacks cifar-100-python/meta"),
     ({"dataset": "imagenet"}, "no train/ folder"),
+    ({"dataset": "cifar-10", "beam_args": ["--train-shard", "5"]}, r"unknown option\(s\) \['--train-shard', '5'\]"),
 ])
 def test_wrong_inputs_are_user_errors_with_nothing_left_behind(cifar10_archive, tmp_path, kwargs, message):
     dataset = kwargs.pop("dataset")

@@ -86,3 +86,28 @@ def test_flat_validation_with_either_label_file_and_label_offset(imagenet_flat_t
     assert [r["image/class/synset"].decode() for r in records] == info["val_synsets"]
     assert [r["image/class/label"] for r in records] == [info["synsets"].index(s) + 1 for s in info["val_synsets"]]
     assert all(1 <= r["image/class/label"] <= 3 for r in read_records(output, "train"))
+
+
+def test_object_store_code_paths_give_the_same_dataset(imagenet_run, tmp_path, monkeypatch):
+    """Listing, scratch files and publishing as done for gs:// (Beam FileSystems, no directory rename),
+    exercised on local paths, which FileSystems also serves."""
+    from pipeline import storage
+    from preprocess import imagenet
+
+    root, _, output, metadata = imagenet_run
+    monkeypatch.setattr(imagenet, "_remote", lambda path: True)
+    monkeypatch.setattr(storage, "is_remote", lambda path: True)
+    remote_output = str(tmp_path / "remote")
+    again = run_preprocess("imagenet", root, remote_output, train_shards=3, val_shards=2, workers=1,
+                           max_reject_fraction=0.2)
+    assert again["splits"] == metadata["splits"]
+    shards = sorted(n for n in os.listdir(output) if n.endswith(".tfrecord"))
+    assert sorted(n for n in os.listdir(remote_output) if n.endswith(".tfrecord")) == shards
+    for name in shards:
+        assert open(os.path.join(remote_output, name), "rb").read() == open(os.path.join(output, name), "rb").read()
+    assert json.load(open(os.path.join(remote_output, "metadata.json")))["complete"] is True
+    # Replacing it goes through the per-file path too, and leaves only the new dataset.
+    run_preprocess("imagenet", root, remote_output, train_shards=2, val_shards=1, workers=1, max_reject_fraction=0.2,
+                   overwrite=True)
+    assert sorted(os.listdir(remote_output)) == ["metadata.json", "rejects.jsonl", "train-00000-of-00002.tfrecord",
+                                                 "train-00001-of-00002.tfrecord", "validation-00000-of-00001.tfrecord"]
