@@ -54,7 +54,7 @@ def python_loop(input_dir: str, output_dir: str) -> Dict[str, int]:
 
 
 def run_preprocess_benchmark(num_images: int = 300, worker_counts="1,2", seed: int = 0) -> List[Dict]:
-    """Rows of {method, workers, images, written, rejected, seconds, images_per_second, vs_loop}."""
+    """Rows of {method, mode, workers, images, written, rejected, seconds, images_per_second, vs_loop}."""
     from pipeline import run_preprocess
     from preprocess.fake_imagenet import write_imagenet_tree
 
@@ -72,7 +72,7 @@ def run_preprocess_benchmark(num_images: int = 300, worker_counts="1,2", seed: i
         started = time.perf_counter()
         loop_counts = python_loop(tree, os.path.join(root, "loop"))
         loop_seconds = time.perf_counter() - started
-        rows.append({"method": "python loop", "workers": 1, "images": total, **loop_counts,
+        rows.append({"method": "python loop", "mode": "-", "workers": 1, "images": total, **loop_counts,
                      "seconds": round(loop_seconds, 3)})
         for workers in counts:
             started = time.perf_counter()
@@ -80,7 +80,9 @@ def run_preprocess_benchmark(num_images: int = 300, worker_counts="1,2", seed: i
                                       val_shards=1, workers=workers, max_reject_fraction=1.0)
             seconds = time.perf_counter() - started
             splits = metadata["splits"].values()
-            rows.append({"method": "beam DirectRunner", "workers": workers, "images": total,
+            # One worker runs in-process (in_memory); more run as worker processes (multi_processing).
+            rows.append({"method": "beam DirectRunner", "mode": "in_memory" if workers == 1 else "multi_processing",
+                         "workers": workers, "images": total,
                          "written": sum(s["written"] for s in splits), "rejected": sum(s["rejected"] for s in splits),
                          "seconds": round(seconds, 3)})
         for row in rows:
@@ -92,11 +94,11 @@ def run_preprocess_benchmark(num_images: int = 300, worker_counts="1,2", seed: i
 
 
 def format_rows(rows: List[Dict]) -> str:
-    header = f"{'method':<20}{'workers':>8}{'images':>8}{'written':>9}{'rejected':>9}{'seconds':>9}" \
+    header = f"{'method':<20}{'mode':<18}{'workers':>8}{'images':>8}{'written':>9}{'rejected':>9}{'seconds':>9}" \
              f"{'images/s':>10}{'vs loop':>9}"
     lines = [header]
     for row in rows:
-        lines.append(f"{row['method']:<20}{row['workers']:>8}{row['images']:>8}{row['written']:>9}"
+        lines.append(f"{row['method']:<20}{row['mode']:<18}{row['workers']:>8}{row['images']:>8}{row['written']:>9}"
                      f"{row['rejected']:>9}{row['seconds']:>9.2f}{row['images_per_second']:>10.1f}"
                      f"{row['vs_loop']:>8.2f}x")
     return "\n".join(lines)

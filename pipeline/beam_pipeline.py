@@ -1,8 +1,8 @@
 """The Beam graph: manifest -> decode/check/encode -> deterministic shards -> TFRecord files.
 
-    ReadFromText(_manifest.jsonl) -> expand (CIFAR batch -> rows) -> Reshuffle -> Encode
-        -> records ((split, shard), (key, example bytes)) -> GroupByKey -> WriteShard -> _shards.json
-        -> rejects {path, split, reason}                                              -> rejects.jsonl
+    ReadFromText(_manifest.jsonl) -> Expand (a CIFAR batch file -> its rows) -> AssignShard
+        -> GroupByKey (split, shard) -> EncodeShard -> shard record counts -> _shards.json
+                                                    -> rejects {path, split, reason} -> rejects.jsonl
 
 The driver (pipeline/run.py) lists the inputs into the manifest and fixes the shard boundaries, so the
 graph holds no data and runs unchanged on any runner that can read the manifest's folder. Every record
@@ -16,6 +16,7 @@ import bisect
 import hashlib
 import json
 import os
+import posixpath
 import sys
 import time
 from typing import Dict, List, Sequence, Tuple
@@ -133,14 +134,25 @@ class ExpandInputs(beam.DoFn):
                    "filename": filename, "pixels": batch["data"][index].tobytes(), "labels": labels}
 
 
-class EncodeRecords(beam.DoFn):
-    """Decode, check and encode one input; emits ((split, shard), (key, Example bytes)) or a reject."""
+def assign_shard(item: dict, seed: int, boundaries: Dict[str, list]):
+    """((split, shard), (key, item)): only the small input description travels through the shuffle."""
+    key = order_key(seed, item["split"], item["source_id"])
+    return (item["split"], shard_of(boundaries[item["split"]], key)), (key, item)
+
+
+class EncodeShard(beam.DoFn):
+    """Decode, check and encode the inputs of one shard in key order, straight into its TFRecord file.
+
+    Encoding after the shuffle keeps image bytes inside one worker (read, encode, write) instead of
+    sending every encoded image through the runner. Emits the shard's record count, and one reject
+    {path, split, reason} per input that is not an image.
+    """
 
     REJECTS = "rejects"
 
-    def __init__(self, seed: int, boundaries: Dict[str, list], label_key: str, label_names: Dict[str, List[str]],
-                 label_offset: int = 0):
-        self.seed, self.boundaries = seed, boundaries
+    def __init__(self, output_dir: str, shard_files: Dict[str, List[str]], label_key: str,
+                 label_names: Dict[str, List[str]], label_offset: int = 0):
+        self.output_dir, self.shard_files = output_dir, shard_files
         self.label_key, self.label_names, self.label_offset = label_key, label_names, label_offset
 
     def setup(self):
@@ -151,46 +163,53 @@ class EncodeRecords(beam.DoFn):
         if getattr(self, "progress", None) is not None:
             self.progress.finish()
 
-    def _count(self, split: str, what: str) -> None:
+    def _count(self, split: str, what: str, amount: int = 1) -> None:
         name = f"{split}_{what}"
         if name not in self.counters:
             self.counters[name] = Metrics.counter(METRICS_NAMESPACE, name)
-        self.counters[name].inc()
+        self.counters[name].inc(amount)
 
-    def process(self, item):
+    def process(self, element):
         from preprocess import images, tfrecord
 
-        split = item["split"]
-        self._count(split, "read")
-        try:
-            if item["kind"] == "cifar":
-                example = self._cifar_example(item, images, tfrecord)
-            else:
-                example, action = self._image_example(item, images, tfrecord)
-                if action != "kept":
-                    self._count(split, f"converted_{action}")
-        except images.ImageRejected as error:
-            self._count(split, "rejected")
-            self.progress.tick(rejected=True)
-            yield beam.pvalue.TaggedOutput(self.REJECTS, {"path": item.get("path", item["source_id"]),
-                                                          "split": split, "reason": str(error)})
-            return
-        self.progress.tick(rejected=False)
-        key = order_key(self.seed, split, item["source_id"])
-        shard = shard_of(self.boundaries[split], key)
-        yield (split, shard), (key, example)
+        (split, shard), keyed_items = element
+        name = self.shard_files[split][shard]
+        written = 0
+        # Rewriting the whole file makes a retried bundle harmless (the output is the same bytes).
+        with _create(posixpath.join(self.output_dir, name) if "://" in self.output_dir
+                     else os.path.join(self.output_dir, name)) as handle:
+            for _, item in sorted(keyed_items, key=lambda keyed: keyed[0]):
+                self._count(split, "read")
+                try:
+                    if item["kind"] == "cifar":
+                        example = self._cifar_example(item, images, tfrecord)
+                    else:
+                        example, action = self._image_example(item, images, tfrecord)
+                        if action != "kept":
+                            self._count(split, f"converted_{action}")
+                except images.ImageRejected as error:
+                    self._count(split, "rejected")
+                    self.progress.tick(rejected=True)
+                    yield beam.pvalue.TaggedOutput(self.REJECTS, {"path": item.get("path", item["source_id"]),
+                                                                  "split": split, "reason": str(error)})
+                    continue
+                tfrecord.write_record(handle, example)
+                written += 1
+                self.progress.tick(rejected=False)
+        self._count(split, "written", written)
+        yield {"split": split, "shard": shard, "file": name, "records": written}
 
     def _cifar_example(self, item, images, tfrecord):
-        from preprocess.cifar import IMAGE_SIZE, planar_to_hwc
         import numpy as np
+
+        from preprocess.cifar import IMAGE_SIZE, planar_to_hwc
 
         pixels = planar_to_hwc(np.frombuffer(item["pixels"], dtype=np.uint8)[None])[0]
         labels = item["labels"]
         label = labels[self.label_key]
-        coarse = labels.get("coarse_labels")
         return tfrecord.image_example(images.encode_png(np.ascontiguousarray(pixels)), "PNG", IMAGE_SIZE, IMAGE_SIZE,
-                                   item["filename"], label + self.label_offset, self.label_names[self.label_key][label],
-                                   coarse_label=coarse)
+                                      item["filename"], label + self.label_offset,
+                                      self.label_names[self.label_key][label], coarse_label=labels.get("coarse_labels"))
 
     def _image_example(self, item, images, tfrecord):
         try:
@@ -199,33 +218,13 @@ class EncodeRecords(beam.DoFn):
             raise images.ImageRejected(f"cannot read file: {error}") from None
         encoded = images.to_rgb_jpeg(data)
         example = tfrecord.image_example(encoded.encoded, encoded.image_format, encoded.height, encoded.width,
-                                      os.path.basename(item["path"]), item["label"], item["text"],
-                                      synset=item["synset"])
+                                         posixpath.basename(item["path"]), item["label"], item["text"],
+                                         synset=item["synset"])
         return example, encoded.action
 
 
-class WriteShard(beam.DoFn):
-    """All records of one shard, sorted by key, into one TFRecord file; emits the file's record count."""
-
-    def __init__(self, output_dir: str, shard_files: Dict[str, List[str]]):
-        self.output_dir, self.shard_files = output_dir, shard_files
-
-    def process(self, element):
-        from preprocess.tfrecord import write_record
-
-        (split, shard), records = element
-        records = sorted(records)
-        name = self.shard_files[split][shard]
-        # Rewriting the whole file makes a retried bundle harmless (the output is the same bytes).
-        with _create(os.path.join(self.output_dir, name)) as handle:
-            for _, serialized in records:
-                write_record(handle, serialized)
-        Metrics.counter(METRICS_NAMESPACE, f"{split}_written").inc(len(records))
-        yield {"split": split, "shard": shard, "file": name, "records": len(records)}
-
-
-def _write_shard_list(shards, output_dir: str):
-    _write_bytes(os.path.join(output_dir, SHARDS_FILE), json.dumps(sorted(shards, key=lambda s: s["file"])).encode())
+def _write_shard_list(shards, path: str):
+    _write_bytes(path, json.dumps(sorted(shards, key=lambda s: s["file"])).encode())
 
 
 def _write_rejects(rejects, path: str):
@@ -236,17 +235,18 @@ def _write_rejects(rejects, path: str):
 def build(pipeline: beam.Pipeline, *, dataset: str, input_path: str, work_dir: str, seed: int,
           boundaries: Dict[str, list], shard_files: Dict[str, List[str]], label_key: str,
           label_names: Dict[str, List[str]], label_offset: int = 0, rejects_file: str = "rejects.jsonl") -> None:
-    lines = pipeline | "ReadManifest" >> beam.io.ReadFromText(os.path.join(work_dir, MANIFEST_FILE))
-    rows = (lines | "Expand" >> beam.ParDo(ExpandInputs(dataset, input_path))
-            # CIFAR gives one element per batch file: spread its images over the workers.
-            | "Spread" >> beam.Reshuffle())
-    encoded = rows | "Encode" >> beam.ParDo(EncodeRecords(seed, boundaries, label_key, label_names, label_offset)).with_outputs(
-        EncodeRecords.REJECTS, main="records")
-    (encoded.records
-     | "GroupShards" >> beam.GroupByKey()
-     | "WriteShards" >> beam.ParDo(WriteShard(work_dir, shard_files))
+    join = posixpath.join if "://" in work_dir else os.path.join
+    results = (pipeline
+               | "ReadManifest" >> beam.io.ReadFromText(join(work_dir, MANIFEST_FILE))
+               | "Expand" >> beam.ParDo(ExpandInputs(dataset, input_path))
+               | "AssignShard" >> beam.Map(assign_shard, seed, boundaries)
+               | "GroupShards" >> beam.GroupByKey()
+               | "EncodeShards" >> beam.ParDo(EncodeShard(work_dir, shard_files, label_key, label_names,
+                                                          label_offset)).with_outputs(EncodeShard.REJECTS,
+                                                                                      main="shards"))
+    (results.shards
      | "ListShards" >> beam.combiners.ToList()
-     | "WriteShardList" >> beam.Map(_write_shard_list, work_dir))
-    (encoded[EncodeRecords.REJECTS]
+     | "WriteShardList" >> beam.Map(_write_shard_list, join(work_dir, SHARDS_FILE)))
+    (results[EncodeShard.REJECTS]
      | "ListRejects" >> beam.combiners.ToList()
-     | "WriteRejects" >> beam.Map(_write_rejects, os.path.join(work_dir, rejects_file)))
+     | "WriteRejects" >> beam.Map(_write_rejects, join(work_dir, rejects_file)))

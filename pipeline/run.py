@@ -125,6 +125,8 @@ def _beam_options(beam_args: Sequence[str], workers: int):
 
     if not any(a.startswith("--direct_num_workers") for a in args):
         args.append(f"--direct_num_workers={workers}")
+    if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+        args.append("--default_sdk_harness_log_level=WARNING")  # worker processes' INFO chatter off stderr
     if not any(a.startswith("--direct_running_mode") for a in args):
         args.append(f"--direct_running_mode={'multi_processing' if workers > 1 else 'in_memory'}")
     # Worker start-up notices ("No semi_persistent_directory found") are not for the user; errors still show.
