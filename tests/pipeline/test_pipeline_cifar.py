@@ -12,7 +12,7 @@ from PIL import Image
 from common.errors import UserError
 from pipeline import beam_pipeline, run_preprocess
 from preprocess import schema
-from conftest import CIFAR10_NAMES, read_records
+from preprocess_test_helpers import CIFAR10_NAMES, read_records
 
 
 @pytest.fixture(scope="module")

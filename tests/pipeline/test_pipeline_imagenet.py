@@ -8,7 +8,7 @@ from PIL import Image
 
 from common.errors import UserError
 from pipeline import run_preprocess
-from conftest import read_records
+from preprocess_test_helpers import read_records
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ import pytest
 
 from benchmarks.preprocess import format_rows, run_preprocess_benchmark
 from common.errors import UserError
-from preprocess.cifar import write_cifar10_archive
-from conftest import read_records
+from preprocess_test_helpers import read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
