@@ -397,6 +397,40 @@ def benchmark_serve_command(model_dir, requests_per_client, concurrency, backend
 # ---------------------------------------------------------------------------------------------------
 # demo (issue: end to end)
 # ---------------------------------------------------------------------------------------------------
+@cli.command("demo")
+@click.option("--workdir", default="./demo", help="Folder for every artifact: raw archive, TFRecords, experiment, exports.")
+@click.option("--model", default="revnet-38", help="CIFAR model to train (see `cli.py models`).")
+@click.option("--steps", type=click.IntRange(min=1), default=600, help="Training steps.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, help="Global batch size (split across replicas).")
+@click.option("--cpu-replicas", type=click.IntRange(min=1), default=2, help="Logical CPU replicas for synchronous SGD.")
+@click.option("--lr", type=float, default=0.05, help="Base learning rate (decayed at the paper's fractions of --steps).")
+@click.option("--train-images", type=click.IntRange(min=10), default=4000, help="Generated training images.")
+@click.option("--val-images", type=click.IntRange(min=10), default=1000, help="Generated validation images.")
+@click.option("--requests", type=click.IntRange(min=1), default=100, help="gRPC Predict requests to send.")
+@click.option("--min-accuracy", type=click.FloatRange(0, 1), default=0.5,
+              help="Exit non-zero unless validation and served accuracy reach this (chance is 0.1).")
+@click.option("--skip-memory", is_flag=True, help="Skip the reversible-vs-autodiff memory measurement.")
+@click.option("--overwrite", is_flag=True, help="Replace a finished demo in --workdir.")
+@click.option("--seed", type=int, default=0, help="Seed for data generation, shuffling and initialisation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of text.")
+def demo_command(workdir, model, steps, batch_size, cpu_replicas, lr, train_images, val_images, requests,
+                 min_accuracy, skip_memory, overwrite, seed, as_json):
+    """Run the whole pipeline offline on generated CIFAR-format images: Beam preprocessing, training
+    on CPU replicas, evaluation, SavedModel + ONNX export, gRPC serving and Predict requests."""
+    from common.devices import configure_cpu_replicas
+
+    configure_cpu_replicas(cpu_replicas)
+    from pipeline.demo import format_summary, run_demo
+
+    summary = run_demo(workdir=workdir, model=model, steps=steps, num_train=train_images, num_val=val_images,
+                       batch_size=batch_size, cpu_replicas=cpu_replicas, learning_rate=lr, predict_requests=requests,
+                       min_accuracy=min_accuracy, seed=seed, overwrite=overwrite, measure_memory=not skip_memory)
+    if as_json:
+        _print_json(summary)
+    else:
+        click.echo(format_summary(summary))
+    if not summary["passed"]:
+        raise click.exceptions.Exit(1)
 
 
 def main():
