@@ -208,6 +208,9 @@ def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled:
     boundaries = tuple(train_cfg["lr_boundaries"])
 
     def save(reason: str) -> str:
+        if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.trainable_variables):
+            raise FloatingPointError(f"weights became non-finite by step {int(step.numpy())}; not saving; the last "
+                                     f"good checkpoint {manager.latest_checkpoint or '(none yet)'} was kept")
         path = manager.save(checkpoint_number=step)
         if not placement.is_chief:
             shutil.rmtree(ckpt_dir, ignore_errors=True)
