@@ -55,11 +55,11 @@ def test_loss_goes_down_on_a_learnable_toy_set(toy_data, tmp_path):
 
 
 def _train_steps(num_replicas, images, labels, global_batch):
-    """Three train steps of revnet-38 over the given global batches; returns (losses, variables)."""
+    """NSTEPS train steps of resnet-32 over the given global batches; returns (losses, variables)."""
     placement = make_placement(gpus=0, cpu_replicas=num_replicas)
     strategy = placement.strategy
     with strategy.scope():
-        model = build_model("revnet-38", num_classes=4, seed=3)
+        model = build_model("resnet-32", num_classes=4, seed=3)
         optimizer = MomentumSGD(model.trainable_variables, 0.9, 2e-4, model.decay_variables)
         step = tf.Variable(0, dtype=tf.int64, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         position = tf.Variable(0, dtype=tf.int64, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -93,7 +93,7 @@ def test_two_cpu_replicas_match_one_replica_for_the_same_global_batch():
     # loss-scaling or aggregation bug moves whole variables by O(1) (betas start at 0).
     for one, two in zip(variables_one, variables_two):
         assert np.linalg.norm(two - one) <= 2e-3 * np.linalg.norm(one) + 1e-6
-    assert not np.allclose(variables_one[0], build_model("revnet-38", num_classes=4, seed=3).variables[0].numpy())
+    assert not np.allclose(variables_one[0], build_model("resnet-32", num_classes=4, seed=3).variables[0].numpy())
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(finished_experiment, tmp_path):
