@@ -183,10 +183,12 @@ SERIES = (("resnet", "autodiff", "ResNet", "s"), ("revnet", "autodiff", "RevNet,
           ("revnet", "reversible", "RevNet, reversible", "^"))
 
 
-def _series(rows: List[Dict], architecture: str, mode: str):
-    """[(depth, row)] of one line of the plot, shallowest first."""
-    return sorted(((_depth(r["model"]), r) for r in rows if r["model"].startswith(architecture) and r["mode"] == mode),
-                  key=lambda item: item[0])
+def _series(rows: List[Dict], architecture: str, mode: str, block: Optional[str] = None):
+    """[(depth, row)] of one line of the plot (optionally one block type), shallowest first."""
+    from models.registry import get_config
+
+    return sorted(((_depth(r["model"]), r) for r in rows if r["model"].startswith(architecture) and r["mode"] == mode
+                   and (block is None or get_config(r["model"]).block == block)), key=lambda item: item[0])
 
 
 def format_rows(rows: List[Dict]) -> str:
@@ -208,13 +210,14 @@ def format_rows(rows: List[Dict]) -> str:
                      f"{errors[0]:>13}{errors[1]:>13}{ratios[0]:>14}{ratios[1]:>14}{ratios[2]:>14}")
     growth = []
     for architecture, mode, label, _ in SERIES:
-        series = _series(rows, architecture, mode)
-        if len(series) >= 2 and series[0][0] != series[-1][0]:
-            (d0, shallow), (d1, deep) = series[0], series[-1]
-            growth.append(f"{label}: depth {d0} -> {d1}: peak x{deep['peak_bytes'] / shallow['peak_bytes']:.2f}, "
-                          f"activations x{deep['activation_bytes'] / max(shallow['activation_bytes'], 1):.2f}")
+        for block in ("basic", "bottleneck"):
+            series = _series(rows, architecture, mode, block)
+            if len(series) >= 2 and series[0][0] != series[-1][0]:
+                (d0, shallow), (d1, deep) = series[0], series[-1]
+                growth.append(f"{label} ({block}): depth {d0} -> {d1}: peak x{deep['peak_bytes'] / shallow['peak_bytes']:.2f},"
+                              f" activations x{deep['activation_bytes'] / max(shallow['activation_bytes'], 1):.2f}")
     if growth:
-        lines += ["", "Growth with depth (deepest / shallowest measured):"] + growth
+        lines += ["", "Growth with depth, same block type (deepest / shallowest measured):"] + growth
     lines += ["", "act. = peak minus the same step's peak at batch 1 (weights, optimizer state and the "
                   "batch-independent conv back-prop workspace)."]
     return "\n".join(lines)

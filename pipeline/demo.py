@@ -97,8 +97,8 @@ def _memory(model: str, batch_size: int) -> Dict:
             "autodiff_activation_bytes": rows["autodiff"]["activation_bytes"]}
 
 
-def run_demo(workdir: str = "./demo", model: str = "revnet-38", steps: int = 600, num_train: int = 4000,
-             num_val: int = 1000, batch_size: int = 64, cpu_replicas: int = 2, learning_rate: float = 0.05,
+def run_demo(workdir: str = "./demo", model: str = "revnet-38", steps: int = 200, num_train: int = 3000,
+             num_val: int = 600, batch_size: int = 32, cpu_replicas: int = 2, learning_rate: float = 0.05,
              predict_requests: int = 100, min_accuracy: float = 0.5, seed: int = 0, overwrite: bool = False,
              measure_memory: bool = True) -> Dict:
     """Run every stage; returns the summary. Raises UserError if a stage fails or accuracy is too low."""

@@ -126,3 +126,41 @@ def write_photo_patch_dataset(out_dir: str, photos=None, num_train: int = 4000, 
                 "complete": True}
     atomic_write_json(os.path.join(out_dir, schema.METADATA_FILE), metadata)
     return metadata
+
+
+def photo_patches(count: int, seed: int, photos=None, image_size: int = 32):
+    """(uint8 [count, size, size, 3], labels, label names): the photo-quadrant patches as arrays."""
+    from PIL import Image
+
+    quadrants, names = [], []
+    for path in photos or matplotlib_photos():
+        photo = np.asarray(Image.open(path).convert("RGB"))
+        half_h, half_w = photo.shape[0] // 2, photo.shape[1] // 2
+        stem = os.path.splitext(os.path.basename(path))[0].lower()
+        for row in range(2):
+            for col in range(2):
+                quadrants.append(photo[row * half_h:(row + 1) * half_h, col * half_w:(col + 1) * half_w])
+                names.append(f"{stem}-{('top', 'bottom')[row]}-{('left', 'right')[col]}")
+    rng = np.random.default_rng(seed)
+    labels = np.arange(count) % len(quadrants)
+    rng.shuffle(labels)
+    images = np.zeros((count, image_size, image_size, 3), np.uint8)
+    for index, label in enumerate(labels):
+        quadrant = quadrants[label]
+        side = int(rng.uniform(1 / 3, 2 / 3) * min(quadrant.shape[:2]))
+        top = rng.integers(0, quadrant.shape[0] - side + 1)
+        left = rng.integers(0, quadrant.shape[1] - side + 1)
+        patch = Image.fromarray(quadrant[top:top + side, left:left + side]).resize((image_size, image_size),
+                                                                                  Image.BILINEAR)
+        images[index] = np.asarray(patch)
+    return images, labels.astype(np.int64), names
+
+
+def write_photo_patch_archive(path: str, num_train: int = 4000, num_validation: int = 800, seed: int = 0) -> str:
+    """The photo-quadrant patches written as a genuine cifar-10-python.tar.gz (8 classes), so the
+    learning run goes through `cli.py preprocess cifar-10` like real CIFAR data."""
+    from preprocess.cifar import write_cifar10_archive
+
+    train_images, train_labels, names = photo_patches(num_train, seed * 2 + 100)
+    val_images, val_labels, _ = photo_patches(num_validation, seed * 2 + 101)
+    return write_cifar10_archive(path, train_images, train_labels, val_images, val_labels, names)
