@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Dict, List, Optional
@@ -133,16 +132,11 @@ def measure(spec: Dict) -> Dict:
 
 
 def run_worker(spec: Dict, timeout_seconds: float = 1800) -> Dict:
-    """Measure one spec in a fresh Python process and return its row."""
-    env = dict(os.environ, TF_CPU_ALLOCATOR_USE_BFC="true", TF_CPP_MIN_LOG_LEVEL="3")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    process = subprocess.run([sys.executable, "-m", "benchmarks.memory", "--worker", json.dumps(spec)],
-                             capture_output=True, text=True, env=env, timeout=timeout_seconds, cwd=root)
-    if process.returncode != 0:
-        tail = (process.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"memory worker for {spec['model']}/{spec['mode']} failed: {tail}")
-    return json.loads(process.stdout.strip().splitlines()[-1])
+    """Measure one spec in a fresh Python process (with TF's CPU allocator statistics on) and return its row."""
+    from benchmarks.worker import run_worker as run_module_worker
+
+    return run_module_worker("benchmarks.memory", spec, f"memory worker for {spec['model']}/{spec['mode']}",
+                             {"TF_CPU_ALLOCATOR_USE_BFC": "true"}, timeout_seconds)
 
 
 def plan(model_names: List[str], modes: List[str]) -> List[Dict]:

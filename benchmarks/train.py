@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
-import subprocess
 import sys
 import time
 from typing import Dict, List
@@ -67,15 +65,9 @@ def measure(spec: Dict) -> Dict:
 
 
 def run_worker(spec: Dict, timeout_seconds: float = 1800) -> Dict:
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    process = subprocess.run([sys.executable, "-m", "benchmarks.train", "--worker", json.dumps(spec)],
-                             capture_output=True, text=True, env=env, timeout=timeout_seconds, cwd=root)
-    if process.returncode != 0:
-        tail = (process.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise RuntimeError(f"train benchmark worker {spec} failed: {tail}")
-    return json.loads(process.stdout.strip().splitlines()[-1])
+    from benchmarks.worker import run_worker as run_module_worker
+
+    return run_module_worker("benchmarks.train", spec, f"train benchmark worker {spec}", timeout_seconds=timeout_seconds)
 
 
 def run_train_benchmark(model: str, batch_size: int, steps: int, replicas: List[int], modes: List[str]) -> List[Dict]:

@@ -1,0 +1,22 @@
+"""Run one benchmark measurement in a fresh Python process, so no measurement inherits another's state."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Dict, Optional
+
+
+def run_worker(module: str, spec: Dict, label: str, extra_env: Optional[Dict[str, str]] = None,
+               timeout_seconds: float = 1800) -> Dict:
+    """`python -m MODULE --worker SPEC_JSON` from the repository root; returns the JSON row it prints last."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(extra_env or {}))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    process = subprocess.run([sys.executable, "-m", module, "--worker", json.dumps(spec)],
+                             capture_output=True, text=True, env=env, timeout=timeout_seconds, cwd=root)
+    if process.returncode != 0:
+        tail = (process.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"{label} failed: {tail}")
+    return json.loads(process.stdout.strip().splitlines()[-1])
