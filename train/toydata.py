@@ -75,61 +75,10 @@ def matplotlib_photos():
     return [os.path.join(folder, name) for name in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")]
 
 
-def write_photo_patch_dataset(out_dir: str, photos=None, num_train: int = 4000, num_validation: int = 800,
-                              image_size: int = 32, num_shards: int = 4, seed: int = 0) -> Dict:
-    """CIFAR-format data made from real photographs: class = which quadrant of which photo a patch
-    comes from (2 photos x 4 quadrants = 8 classes); each example is a random square crop of a third
-    to two thirds of the quadrant's side, resized to `image_size`. Validation crops use another seed."""
-    import tensorflow as tf
-    from PIL import Image
-
-    from preprocess import schema
-
-    quadrants = []
-    for path in photos or matplotlib_photos():
-        photo = np.asarray(Image.open(path).convert("RGB"))
-        half_h, half_w = photo.shape[0] // 2, photo.shape[1] // 2
-        for row in range(2):
-            for col in range(2):
-                quadrants.append(photo[row * half_h:(row + 1) * half_h, col * half_w:(col + 1) * half_w])
-    num_classes = len(quadrants)
-    os.makedirs(out_dir, exist_ok=True)
-    splits = {}
-    for split_index, (split, count) in enumerate((("train", num_train), ("validation", num_validation))):
-        rng = np.random.default_rng(seed * 2 + split_index + 100)
-        labels = np.arange(count) % num_classes
-        rng.shuffle(labels)
-        shards = []
-        writers = [tf.io.TFRecordWriter(os.path.join(out_dir, schema.shard_name(split, s, num_shards)))
-                   for s in range(num_shards)]
-        for index, label in enumerate(labels):
-            quadrant = quadrants[label]
-            side = int(rng.uniform(1 / 3, 2 / 3) * min(quadrant.shape[:2]))
-            top = rng.integers(0, quadrant.shape[0] - side + 1)
-            left = rng.integers(0, quadrant.shape[1] - side + 1)
-            patch = Image.fromarray(quadrant[top:top + side, left:left + side]).resize((image_size, image_size),
-                                                                                      Image.BILINEAR)
-            buffer = io.BytesIO()
-            patch.save(buffer, format="PNG")
-            writers[index % num_shards].write(schema.make_example(
-                buffer.getvalue(), "PNG", image_size, image_size, f"{split}/{index:06d}.png", int(label),
-                f"quadrant_{label}").SerializeToString())
-        for s, writer in enumerate(writers):
-            writer.close()
-            shards.append({"file": schema.shard_name(split, s, num_shards), "records": len(range(s, count, num_shards))})
-        splits[split] = {"read": count, "written": count, "rejected": 0, "shards": shards}
-    metadata = {"dataset": "photo-patches", "num_classes": num_classes,
-                "label_names": [f"quadrant_{k}" for k in range(num_classes)], "synsets": None, "label_offset": 0,
-                "label": None, "splits": splits,
-                "options": {"generator": "train.toydata.write_photo_patch_dataset", "seed": seed,
-                            "photos": [os.path.basename(p) for p in (photos or matplotlib_photos())]},
-                "complete": True}
-    atomic_write_json(os.path.join(out_dir, schema.METADATA_FILE), metadata)
-    return metadata
-
-
 def photo_patches(count: int, seed: int, photos=None, image_size: int = 32):
-    """(uint8 [count, size, size, 3], labels, label names): the photo-quadrant patches as arrays."""
+    """Real-image patches: class = which quadrant of which photo a patch comes from (2 photos x 4
+    quadrants = 8 classes); each is a random square crop of 1/3..2/3 of the quadrant's side resized to
+    `image_size`. Returns (uint8 [count, size, size, 3], labels, label names)."""
     from PIL import Image
 
     quadrants, names = [], []
