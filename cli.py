@@ -400,7 +400,7 @@ def benchmark_serve_command(model_dir, requests_per_client, concurrency, backend
 @cli.command("demo")
 @click.option("--workdir", default="./demo", help="Folder for every artifact: raw archive, TFRecords, experiment, exports.")
 @click.option("--model", default="revnet-38", help="CIFAR model to train (see `cli.py models`).")
-@click.option("--steps", type=click.IntRange(min=1), default=200, help="Training steps.")
+@click.option("--steps", type=click.IntRange(min=1), default=300, help="Training steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Global batch size (split across replicas).")
 @click.option("--cpu-replicas", type=click.IntRange(min=1), default=2, help="Logical CPU replicas for synchronous SGD.")
 @click.option("--lr", type=float, default=0.05, help="Base learning rate (decayed at the paper's fractions of --steps).")
@@ -410,11 +410,13 @@ def benchmark_serve_command(model_dir, requests_per_client, concurrency, backend
 @click.option("--min-accuracy", type=click.FloatRange(0, 1), default=0.5,
               help="Exit non-zero unless validation and served accuracy reach this (chance is 0.1).")
 @click.option("--skip-memory", is_flag=True, help="Skip the reversible-vs-autodiff memory measurement.")
+@click.option("--memory-model", default="revnet-110",
+              help="RevNet whose training-step memory is measured in both modes (deep enough to show the saving).")
 @click.option("--overwrite", is_flag=True, help="Replace a finished demo in --workdir.")
 @click.option("--seed", type=int, default=0, help="Seed for data generation, shuffling and initialisation.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of text.")
 def demo_command(workdir, model, steps, batch_size, cpu_replicas, lr, train_images, val_images, requests,
-                 min_accuracy, skip_memory, overwrite, seed, as_json):
+                 min_accuracy, skip_memory, memory_model, overwrite, seed, as_json):
     """Run the whole pipeline offline on generated CIFAR-format images: Beam preprocessing, training
     on CPU replicas, evaluation, SavedModel + ONNX export, gRPC serving and Predict requests."""
     from common.devices import configure_cpu_replicas
@@ -424,7 +426,8 @@ def demo_command(workdir, model, steps, batch_size, cpu_replicas, lr, train_imag
 
     summary = run_demo(workdir=workdir, model=model, steps=steps, num_train=train_images, num_val=val_images,
                        batch_size=batch_size, cpu_replicas=cpu_replicas, learning_rate=lr, predict_requests=requests,
-                       min_accuracy=min_accuracy, seed=seed, overwrite=overwrite, measure_memory=not skip_memory)
+                       min_accuracy=min_accuracy, seed=seed, overwrite=overwrite, measure_memory=not skip_memory,
+                       memory_model=memory_model)
     if as_json:
         _print_json(summary)
     else:
