@@ -9,11 +9,9 @@ resident set (it includes TensorFlow's ~600 MB baseline).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import statistics
-import sys
 import time
 from typing import Dict, List, Optional
 
@@ -244,8 +242,6 @@ def plot_rows(rows: List[Dict], path: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        logging.disable(logging.WARNING)
-        print(json.dumps(measure(json.loads(sys.argv[2]))))
-    else:
-        sys.exit("usage: python -m benchmarks.memory --worker SPEC_JSON (use `cli.py benchmark memory`)")
+    from benchmarks.worker import worker_main
+
+    worker_main(measure, "memory")

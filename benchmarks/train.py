@@ -8,10 +8,8 @@ times `steps` steps.
 """
 from __future__ import annotations
 
-import json
 import logging
 import statistics
-import sys
 import time
 from typing import Dict, List
 
@@ -107,8 +105,6 @@ def format_rows(rows: List[Dict]) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
-        logging.disable(logging.WARNING)
-        print(json.dumps(measure(json.loads(sys.argv[2]))))
-    else:
-        sys.exit("usage: python -m benchmarks.train --worker SPEC_JSON (use `cli.py benchmark train`)")
+    from benchmarks.worker import worker_main
+
+    worker_main(measure, "train")

@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 
 def run_worker(module: str, spec: Dict, label: str, extra_env: Optional[Dict[str, str]] = None,
@@ -20,3 +21,12 @@ def run_worker(module: str, spec: Dict, label: str, extra_env: Optional[Dict[str
         tail = (process.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"{label} failed: {tail}")
     return json.loads(process.stdout.strip().splitlines()[-1])
+
+
+def worker_main(measure: Callable[[Dict], Dict], command: str) -> None:
+    """The `--worker SPEC_JSON` entry of a benchmark module: print one JSON row on stdout."""
+    if len(sys.argv) == 3 and sys.argv[1] == "--worker":
+        logging.disable(logging.WARNING)
+        print(json.dumps(measure(json.loads(sys.argv[2]))))
+    else:
+        sys.exit(f"usage: python -m benchmarks.{command} --worker SPEC_JSON (use `cli.py benchmark {command}`)")
