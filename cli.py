@@ -229,15 +229,15 @@ def benchmark_preprocess_command(num_images, worker_counts, seed, as_json):
 def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch_size, lr, eval_every,
                   checkpoint_every, log_every, seed, mixed_precision, mode, bn_momentum, as_json):
     """Train a model with synchronous SGD (or resume an experiment); SIGTERM saves a checkpoint and exits 143."""
-    from common.devices import configure_cpu_replicas
+    from train.preemption import Preempted, stop_startup_on_sigterm
 
-    configure_cpu_replicas(cpu_replicas)  # before TensorFlow runs any op
-    import train
-
-    summary = train.run(model=model, data=data, id=exp_id, workdir=workdir, gpus=gpus, cpu_replicas=cpu_replicas,
-                        steps=steps, batch_size=batch_size, learning_rate=lr, eval_every=eval_every,
-                        checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
-                        mixed_precision=mixed_precision, mode=mode, bn_momentum=bn_momentum)
+    stop_startup_on_sigterm()  # first, so a SIGTERM while TensorFlow loads is a clean stop, not a kill
+    try:
+        summary = _train(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch_size, lr, eval_every,
+                         checkpoint_every, log_every, seed, mixed_precision, mode, bn_momentum)
+    except Preempted as stopped:
+        click.echo(f"error: {stopped}", err=True)
+        sys.exit(143)
     if as_json:
         _print_json(summary)
     else:
@@ -245,6 +245,19 @@ def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch
                    f"loss={summary['last_loss']} checkpoint={summary['checkpoint']}")
     if summary["status"] == "preempted":
         sys.exit(143)
+
+
+def _train(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch_size, lr, eval_every, checkpoint_every,
+           log_every, seed, mixed_precision, mode, bn_momentum):
+    from common.devices import configure_cpu_replicas
+
+    configure_cpu_replicas(cpu_replicas)  # before TensorFlow runs any op
+    import train
+
+    return train.run(model=model, data=data, id=exp_id, workdir=workdir, gpus=gpus, cpu_replicas=cpu_replicas,
+                     steps=steps, batch_size=batch_size, learning_rate=lr, eval_every=eval_every,
+                     checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
+                     mixed_precision=mixed_precision, mode=mode, bn_momentum=bn_momentum)
 
 
 @cli.command("eval")

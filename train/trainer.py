@@ -7,7 +7,6 @@ import math
 import os
 import secrets
 import shutil
-import signal
 import sys
 import time
 from typing import Dict, Optional
@@ -20,6 +19,7 @@ from preprocess import input_pipeline, schema
 from train import experiment, summaries
 from train.distribute import make_placement
 from train.optimizer import DynamicLossScale, MomentumSGD
+from train.preemption import Preemption, watch_sigterm
 from train.progress import Progress
 from train.recipes import learning_rate_at, recipe_for
 from train.steps import copy_weights, make_eval_step, make_train_step, run_evaluation
@@ -103,25 +103,6 @@ def _train_log(exp_dir: str, enabled: bool):
         handler.close()
 
 
-@contextlib.contextmanager
-def _sigterm_flag():
-    """A dict whose "stop" becomes True on SIGTERM (preemption), so the loop can save and exit."""
-    flag = {"stop": False}
-
-    def handler(signum, frame):
-        flag["stop"] = True
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread: no preemption handling
-        yield flag
-        return
-    try:
-        yield flag
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _memory_peak_bytes(device: str) -> Optional[int]:
     try:
         return int(tf.config.experimental.get_memory_info(device)["peak"])
@@ -133,37 +114,39 @@ def run(model: str, data: Optional[str] = None, id: Optional[str] = None, workdi
         gpus: Optional[int] = None, cpu_replicas: Optional[int] = None, progress: Optional[bool] = None,
         **overrides) -> Dict:
     """Train (or resume) experiment WORKDIR/ID; returns a summary dict. `overrides` are TRAIN_FIELDS."""
-    unknown = sorted(set(overrides) - set(TRAIN_FIELDS))
-    if unknown:
-        raise UserError(f"unknown training option(s) {', '.join(unknown)}; expected some of: {', '.join(TRAIN_FIELDS)}")
-    workdir = workdir or experiment.DEFAULT_WORKDIR
-    placement = make_placement(gpus, cpu_replicas)
-    if id is None:
-        if placement.num_workers > 1:
-            raise UserError("--id is required when TF_CONFIG names several workers (they must share one experiment)")
-        id = new_experiment_id(get_config(model).name)
-        announce_id = True
-    else:
-        announce_id = False
-    exp_dir = experiment.experiment_dir(workdir, id)
-    config_path = os.path.join(exp_dir, experiment.CONFIG_FILE)
-    saved = experiment.load_config(workdir, id)[1] if os.path.exists(config_path) else None
-    config = resolve_config(model, data, exp_dir, saved, overrides)
-    train_cfg = config["train"]
-    strategy = placement.strategy
-    global_batch = int(train_cfg["batch_size"])
-    if global_batch % strategy.num_replicas_in_sync:
-        raise UserError(f"--batch-size {global_batch} must be divisible by the {strategy.num_replicas_in_sync} replicas")
-    if announce_id:
-        print(f"experiment id: {id}", file=sys.stderr)
-    if placement.is_chief:
-        os.makedirs(exp_dir, exist_ok=True)
-        experiment.save_config(exp_dir, config)
-    with _train_log(exp_dir, placement.is_chief):
-        return _train(config, exp_dir, id, placement, progress)
+    with watch_sigterm() as preemption:  # SIGTERM during start-up stops at once; in the loop it saves first
+        unknown = sorted(set(overrides) - set(TRAIN_FIELDS))
+        if unknown:
+            raise UserError(f"unknown training option(s) {', '.join(unknown)}; expected some of: {', '.join(TRAIN_FIELDS)}")
+        workdir = workdir or experiment.DEFAULT_WORKDIR
+        placement = make_placement(gpus, cpu_replicas)
+        if id is None:
+            if placement.num_workers > 1:
+                raise UserError("--id is required when TF_CONFIG names several workers (they must share one experiment)")
+            id = new_experiment_id(get_config(model).name)
+            announce_id = True
+        else:
+            announce_id = False
+        exp_dir = experiment.experiment_dir(workdir, id)
+        config_path = os.path.join(exp_dir, experiment.CONFIG_FILE)
+        saved = experiment.load_config(workdir, id)[1] if os.path.exists(config_path) else None
+        config = resolve_config(model, data, exp_dir, saved, overrides)
+        train_cfg = config["train"]
+        strategy = placement.strategy
+        global_batch = int(train_cfg["batch_size"])
+        if global_batch % strategy.num_replicas_in_sync:
+            raise UserError(f"--batch-size {global_batch} must be divisible by the {strategy.num_replicas_in_sync} replicas")
+        if announce_id:
+            print(f"experiment id: {id}", file=sys.stderr)
+        if placement.is_chief:
+            os.makedirs(exp_dir, exist_ok=True)
+            experiment.save_config(exp_dir, config)
+        with _train_log(exp_dir, placement.is_chief):
+            return _train(config, exp_dir, id, placement, progress, preemption)
 
 
-def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled: Optional[bool]) -> Dict:
+def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled: Optional[bool],
+           preemption: Preemption) -> Dict:
     train_cfg, strategy = config["train"], placement.strategy
     model_config = experiment.model_config_from(config)
     global_batch, total_steps = int(train_cfg["batch_size"]), int(train_cfg["steps"])
@@ -218,7 +201,8 @@ def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled:
         return path
 
     status, last_eval = "completed", None
-    with _sigterm_flag() as preemption, writer.as_default():
+    preemption.training_started()
+    with writer.as_default():
         current = start_step
         while current < total_steps:
             learning_rate = learning_rate_at(current, train_cfg["learning_rate"], boundaries, train_cfg["decay_factor"])
@@ -243,7 +227,7 @@ def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled:
                 last_eval = evaluator(model, current)
             if current % int(train_cfg["checkpoint_every"]) == 0 and current < total_steps:
                 save("periodic")
-            if preemption["stop"]:
+            if preemption.requested:
                 progress.close()
                 save("SIGTERM")
                 status = "preempted"

@@ -30,6 +30,12 @@ def _wait_for(predicate, process, timeout_seconds=240):
     raise AssertionError("timed out waiting for the trainer")
 
 
+def _after_resume(train_log):
+    text = open(train_log).read() if os.path.exists(train_log) else ""
+    marker = text.rfind("resumed from ")
+    return text[marker:] if marker >= 0 else ""
+
+
 def _start(toy_data, workdir, checkpoint_every, log_path):
     args = cli_command("train", "--model", "resnet-32", "--data", toy_data, "--id", "kr", "--workdir", workdir,
                        "--steps", "100000", "--batch-size", str(BATCH), "--checkpoint-every", str(checkpoint_every),
@@ -52,7 +58,9 @@ def test_sigkill_and_sigterm_then_resume_continue_step_optimizer_and_data(toy_da
 
     # 2. Preemption: the rerun resumes from that checkpoint; SIGTERM saves an off-schedule checkpoint.
     second = _start(toy_data, workdir, 1000, tmp_path / "second.log")
-    _wait_for(lambda: os.path.exists(train_log) and f"step {killed_at + 2}/" in open(train_log).read(), second)
+    # train.log is appended across runs and the killed run may have logged later steps itself, so only
+    # lines after the second run's resume message count.
+    _wait_for(lambda: f"step {killed_at + 2}/" in _after_resume(train_log), second)
     second.send_signal(signal.SIGTERM)
     assert second.wait(timeout=120) == 143
     log_text = open(train_log).read()
@@ -67,3 +75,17 @@ def test_sigkill_and_sigterm_then_resume_continue_step_optimizer_and_data(toy_da
     assert tf.train.load_variable(final, "step/.ATTRIBUTES/VARIABLE_VALUE") == preempted_at
     assert tf.train.load_variable(final, "optimizer/iterations/.ATTRIBUTES/VARIABLE_VALUE") == preempted_at
     assert tf.train.load_variable(final, "data_position/.ATTRIBUTES/VARIABLE_VALUE") == preempted_at * BATCH
+
+
+def test_sigterm_during_start_up_stops_cleanly_without_a_checkpoint(toy_data, tmp_path):
+    """SIGTERM before the first step (here: right after the start-up log line, while the model is built and
+    traced) ends the run with one line and exit 143, instead of the process dying from the signal."""
+    workdir = str(tmp_path / "work")
+    log_path = tmp_path / "startup.log"
+    process = _start(toy_data, workdir, 2, log_path)
+    _wait_for(lambda: "experiment kr:" in log_path.read_text(), process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    stderr = log_path.read_text()
+    assert "SIGTERM during start-up" in stderr and "Traceback" not in stderr
+    assert _latest_step(os.path.join(workdir, "kr", "checkpoints")) == 0
