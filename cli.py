@@ -34,7 +34,7 @@ class ErrorHandlingGroup(click.Group):
             click.echo("interrupted", err=True)
             sys.exit(130)
         except Exception as error:  # noqa: BLE001 - the one place errors become messages
-            from common.errors import UserError
+            from revnet.common.errors import UserError
 
             if _debug_requested():
                 raise
@@ -74,7 +74,7 @@ def cli(debug, verbose):
         os.environ["REVNET_DEBUG"] = "1"
     _setup_logging(verbose)
     if not debug and not any(arg in ("-h", "--help") for arg in sys.argv):
-        from common.devices import quiet_tensorflow
+        from revnet.common.devices import quiet_tensorflow
 
         quiet_tensorflow()
 
@@ -86,7 +86,7 @@ def cli(debug, verbose):
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list instead of a table.")
 def models_command(as_json):
     """List the model zoo: name, dataset family, blocks, channels, parameters, input size."""
-    from models.summary import model_table, format_model_table
+    from revnet.models.summary import model_table, format_model_table
 
     rows = model_table()
     if as_json:
@@ -115,7 +115,7 @@ def benchmark_group():
 def benchmark_memory_command(model_names, batch_size, steps, modes, json_path, plot_path):
     """Peak memory and step time of a full training step (inside tf.function), each model and mode
     in a fresh subprocess, with the reversible-vs-autodiff gradient error for RevNets."""
-    from benchmarks.memory import format_rows, run_memory_benchmark
+    from revnet.benchmarks.memory import format_rows, run_memory_benchmark
 
     rows = run_memory_benchmark(model_names.split(","), batch_size, steps, modes.split(","),
                                 json_path=json_path, plot_path=plot_path)
@@ -162,7 +162,7 @@ def preprocess_command(dataset, input_path, output_dir, train_shards, val_shards
     Beam pipeline options go after `--`, e.g. `-- --runner=DataflowRunner --project=P --region=R
     --temp_location=gs://B/tmp`. Without them the pipeline runs locally with --workers processes.
     """
-    from pipeline import format_summary, run_preprocess
+    from revnet.pipeline import format_summary, run_preprocess
 
     metadata = run_preprocess(dataset, input_path, output_dir, train_shards=train_shards, val_shards=val_shards,
                               seed=seed, label=label, val_labels=val_labels, label_offset=label_offset,
@@ -183,7 +183,7 @@ def preprocess_command(dataset, input_path, output_dir, train_shards, val_shards
 def benchmark_preprocess_command(num_images, worker_counts, seed, as_json):
     """Images per second on the ImageNet path: a plain single-process Python loop against the Beam
     pipeline with 1 and 2 DirectRunner workers, measured in one run on the same generated JPEG tree."""
-    from benchmarks.preprocess import format_rows, run_preprocess_benchmark
+    from revnet.benchmarks.preprocess import format_rows, run_preprocess_benchmark
 
     rows = run_preprocess_benchmark(num_images, worker_counts, seed)
     if as_json:
@@ -229,7 +229,7 @@ def benchmark_preprocess_command(num_images, worker_counts, seed, as_json):
 def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch_size, lr, eval_every,
                   checkpoint_every, log_every, seed, mixed_precision, mode, bn_momentum, as_json):
     """Train a model with synchronous SGD (or resume an experiment); SIGTERM saves a checkpoint and exits 143."""
-    from train.preemption import Preempted, stop_startup_on_sigterm
+    from revnet.train.preemption import Preempted, stop_startup_on_sigterm
 
     stop_startup_on_sigterm()  # first, so a SIGTERM while TensorFlow loads is a clean stop, not a kill
     try:
@@ -249,11 +249,10 @@ def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch
 
 def _train(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch_size, lr, eval_every, checkpoint_every,
            log_every, seed, mixed_precision, mode, bn_momentum):
-    from common.devices import configure_cpu_replicas
+    from revnet.common.devices import configure_cpu_replicas
 
     configure_cpu_replicas(cpu_replicas)  # before TensorFlow runs any op
-    import train
-
+    from revnet import train
     return train.run(model=model, data=data, id=exp_id, workdir=workdir, gpus=gpus, cpu_replicas=cpu_replicas,
                      steps=steps, batch_size=batch_size, learning_rate=lr, eval_every=eval_every,
                      checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
@@ -271,8 +270,7 @@ def _train(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch_size, 
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def eval_command(exp_id, workdir, once, split, batch_size, timeout_seconds, as_json):
     """Evaluate an experiment's checkpoints on the full split (watching for new ones unless --once)."""
-    import train
-
+    from revnet import train
     result = train.evaluate(id=exp_id, workdir=workdir, once=once, split=split, batch_size=batch_size,
                             timeout_seconds=timeout_seconds)
     if as_json:
@@ -290,7 +288,7 @@ def eval_command(exp_id, workdir, once, split, batch_size, timeout_seconds, as_j
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
 def benchmark_train_command(model, batch_size, steps, replicas, modes, as_json):
     """Training examples/s of the real train step for each mode and replica count, one subprocess each."""
-    from benchmarks.train import format_rows, run_train_benchmark
+    from revnet.benchmarks.train import format_rows, run_train_benchmark
 
     rows = run_train_benchmark(model, batch_size, steps, [int(r) for r in replicas.split(",")], modes.split(","))
     if as_json:
@@ -320,8 +318,7 @@ def benchmark_train_command(model, batch_size, steps, replicas, modes, as_json):
 def export_command(exp_id, workdir, export_format, output, name, version, checkpoint, opset, quantize, data_dir,
                    overwrite, as_json):
     """Export a trained experiment for serving (inference-only graph), checked for TF/ONNX parity."""
-    import serving
-
+    from revnet import serving
     record = serving.export(exp_id=exp_id, workdir=workdir, format=export_format, output=output, name=name,
                             version=version, checkpoint=checkpoint, opset=opset, quantize=quantize,
                             data_dir=data_dir, overwrite=overwrite)
@@ -353,8 +350,7 @@ def export_command(exp_id, workdir, export_format, output, name, version, checkp
 def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, batch_timeout_ms, workers, tls_cert,
                   tls_key, max_message_mb, poll_seconds, onnx_file):
     """Serve the newest version over TF Serving's gRPC API (plus REST, health and Prometheus metrics)."""
-    import serving
-
+    from revnet import serving
     serving.serve(model_dir=model_dir, backend=backend, host=host, port=port,
                   rest_port=None if rest_port < 0 else rest_port, max_batch_size=max_batch_size,
                   batch_timeout_ms=batch_timeout_ms, workers=workers, tls_cert=tls_cert, tls_key=tls_key,
@@ -371,8 +367,8 @@ def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, bat
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def predict_command(images, server, model, top_k, timeout_seconds, tls_ca, as_json):
     """Send JPEG/PNG files to a server and print the top-k classes with probabilities per image."""
-    import serving
-    from serving.client import format_predictions
+    from revnet import serving
+    from revnet.serving.client import format_predictions
 
     results = serving.predict(server=server, images=list(images), model=model, top_k=top_k,
                               timeout_seconds=timeout_seconds, tls_ca=tls_ca)
@@ -396,7 +392,7 @@ def benchmark_serve_command(model_dir, requests_per_client, concurrency, backend
                             as_json):
     """Requests/s and p50/p99 latency at batch 1 over loopback gRPC, with and without dynamic batching, both
     backends, next to raw in-process ONNX Runtime and TensorFlow throughput."""
-    from benchmarks.serve import format_rows, run_serve_benchmark
+    from revnet.benchmarks.serve import format_rows, run_serve_benchmark
 
     rows = run_serve_benchmark(model_dir=model_dir, concurrency=[int(c) for c in concurrency.split(",")],
                                backends=backends.split(","), requests_per_client=requests_per_client,
@@ -432,10 +428,10 @@ def demo_command(workdir, model, steps, batch_size, cpu_replicas, lr, train_imag
                  min_accuracy, skip_memory, memory_model, overwrite, seed, as_json):
     """Run the whole pipeline offline on generated CIFAR-format images: Beam preprocessing, training
     on CPU replicas, evaluation, SavedModel + ONNX export, gRPC serving and Predict requests."""
-    from common.devices import configure_cpu_replicas
+    from revnet.common.devices import configure_cpu_replicas
 
     configure_cpu_replicas(cpu_replicas)
-    from pipeline.demo import format_summary, run_demo
+    from revnet.demo import format_summary, run_demo
 
     summary = run_demo(workdir=workdir, model=model, steps=steps, num_train=train_images, num_val=val_images,
                        batch_size=batch_size, cpu_replicas=cpu_replicas, learning_rate=lr, predict_requests=requests,

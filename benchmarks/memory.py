@@ -15,7 +15,7 @@ import statistics
 import time
 from typing import Dict, List, Optional
 
-from common.errors import UserError, choose
+from revnet.common.errors import UserError, choose
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def measure(spec: Dict) -> Dict:
 
     import tensorflow as tf
 
-    from models import build_model
+    from revnet.models import build_model
 
     if spec.get("inter_op_threads"):
         tf.config.threading.set_inter_op_parallelism_threads(spec["inter_op_threads"])
@@ -131,14 +131,14 @@ def measure(spec: Dict) -> Dict:
 
 def run_worker(spec: Dict, timeout_seconds: float = 1800) -> Dict:
     """Measure one spec in a fresh Python process (with TF's CPU allocator statistics on) and return its row."""
-    from benchmarks.worker import run_worker as run_module_worker
+    from revnet.benchmarks.worker import run_worker as run_module_worker
 
-    return run_module_worker("benchmarks.memory", spec, f"memory worker for {spec['model']}/{spec['mode']}",
+    return run_module_worker("revnet.benchmarks.memory", spec, f"memory worker for {spec['model']}/{spec['mode']}",
                              {"TF_CPU_ALLOCATOR_USE_BFC": "true"}, timeout_seconds)
 
 
 def plan(model_names: List[str], modes: List[str]) -> List[Dict]:
-    from models.registry import get_config
+    from revnet.models.registry import get_config
 
     specs = []
     for name in model_names:
@@ -159,7 +159,7 @@ def run_memory_benchmark(model_names: List[str], batch_size: int, steps: int, mo
         log.info("[%d/%d] measuring %s (%s), batch %d", index, len(specs), spec["model"], spec["mode"], batch_size)
         rows.append(run_worker(spec))
     if json_path:
-        from common.fileio import atomic_write_json
+        from revnet.common.fileio import atomic_write_json
 
         atomic_write_json(json_path, [{k: row[k] for k in FIELDS} for row in rows])
     if plot_path:
@@ -177,7 +177,7 @@ SERIES = (("resnet", "autodiff", "ResNet", "s"), ("revnet", "autodiff", "RevNet,
 
 def _series(rows: List[Dict], architecture: str, mode: str, block: Optional[str] = None):
     """[(depth, row)] of one line of the plot (optionally one block type), shallowest first."""
-    from models.registry import get_config
+    from revnet.models.registry import get_config
 
     return sorted(((_depth(r["model"]), r) for r in rows if r["model"].startswith(architecture) and r["mode"] == mode
                    and (block is None or get_config(r["model"]).block == block)), key=lambda item: item[0])
@@ -242,6 +242,6 @@ def plot_rows(rows: List[Dict], path: str) -> None:
 
 
 if __name__ == "__main__":
-    from benchmarks.worker import worker_main
+    from revnet.benchmarks.worker import worker_main
 
     worker_main(measure, "memory")

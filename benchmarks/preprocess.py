@@ -13,7 +13,7 @@ import tempfile
 import time
 from typing import Dict, List
 
-from common.errors import UserError
+from revnet.common.errors import UserError
 
 SIZE_RANGE = (240, 420)  # ImageNet's typical image edges in pixels
 NUM_CLASSES = 10
@@ -31,7 +31,7 @@ def _parse_workers(worker_counts: str) -> List[int]:
 
 def python_loop(input_dir: str, output_dir: str) -> Dict[str, int]:
     """Single-process baseline: list, decode, check, encode and write every image; returns counts."""
-    from preprocess import imagenet, images, tfrecord
+    from revnet.preprocess import imagenet, images, tfrecord
 
     _, _, items = imagenet.list_imagenet(input_dir)
     counts = {"written": 0, "rejected": 0}
@@ -55,8 +55,8 @@ def python_loop(input_dir: str, output_dir: str) -> Dict[str, int]:
 
 def run_preprocess_benchmark(num_images: int = 300, worker_counts="1,2", seed: int = 0) -> List[Dict]:
     """Rows of {method, mode, workers, images, written, rejected, seconds, images_per_second, vs_loop}."""
-    from pipeline import run_preprocess
-    from preprocess.fake_imagenet import write_imagenet_tree
+    from revnet.pipeline import run_preprocess
+    from revnet.preprocess.fake_imagenet import write_imagenet_tree
 
     counts = _parse_workers(worker_counts)
     if num_images < NUM_CLASSES:

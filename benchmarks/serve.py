@@ -16,7 +16,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from common.errors import UserError, choose
+from revnet.common.errors import UserError, choose
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +37,9 @@ def _export_random_model(root: str) -> str:
     """A randomly initialised revnet-38 (10 classes) exported in both formats; returns OUTPUT/NAME."""
     import tensorflow as tf
 
-    from models import build_model
-    from serving.exporter import export
-    from train.experiment import checkpoints_dir, experiment_dir, save_config
+    from revnet.models import build_model
+    from revnet.serving.exporter import export
+    from revnet.train.experiment import checkpoints_dir, experiment_dir, save_config
 
     workdir = os.path.join(root, "experiments")
     model = build_model("revnet-38", num_classes=10)
@@ -53,7 +53,7 @@ def _export_random_model(root: str) -> str:
 
 def raw_rows(model_dir: str, backend: str, version: int, raw_requests: int = RAW_REQUESTS) -> List[Dict]:
     """In-process backend calls, no server: batch 1 latency and batch RAW_BATCH throughput."""
-    from serving.backends import load_servable
+    from revnet.serving.backends import load_servable
 
     servable = load_servable(model_dir, version, backend)
     size = servable.input_size
@@ -94,8 +94,8 @@ def grpc_row(model_dir: str, backend: str, clients: int, requests_per_client: in
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from serving.server import start_server
-    from serving.tensors import make_tensor_proto
+    from revnet.serving.server import start_server
+    from revnet.serving.tensors import make_tensor_proto
 
     handle = start_server(model_dir=model_dir, backend=backend, port=0, rest_port=None, max_batch_size=max_batch_size,
                           batch_timeout_ms=batch_timeout_ms if batching else 0, workers=max(8, clients + 4),
@@ -152,7 +152,7 @@ def run_serve_benchmark(model_dir: Optional[str] = None, concurrency=(1, 8, 32),
                         requests_per_client: Optional[int] = None, max_batch_size: int = 32,
                         batch_timeout_ms: float = 5.0, raw_requests: int = RAW_REQUESTS) -> List[Dict]:
     """All rows of one run (see the module docstring)."""
-    from serving import layout
+    from revnet.serving import layout
 
     for backend in backends:
         choose("backend", backend, ("onnx", "tf"))

@@ -13,7 +13,7 @@ import statistics
 import time
 from typing import Dict, List
 
-from common.errors import UserError, choose
+from revnet.common.errors import UserError, choose
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +22,15 @@ MODES = ("reversible", "autodiff")
 
 def measure(spec: Dict) -> Dict:
     """Worker process: one row for spec {model, mode, replicas, batch_size, steps}."""
-    from common.devices import configure_cpu_replicas
+    from revnet.common.devices import configure_cpu_replicas
 
     configure_cpu_replicas(spec["replicas"])
     import tensorflow as tf
 
-    from models import build_model
-    from train.distribute import make_placement
-    from train.optimizer import MomentumSGD
-    from train.steps import make_train_step
+    from revnet.models import build_model
+    from revnet.train.distribute import make_placement
+    from revnet.train.optimizer import MomentumSGD
+    from revnet.train.steps import make_train_step
 
     placement = make_placement(gpus=0, cpu_replicas=spec["replicas"])
     strategy, batch_size = placement.strategy, spec["batch_size"]
@@ -63,14 +63,14 @@ def measure(spec: Dict) -> Dict:
 
 
 def run_worker(spec: Dict, timeout_seconds: float = 1800) -> Dict:
-    from benchmarks.worker import run_worker as run_module_worker
+    from revnet.benchmarks.worker import run_worker as run_module_worker
 
-    return run_module_worker("benchmarks.train", spec, f"train benchmark worker {spec}", timeout_seconds=timeout_seconds)
+    return run_module_worker("revnet.benchmarks.train", spec, f"train benchmark worker {spec}", timeout_seconds=timeout_seconds)
 
 
 def run_train_benchmark(model: str, batch_size: int, steps: int, replicas: List[int], modes: List[str]) -> List[Dict]:
     """One row per (mode, replicas), measured one after another in fresh subprocesses."""
-    from models.registry import get_config
+    from revnet.models.registry import get_config
 
     config = get_config(model)
     if config.architecture != "revnet":
@@ -105,6 +105,6 @@ def format_rows(rows: List[Dict]) -> str:
 
 
 if __name__ == "__main__":
-    from benchmarks.worker import worker_main
+    from revnet.benchmarks.worker import worker_main
 
     worker_main(measure, "train")

@@ -11,12 +11,10 @@ from typing import Callable, Dict, Optional
 
 def run_worker(module: str, spec: Dict, label: str, extra_env: Optional[Dict[str, str]] = None,
                timeout_seconds: float = 1800) -> Dict:
-    """`python -m MODULE --worker SPEC_JSON` from the repository root; returns the JSON row it prints last."""
+    """`python -m MODULE --worker SPEC_JSON`; returns the JSON row it prints last."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **(extra_env or {}))
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     process = subprocess.run([sys.executable, "-m", module, "--worker", json.dumps(spec)],
-                             capture_output=True, text=True, env=env, timeout=timeout_seconds, cwd=root)
+                             capture_output=True, text=True, env=env, timeout=timeout_seconds)
     if process.returncode != 0:
         tail = (process.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"{label} failed: {tail}")
@@ -29,4 +27,4 @@ def worker_main(measure: Callable[[Dict], Dict], command: str) -> None:
         logging.disable(logging.WARNING)
         print(json.dumps(measure(json.loads(sys.argv[2]))))
     else:
-        sys.exit(f"usage: python -m benchmarks.{command} --worker SPEC_JSON (use `cli.py benchmark {command}`)")
+        sys.exit(f"usage: python -m revnet.benchmarks.{command} --worker SPEC_JSON (use `cli.py benchmark {command}`)")

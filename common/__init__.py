@@ -1,4 +1,4 @@
 """Small pieces shared by every package: the user-facing error, atomic file output, device set-up."""
-from common.errors import UserError
+from revnet.common.errors import UserError
 
 __all__ = ["UserError"]

@@ -40,7 +40,7 @@ def configure_cpu_replicas(num_replicas: int) -> None:
     """
     import tensorflow as tf
 
-    from common.errors import UserError
+    from revnet.common.errors import UserError
 
     if num_replicas < 1:
         raise UserError(f"--cpu-replicas must be at least 1, got {num_replicas}")

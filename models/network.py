@@ -6,7 +6,7 @@ from typing import Dict, List
 
 import tensorflow as tf
 
-from models.layers import (DECAY_KINDS, BatchStats, Param, ResidualFn, SeedSequence, batch_norm, bn_params,
+from revnet.models.layers import (DECAY_KINDS, BatchStats, Param, ResidualFn, SeedSequence, batch_norm, bn_params,
                            conv2d, conv_param, create_variables)
 
 # Per-channel pixel statistics (0..1 scale) per dataset family; the model normalises its own input so

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, List, Optional, Tuple
 
-from common.errors import UserError, choose
+from revnet.common.errors import UserError, choose
 
 MODES = ("reversible", "autodiff")
 DTYPES = ("float32", "float64")
@@ -110,7 +110,7 @@ def build_model(name_or_config, **overrides):
     if isinstance(name_or_config, ModelConfig) and overrides:
         config = dataclasses.replace(config, **overrides)
     if config.architecture == "revnet":
-        from models.revnet import RevNet
+        from revnet.models.revnet import RevNet
         return RevNet(config)
-    from models.resnet import ResNet
+    from revnet.models.resnet import ResNet
     return ResNet(config)

@@ -1,8 +1,8 @@
 """Pre-activation ResNet (the paper's baseline), built from the shared residual pieces."""
 from __future__ import annotations
 
-from models.layers import BatchStats, ResidualFn, Shortcut, prefixed, residual_fn, sub_params, sub_stats
-from models.network import Network
+from revnet.models.layers import BatchStats, ResidualFn, Shortcut, prefixed, residual_fn, sub_params, sub_stats
+from revnet.models.network import Network
 
 
 class ResNetUnitFn(ResidualFn):

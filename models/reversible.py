@@ -20,8 +20,8 @@ from typing import Dict, List, Tuple
 
 import tensorflow as tf
 
-from models.layers import BatchStats, ResidualFn, SeedSequence, create_variables, prefixed, sub_params
-from models.network import update_moving_stats
+from revnet.models.layers import BatchStats, ResidualFn, SeedSequence, create_variables, prefixed, sub_params
+from revnet.models.network import update_moving_stats
 
 MODES = ("reversible", "autodiff")
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from models.layers import BatchStats, ResidualFn, Shortcut, prefixed, residual_fn, sub_params, sub_stats
-from models.network import Network
-from models.reversible import ReversibleStack
+from revnet.models.layers import BatchStats, ResidualFn, Shortcut, prefixed, residual_fn, sub_params, sub_stats
+from revnet.models.network import Network
+from revnet.models.reversible import ReversibleStack
 
 
 class RevNetUnitFn(ResidualFn):

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Dict, List
 
-from models.layers import shapes_only
-from models.registry import PAPER_PARAMS_MILLIONS, build_model, get_config, list_models
+from revnet.models.layers import shapes_only
+from revnet.models.registry import PAPER_PARAMS_MILLIONS, build_model, get_config, list_models
 
 
 def model_row(name: str) -> Dict:

@@ -123,7 +123,7 @@ class ExpandInputs(beam.DoFn):
         if item["kind"] == "file":
             yield item
             return
-        from preprocess import cifar
+        from revnet.preprocess import cifar
 
         spec = cifar.SPECS[self.dataset]
         member = item["member"]
@@ -170,7 +170,7 @@ class EncodeShard(beam.DoFn):
         self.counters[name].inc(amount)
 
     def process(self, element):
-        from preprocess import images, tfrecord
+        from revnet.preprocess import images, tfrecord
 
         (split, shard), keyed_items = element
         name = self.shard_files[split][shard]
@@ -202,7 +202,7 @@ class EncodeShard(beam.DoFn):
     def _cifar_example(self, item, images, tfrecord):
         import numpy as np
 
-        from preprocess.cifar import IMAGE_SIZE, planar_to_hwc
+        from revnet.preprocess.cifar import IMAGE_SIZE, planar_to_hwc
 
         pixels = planar_to_hwc(np.frombuffer(item["pixels"], dtype=np.uint8)[None])[0]
         labels = item["labels"]

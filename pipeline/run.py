@@ -14,15 +14,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from common.errors import UserError, choose
-from pipeline import beam_pipeline, storage
+from revnet.common.errors import UserError, choose
+from revnet.pipeline import beam_pipeline, storage
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARDS = {"cifar-10": (10, 2), "cifar-100": (10, 2), "imagenet": (1024, 128)}
 DATASETS = tuple(DEFAULT_SHARDS)
 SPLITS = ("train", "validation")
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @dataclass
@@ -39,7 +38,7 @@ class Plan:
 
 
 def _plan_cifar(dataset: str, input_path: Optional[str], label: str, download_dir: Optional[str]) -> Plan:
-    from preprocess import cifar
+    from revnet.preprocess import cifar
 
     spec = cifar.SPECS[dataset]
     input_path = cifar.resolve_input(dataset, input_path, download_dir)
@@ -62,7 +61,7 @@ def _plan_cifar(dataset: str, input_path: Optional[str], label: str, download_di
 
 def _plan_imagenet(input_path: Optional[str], val_labels: Optional[str], label_offset: int,
                    class_names: Optional[str]) -> Plan:
-    from preprocess import imagenet
+    from revnet.preprocess import imagenet
 
     if not input_path:
         raise UserError("imagenet needs --input: the extracted ILSVRC2012 folder with train/<synset>/*.JPEG "
@@ -131,8 +130,6 @@ def _beam_options(beam_args: Sequence[str], workers: int):
         args.append(f"--direct_running_mode={'multi_processing' if workers > 1 else 'in_memory'}")
     # Worker start-up notices ("No semi_persistent_directory found") are not for the user; errors still show.
     logging.getLogger("apache_beam.runners.portability.local_job_service").setLevel(logging.ERROR)
-    # Local worker processes import our packages by name, wherever the command was started from.
-    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (REPO_ROOT, os.environ.get("PYTHONPATH")) if p)
     return FnApiRunner(), PipelineOptions(args), args
 
 
@@ -150,7 +147,7 @@ def _counter_values(result) -> Dict[str, int]:
 
 
 def _read_outputs(work_dir: str, num_shards: Dict[str, int]):
-    from preprocess.schema import REJECTS_FILE, shard_name
+    from revnet.preprocess.schema import REJECTS_FILE, shard_name
 
     listed = json.loads(storage.read_text(storage.join(work_dir, beam_pipeline.SHARDS_FILE)))
     written = {item["file"]: item["records"] for item in listed}
@@ -224,7 +221,7 @@ def _run_in(work_dir, dataset, plan: Plan, num_shards, boundaries, read, *, seed
             max_reject_fraction, workers, beam_args, output_dir) -> Dict:
     import apache_beam as beam
 
-    from preprocess.schema import METADATA_FILE, REJECTS_FILE, shard_name
+    from revnet.preprocess.schema import METADATA_FILE, REJECTS_FILE, shard_name
 
     storage.write_bytes(storage.join(work_dir, beam_pipeline.MANIFEST_FILE),
                         "".join(json.dumps(line, sort_keys=True) + "\n" for line in plan.manifest).encode("utf-8"))

@@ -19,8 +19,8 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from common.errors import UserError
-from common.fileio import atomic_write_bytes
+from revnet.common.errors import UserError
+from revnet.common.fileio import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 

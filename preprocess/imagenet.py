@@ -17,7 +17,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from common.errors import UserError
+from revnet.common.errors import UserError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 CLASS_TEXT_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")

@@ -15,7 +15,7 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
-from preprocess import schema
+from revnet.preprocess import schema
 
 AUGMENTATIONS = ("cifar", "imagenet")
 CIFAR_PAD = 4

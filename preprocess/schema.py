@@ -18,8 +18,8 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
-from common.errors import UserError
-from common.fileio import read_json
+from revnet.common.errors import UserError
+from revnet.common.fileio import read_json
 
 SPLITS = ("train", "validation")
 METADATA_FILE = "metadata.json"

@@ -6,24 +6,24 @@ Entry points: `export(...)`, `serve(...)` (blocking), `start_server(...)` (in-pr
 
 
 def export(**options):
-    from serving.exporter import export as run_export
+    from revnet.serving.exporter import export as run_export
 
     return run_export(**options)
 
 
 def serve(**options):
-    from serving.server import serve as run_serve
+    from revnet.serving.server import serve as run_serve
 
     return run_serve(**options)
 
 
 def start_server(**options):
-    from serving.server import start_server as run_start
+    from revnet.serving.server import start_server as run_start
 
     return run_start(**options)
 
 
 def predict(**options):
-    from serving.client import predict as run_predict
+    from revnet.serving.client import predict as run_predict
 
     return run_predict(**options)

@@ -8,9 +8,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from common.errors import UserError, choose
-from common.fileio import read_json
-from serving import layout
+from revnet.common.errors import UserError, choose
+from revnet.common.fileio import read_json
+from revnet.serving import layout
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ from typing import Dict, List, Optional
 
 import grpc
 
-from common.errors import UserError
+from revnet.common.errors import UserError
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
 

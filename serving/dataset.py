@@ -12,8 +12,8 @@ def read_validation_images(data_dir: str, count: int) -> Tuple[List[bytes], List
     """Up to `count` (encoded image, label) pairs; empty lists when the dataset is unusable."""
     import tensorflow as tf
 
-    from common.errors import UserError
-    from preprocess.schema import ENCODED, LABEL, load_metadata, parse_example, split_files
+    from revnet.common.errors import UserError
+    from revnet.preprocess.schema import ENCODED, LABEL, load_metadata, parse_example, split_files
 
     if not data_dir or not os.path.isdir(data_dir):
         return [], []

@@ -15,10 +15,10 @@ from typing import Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from common.errors import UserError, choose
-from common.fileio import atomic_write_bytes, atomic_write_json
-from serving import layout
-from serving.images import decode_image_tf, decode_images_numpy
+from revnet.common.errors import UserError, choose
+from revnet.common.fileio import atomic_write_bytes, atomic_write_json
+from revnet.serving import layout
+from revnet.serving.images import decode_image_tf, decode_images_numpy
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def export(exp_id: str, output: str, format: str = "all", workdir: Optional[str]
            version: Optional[int] = None, checkpoint: str = "latest", opset: int = DEFAULT_OPSET,
            overwrite: bool = False, quantize: Optional[str] = None, data_dir: Optional[str] = None) -> Dict:
     """Export experiment `exp_id` into OUTPUT/NAME/VERSION/; returns (and writes) the export.json record."""
-    from train.experiment import restore_model
+    from revnet.train.experiment import restore_model
 
     choose("format", format, FORMATS)
     if quantize is not None:
@@ -122,7 +122,7 @@ def _labels(config: Dict, num_classes: int) -> List[str]:
 
 def _parity_batch(config: Dict, data_dir: Optional[str], model_config):
     """(float images, labels or None, encoded bytes, source) from the validation split when available."""
-    from serving.dataset import read_validation_images
+    from revnet.serving.dataset import read_validation_images
 
     data_dir = data_dir or config.get("data", {}).get("dir")
     size, family = model_config.input_size, model_config.family
@@ -155,7 +155,7 @@ def _write_warmup(path: str, image_bytes, images) -> None:
     """TF Serving replays these PredictionLog records at load time (one per signature)."""
     from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-    from serving.tensors import make_tensor_proto
+    from revnet.serving.tensors import make_tensor_proto
 
     os.makedirs(os.path.dirname(path), exist_ok=True)
     requests = []

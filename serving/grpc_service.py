@@ -13,10 +13,10 @@ import numpy as np
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
-from common.errors import UserError
-from serving import layout
-from serving.inference import SIGNATURE_INPUTS, InferenceCore
-from serving.tensors import make_ndarray, make_tensor_proto, shape_proto
+from revnet.common.errors import UserError
+from revnet.serving import layout
+from revnet.serving.inference import SIGNATURE_INPUTS, InferenceCore
+from revnet.serving.tensors import make_ndarray, make_tensor_proto, shape_proto
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import io
 
 import numpy as np
 
-from common.errors import UserError
+from revnet.common.errors import UserError
 
 IMAGENET_RESIZE = 256
 
@@ -77,7 +77,7 @@ def decode_image_tf(data, input_size: int, family: str):
     """The TF graph version (one scalar string tensor): the input pipeline's evaluation preprocessing."""
     import tensorflow as tf
 
-    from preprocess.input_pipeline import _preprocess
+    from revnet.preprocess.input_pipeline import _preprocess
 
     image = tf.io.decode_image(data, channels=3, expand_animations=False)
     image.set_shape([None, None, 3])

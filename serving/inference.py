@@ -6,10 +6,10 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from common.errors import UserError
-from serving import layout
-from serving.backends import ModelRepository, Servable
-from serving.images import decode_images_numpy
+from revnet.common.errors import UserError
+from revnet.serving import layout
+from revnet.serving.backends import ModelRepository, Servable
+from revnet.serving.images import decode_images_numpy
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
-from common.errors import UserError
-from serving.inference import InferenceCore
+from revnet.common.errors import UserError
+from revnet.serving.inference import InferenceCore
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,13 @@ from typing import Optional
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from common.errors import UserError
-from serving import layout
-from serving.backends import ModelRepository
-from serving.batching import DynamicBatcher
-from serving.grpc_service import add_services
-from serving.inference import InferenceCore
-from serving.metrics import Metrics
+from revnet.common.errors import UserError
+from revnet.serving import layout
+from revnet.serving.backends import ModelRepository
+from revnet.serving.batching import DynamicBatcher
+from revnet.serving.grpc_service import add_services
+from revnet.serving.inference import InferenceCore
+from revnet.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def start_server(model_dir: str, backend: str = "onnx", host: str = "127.0.0.1",
     server.start()
     http_server = None
     if rest_port is not None:
-        from serving.rest import start_http
+        from revnet.serving.rest import start_http
 
         try:
             http_server = start_http(core, host, rest_port)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from common.errors import UserError
+from revnet.common.errors import UserError
 
 NUMPY_TO_DTYPE = {
     np.dtype(np.float32): types_pb2.DT_FLOAT,

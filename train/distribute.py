@@ -8,7 +8,7 @@ import os
 
 import tensorflow as tf
 
-from common.errors import UserError
+from revnet.common.errors import UserError
 
 log = logging.getLogger(__name__)
 

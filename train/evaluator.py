@@ -12,12 +12,12 @@ from typing import Dict, List, Optional
 
 import tensorflow as tf
 
-from common.errors import UserError
-from common.fileio import atomic_write_bytes, atomic_write_json, read_json
-from models import build_model
-from preprocess import input_pipeline, schema
-from train import experiment, summaries
-from train.steps import make_eval_step, run_evaluation
+from revnet.common.errors import UserError
+from revnet.common.fileio import atomic_write_bytes, atomic_write_json, read_json
+from revnet.models import build_model
+from revnet.preprocess import input_pipeline, schema
+from revnet.train import experiment, summaries
+from revnet.train.steps import make_eval_step, run_evaluation
 
 log = logging.getLogger(__name__)
 

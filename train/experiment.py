@@ -15,9 +15,9 @@ from typing import Dict, Tuple
 
 import tensorflow as tf
 
-from common.errors import UserError
-from common.fileio import atomic_write_json, read_json
-from models.registry import ModelConfig, build_model
+from revnet.common.errors import UserError
+from revnet.common.fileio import atomic_write_json, read_json
+from revnet.models.registry import ModelConfig, build_model
 
 DEFAULT_WORKDIR = "./experiments"
 CONFIG_FILE = "config.json"

@@ -50,7 +50,7 @@ class Progress:
         if self.bar:
             # The bar is on the terminal; the line still goes to train.log (a handler on the "train" logger).
             record = log.makeRecord(log.name, logging.INFO, __file__, 0, text, (), None)
-            for handler in logging.getLogger("train").handlers:
+            for handler in logging.getLogger("revnet.train").handlers:
                 handler.handle(record)
         else:
             log.info(text)

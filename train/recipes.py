@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, Tuple
 
-from common.errors import choose
+from revnet.common.errors import choose
 
 
 @dataclasses.dataclass(frozen=True)

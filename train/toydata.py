@@ -12,7 +12,7 @@ from typing import Dict
 
 import numpy as np
 
-from common.fileio import atomic_write_json
+from revnet.common.fileio import atomic_write_json
 
 
 def toy_images(num_images: int, num_classes: int, image_size: int, seed: int):
@@ -38,7 +38,7 @@ def write_toy_dataset(out_dir: str, num_train: int = 200, num_validation: int = 
     import tensorflow as tf
     from PIL import Image
 
-    from preprocess import schema
+    from revnet.preprocess import schema
 
     os.makedirs(out_dir, exist_ok=True)
     splits = {}
@@ -108,7 +108,7 @@ def photo_patches(count: int, seed: int, photos=None, image_size: int = 32):
 def write_photo_patch_archive(path: str, num_train: int = 4000, num_validation: int = 800, seed: int = 0) -> str:
     """The photo-quadrant patches written as a genuine cifar-10-python.tar.gz (8 classes), so the
     learning run goes through `cli.py preprocess cifar-10` like real CIFAR data."""
-    from preprocess.cifar import write_cifar10_archive
+    from revnet.preprocess.cifar import write_cifar10_archive
 
     train_images, train_labels, names = photo_patches(num_train, seed * 2 + 100)
     val_images, val_labels, _ = photo_patches(num_validation, seed * 2 + 101)

@@ -13,16 +13,16 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
-from common.errors import UserError, choose
-from models import build_model, get_config
-from preprocess import input_pipeline, schema
-from train import experiment, summaries
-from train.distribute import make_placement
-from train.optimizer import DynamicLossScale, MomentumSGD
-from train.preemption import Preemption, watch_sigterm
-from train.progress import Progress
-from train.recipes import learning_rate_at, recipe_for
-from train.steps import copy_weights, make_eval_step, make_train_step, run_evaluation
+from revnet.common.errors import UserError, choose
+from revnet.models import build_model, get_config
+from revnet.preprocess import input_pipeline, schema
+from revnet.train import experiment, summaries
+from revnet.train.distribute import make_placement
+from revnet.train.optimizer import DynamicLossScale, MomentumSGD
+from revnet.train.preemption import Preemption, watch_sigterm
+from revnet.train.progress import Progress
+from revnet.train.recipes import learning_rate_at, recipe_for
+from revnet.train.steps import copy_weights, make_eval_step, make_train_step, run_evaluation
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def _train_log(exp_dir: str, enabled: bool):
         return
     handler = logging.FileHandler(os.path.join(exp_dir, "train.log"))
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    logger = logging.getLogger("train")
+    logger = logging.getLogger("revnet.train")
     old_level = logger.level
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)

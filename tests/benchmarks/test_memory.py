@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from benchmarks.memory import format_rows, run_worker
+from revnet.benchmarks.memory import format_rows, run_worker
 
 BATCH = 16
 SHALLOW_UNITS, DEEP_UNITS = 3, 19

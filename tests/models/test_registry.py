@@ -1,8 +1,8 @@
 import pytest
 
-from common.errors import UserError
-from models import build_model, get_config, list_models
-from models.registry import PAPER_PARAMS_MILLIONS
+from revnet.common.errors import UserError
+from revnet.models import build_model, get_config, list_models
+from revnet.models.registry import PAPER_PARAMS_MILLIONS
 
 REQUIRED = ["resnet-32", "resnet-110", "resnet-164", "revnet-38", "revnet-110", "revnet-164",
             "resnet-50", "resnet-101", "revnet-56", "revnet-104"]
@@ -21,7 +21,7 @@ def test_parameter_count_matches_paper_within_3_percent(name):
 
 @pytest.mark.parametrize("name", ["revnet-38", "resnet-164"])
 def test_shape_only_count_equals_the_real_trainable_variables(name):
-    from models.layers import shapes_only
+    from revnet.models.layers import shapes_only
 
     model = build_model(name)
     with shapes_only():

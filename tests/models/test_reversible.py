@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from benchmarks.memory import max_relative_error
-from models import build_model
-from models.layers import BasicFn, BottleneckFn, SeedSequence
-from models.reversible import ReversibleStack
+from revnet.benchmarks.memory import max_relative_error
+from revnet.models import build_model
+from revnet.models.layers import BasicFn, BottleneckFn, SeedSequence
+from revnet.models.reversible import ReversibleStack
 
 SMALL_BOTTLENECK = dict(units_per_stage=(2, 3, 2), channels_per_stage=(8, 16, 32), stem_channels=16)
 

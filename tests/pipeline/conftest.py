@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from preprocess import cifar
-from preprocess.fake_imagenet import write_imagenet_tree
+from revnet.preprocess import cifar
+from revnet.preprocess.fake_imagenet import write_imagenet_tree
 
 from preprocess_test_helpers import CIFAR10_NAMES
 

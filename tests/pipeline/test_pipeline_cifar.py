@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.errors import UserError
-from pipeline import beam_pipeline, run_preprocess
-from preprocess import schema
+from revnet.common.errors import UserError
+from revnet.pipeline import beam_pipeline, run_preprocess
+from revnet.preprocess import schema
 from preprocess_test_helpers import CIFAR10_NAMES, read_records
 
 

@@ -6,8 +6,8 @@ import os
 import pytest
 from PIL import Image
 
-from common.errors import UserError
-from pipeline import run_preprocess
+from revnet.common.errors import UserError
+from revnet.pipeline import run_preprocess
 from preprocess_test_helpers import read_records
 
 
@@ -91,8 +91,8 @@ def test_flat_validation_with_either_label_file_and_label_offset(imagenet_flat_t
 def test_object_store_code_paths_give_the_same_dataset(imagenet_run, tmp_path, monkeypatch):
     """Listing, scratch files and publishing as done for gs:// (Beam FileSystems, no directory rename),
     exercised on local paths, which FileSystems also serves."""
-    from pipeline import storage
-    from preprocess import imagenet
+    from revnet.pipeline import storage
+    from revnet.preprocess import imagenet
 
     root, _, output, metadata = imagenet_run
     monkeypatch.setattr(imagenet, "_remote", lambda path: True)

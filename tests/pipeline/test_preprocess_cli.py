@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from benchmarks.preprocess import format_rows, run_preprocess_benchmark
-from common.errors import UserError
+from revnet.benchmarks.preprocess import format_rows, run_preprocess_benchmark
+from revnet.common.errors import UserError
 from preprocess_test_helpers import read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -8,8 +8,8 @@ import urllib.error
 import numpy as np
 import pytest
 
-from common.errors import UserError
-from preprocess import cifar
+from revnet.common.errors import UserError
+from revnet.preprocess import cifar
 
 NAMES = [f"class{i}" for i in range(10)]
 

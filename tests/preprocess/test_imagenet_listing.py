@@ -3,9 +3,9 @@ import os
 
 import pytest
 
-from common.errors import UserError
-from preprocess import imagenet
-from preprocess.fake_imagenet import write_imagenet_tree
+from revnet.common.errors import UserError
+from revnet.preprocess import imagenet
+from revnet.preprocess.fake_imagenet import write_imagenet_tree
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from preprocess import images
+from revnet.preprocess import images
 
 
 def _rgb(height=20, width=30, seed=0):

@@ -3,15 +3,15 @@ augmentation shapes and ranges, on tiny PNG TFRecords in the official folder for
 import numpy as np
 import pytest
 
-from preprocess import input_pipeline
-from preprocess.schema import load_metadata
+from revnet.preprocess import input_pipeline
+from revnet.preprocess.schema import load_metadata
 
 NUM_TRAIN, NUM_VALIDATION = 60, 23
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from train.toydata import write_toy_dataset
+    from revnet.train.toydata import write_toy_dataset
 
     path = str(tmp_path_factory.mktemp("pipeline_data"))
     write_toy_dataset(path, num_train=NUM_TRAIN, num_validation=NUM_VALIDATION, num_classes=3, num_shards=3, seed=1)

@@ -3,7 +3,7 @@ import io
 
 import tensorflow as tf
 
-from preprocess import schema, tfrecord
+from revnet.preprocess import schema, tfrecord
 
 
 def test_feature_keys_are_the_schema_keys():

@@ -30,8 +30,8 @@ def make_dataset(data_dir: str):
     """A validation split of PNG/JPEG 32x32 images, written exactly as `pipeline/` would."""
     import tensorflow as tf
 
-    from common.fileio import atomic_write_json
-    from preprocess.schema import make_example, shard_name
+    from revnet.common.fileio import atomic_write_json
+    from revnet.preprocess.schema import make_example, shard_name
 
     rng = np.random.RandomState(1)
     os.makedirs(data_dir, exist_ok=True)
@@ -53,8 +53,8 @@ def make_dataset(data_dir: str):
 def make_experiment(workdir: str, exp_id: str, data_dir: str):
     import tensorflow as tf
 
-    from models import build_model
-    from train.experiment import checkpoints_dir, experiment_dir, save_config
+    from revnet.models import build_model
+    from revnet.train.experiment import checkpoints_dir, experiment_dir, save_config
 
     exp_dir = experiment_dir(workdir, exp_id)
     model = build_model("revnet-38", num_classes=len(LABELS), seed=3)
@@ -76,7 +76,7 @@ def make_experiment(workdir: str, exp_id: str, data_dir: str):
 @pytest.fixture(scope="session")
 def serving_env(tmp_path_factory):
     """dict(workdir, exp_id, data_dir, images, labels, output, record, model_dir) after one `export --format all`."""
-    from serving import export
+    from revnet.serving import export
 
     root = tmp_path_factory.mktemp("serving")
     data_dir, workdir, output = str(root / "data"), str(root / "experiments"), str(root / "exports")

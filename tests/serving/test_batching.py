@@ -3,7 +3,7 @@ import threading
 
 import numpy as np
 
-from serving.batching import DynamicBatcher
+from revnet.serving.batching import DynamicBatcher
 
 
 class RecordingServable:

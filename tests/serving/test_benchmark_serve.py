@@ -1,5 +1,5 @@
 """The serving benchmark returns one row per configuration, with sane figures (tiny request counts)."""
-from benchmarks.serve import FIELDS, format_rows, run_serve_benchmark
+from revnet.benchmarks.serve import FIELDS, format_rows, run_serve_benchmark
 
 
 def test_serve_benchmark_rows(serving_env):

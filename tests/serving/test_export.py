@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.errors import UserError
+from revnet.common.errors import UserError
 
 
 def test_layout_and_record(serving_env):
@@ -23,7 +23,7 @@ def test_layout_and_record(serving_env):
 def test_both_signatures_load_back_and_match_the_inference_model(serving_env):
     loaded = tf.saved_model.load(os.path.join(serving_env["model_dir"], "1"))
     assert set(loaded.signatures) == {"serving_default", "predict_images"}
-    from serving.images import decode_images_numpy
+    from revnet.serving.images import decode_images_numpy
 
     images = decode_images_numpy(serving_env["encoded"], 32, "cifar")
     expected = tf.nn.softmax(serving_env["model"](tf.constant(images), training=False)).numpy()
@@ -36,7 +36,7 @@ def test_both_signatures_load_back_and_match_the_inference_model(serving_env):
     np.testing.assert_allclose(by_bytes["probabilities"].numpy()[png_rows], expected[png_rows], atol=1e-5)
     # Inference mode: the moving BN statistics differ from batch statistics, so training=True must disagree.
     # (A separately restored copy: training=True updates the moving statistics.)
-    from train.experiment import restore_model
+    from revnet.train.experiment import restore_model
 
     copy, _, _ = restore_model(serving_env["workdir"], "exp1")
     training_probs = tf.nn.softmax(copy(tf.constant(images), training=True)).numpy()
@@ -84,7 +84,7 @@ def test_onnx_parity_and_dynamic_batch(serving_env):
 
 
 def test_existing_version_refuses_without_overwrite(serving_env):
-    from serving import export
+    from revnet.serving import export
 
     with pytest.raises(UserError, match="already exists.*--overwrite"):
         export(exp_id="exp1", workdir=serving_env["workdir"], output=serving_env["output"], format="onnx",
@@ -94,7 +94,7 @@ def test_existing_version_refuses_without_overwrite(serving_env):
 def test_cli_export_errors_are_one_line(serving_env):
     from click.testing import CliRunner
 
-    from cli import cli
+    from revnet.cli import cli
 
     result = CliRunner().invoke(cli, ["export", "--id", "exp1", "--workdir", serving_env["workdir"], "--output",
                                       serving_env["output"], "--name", "revnet", "--version", "1"])
@@ -104,7 +104,7 @@ def test_cli_export_errors_are_one_line(serving_env):
 
 
 def test_parity_failure_stops_the_export(serving_env, monkeypatch, tmp_path):
-    import serving.exporter as export_module
+    import revnet.serving.exporter as export_module
 
     monkeypatch.setattr(export_module, "PARITY_TOLERANCE", -1.0)
     with pytest.raises(UserError, match="disagree"):

@@ -16,14 +16,14 @@ import pytest
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
-from serving.tensors import make_ndarray, make_tensor_proto
+from revnet.serving.tensors import make_ndarray, make_tensor_proto
 
 MAX_BATCH = 8
 
 
 @pytest.fixture(scope="module", params=["onnx", "tf"])
 def server(request, serving_env):
-    from serving import start_server
+    from revnet.serving import start_server
 
     handle = start_server(model_dir=serving_env["model_dir"], backend=request.param, port=0, rest_port=0,
                           max_batch_size=MAX_BATCH, batch_timeout_ms=3, workers=16, poll_seconds=3600)
@@ -39,7 +39,7 @@ def reference(serving_env):
     """Expected probabilities from the TF SavedModel itself, for float inputs and for the PNG test images."""
     import tensorflow as tf
 
-    from serving.images import decode_images_numpy
+    from revnet.serving.images import decode_images_numpy
 
     loaded = tf.saved_model.load(os.path.join(serving_env["model_dir"], "1"))
     images = np.random.RandomState(7).uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
@@ -203,7 +203,7 @@ def test_concurrent_mixed_good_and_bad_requests(server, reference):
 def test_predict_cli_client(server, serving_env, tmp_path):
     from click.testing import CliRunner
 
-    from cli import cli
+    from revnet.cli import cli
 
     path = tmp_path / "a.png"
     path.write_bytes(serving_env["encoded"][0])
@@ -220,7 +220,7 @@ def test_predict_cli_client(server, serving_env, tmp_path):
 
 
 def test_hot_reload_picks_up_a_new_version(serving_env, tmp_path):
-    from serving import start_server
+    from revnet.serving import start_server
 
     model_dir = tmp_path / "revnet"
     shutil.copytree(os.path.join(serving_env["model_dir"], "1"), model_dir / "1")
@@ -246,7 +246,7 @@ def test_hot_reload_picks_up_a_new_version(serving_env, tmp_path):
 def test_tls_server_and_client(serving_env, tmp_path):
     import subprocess
 
-    from serving import predict, start_server
+    from revnet.serving import predict, start_server
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",

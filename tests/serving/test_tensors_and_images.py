@@ -6,9 +6,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from common.errors import UserError
-from serving.images import decode_image_numpy, decode_image_tf
-from serving.tensors import make_ndarray, make_tensor_proto
+from revnet.common.errors import UserError
+from revnet.serving.images import decode_image_numpy, decode_image_tf
+from revnet.serving.tensors import make_ndarray, make_tensor_proto
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int64, np.int32, np.uint8])

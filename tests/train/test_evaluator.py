@@ -6,9 +6,9 @@ import re
 import tensorflow as tf
 from click.testing import CliRunner
 
-import train
-from cli import cli
-from train import experiment
+from revnet import train
+from revnet.cli import cli
+from revnet.train import experiment
 
 
 def test_eval_once_prints_top1_top5_loss_and_records_it(finished_experiment):

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from common.errors import UserError
-from train.optimizer import MomentumSGD
-from train.recipes import learning_rate_at, recipe_for
+from revnet.common.errors import UserError
+from revnet.train.optimizer import MomentumSGD
+from revnet.train.recipes import learning_rate_at, recipe_for
 
 
 def test_cifar_and_imagenet_recipes_follow_the_paper():

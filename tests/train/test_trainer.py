@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import train
-from common.errors import UserError
-from models import build_model
-from train.distribute import make_placement
-from train.optimizer import MomentumSGD
-from train.steps import make_train_step
-from train.summaries import read_scalars
+from revnet import train
+from revnet.common.errors import UserError
+from revnet.models import build_model
+from revnet.train.distribute import make_placement
+from revnet.train.optimizer import MomentumSGD
+from revnet.train.steps import make_train_step
+from revnet.train.summaries import read_scalars
 
 NSTEPS = 2
 CIFAR_MODELS = ["resnet-32", "resnet-110", "resnet-164", "revnet-38", "revnet-110", "revnet-164"]
@@ -115,7 +115,7 @@ def test_resuming_with_another_model_or_other_data_is_a_user_error(finished_expe
     workdir, exp_id, _ = finished_experiment
     with pytest.raises(UserError, match="trained with model 'resnet-32'"):
         train.run(model="revnet-38", id=exp_id, workdir=workdir)
-    from train.toydata import write_toy_dataset
+    from revnet.train.toydata import write_toy_dataset
 
     other = str(tmp_path / "five")
     write_toy_dataset(other, num_train=10, num_validation=5, num_classes=5)

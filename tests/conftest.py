@@ -1,11 +1,9 @@
 """Test-session set-up that must run before TensorFlow executes any op."""
 import os
-import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common.devices import configure_cpu_replicas  # noqa: E402
+from revnet.common.devices import configure_cpu_replicas  # noqa: E402
 
 # Two logical CPU devices, so MirroredStrategy tests run multi-replica synchronous SGD without GPUs.
 configure_cpu_replicas(2)

@@ -21,7 +21,7 @@ from typing import Dict, List
 
 import numpy as np
 
-from common.errors import UserError
+from revnet.common.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ def _stage(number: int, total: int, title: str) -> None:
 
 
 def _write_raw_data(raw_dir: str, num_train: int, num_val: int, seed: int) -> str:
-    from preprocess.cifar import write_cifar10_archive
-    from preprocess.synthetic import LABEL_NAMES, make_dataset
+    from revnet.preprocess.cifar import write_cifar10_archive
+    from revnet.preprocess.synthetic import LABEL_NAMES, make_dataset
 
     train_images, train_labels = make_dataset(num_train, seed)
     val_images, val_labels = make_dataset(num_val, seed + 1)
@@ -48,7 +48,7 @@ def _validation_pngs(data_dir: str, count: int):
     """(PNG bytes, labels) of the first `count` validation records, read back from the TFRecords."""
     import tensorflow as tf
 
-    from preprocess import schema
+    from revnet.preprocess import schema
 
     metadata = schema.load_metadata(data_dir)
     files = schema.split_files(data_dir, metadata, "validation")
@@ -65,7 +65,7 @@ def _grpc_predict(port: int, encoded: List[bytes], labels: List[int]) -> Dict:
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    from serving.tensors import make_ndarray, make_tensor_proto
+    from revnet.serving.tensors import make_ndarray, make_tensor_proto
 
     latencies, correct = [], 0
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -86,7 +86,7 @@ def _grpc_predict(port: int, encoded: List[bytes], labels: List[int]) -> Dict:
 
 
 def _memory(model: str, batch_size: int) -> Dict:
-    from benchmarks.memory import run_worker
+    from revnet.benchmarks.memory import run_worker
 
     rows = {mode: run_worker({"model": model, "mode": mode, "batch_size": batch_size, "steps": 2,
                               "check_gradients": False}) for mode in ("reversible", "autodiff")}
@@ -102,7 +102,7 @@ def run_demo(workdir: str = "./demo", model: str = "revnet-38", steps: int = 300
              predict_requests: int = 100, min_accuracy: float = 0.5, seed: int = 0, overwrite: bool = False,
              measure_memory: bool = True, memory_model: str = "revnet-110") -> Dict:
     """Run every stage; returns the summary. Raises UserError if a stage fails or accuracy is too low."""
-    from models.registry import get_config
+    from revnet.models.registry import get_config
 
     config = get_config(model)
     if config.family != "cifar":
@@ -127,10 +127,9 @@ def run_demo(workdir: str = "./demo", model: str = "revnet-38", steps: int = 300
         timings[stage_name] = round(time.perf_counter() - start, 1)
         return result
 
-    import pipeline
-    import serving
-    import train
-
+    from revnet import pipeline
+    from revnet import serving
+    from revnet import train
     _stage(1, total, f"writing {num_train}+{num_val} generated images as {DATASET}-python.tar.gz")
     archive = timed("generate", _write_raw_data, paths["raw"], num_train, num_val, seed)
 
@@ -186,7 +185,7 @@ def run_demo(workdir: str = "./demo", model: str = "revnet-38", steps: int = 300
                       "summary": os.path.join(workdir, "summary.json")},
         "seconds": {**timings, "total": round(time.perf_counter() - started, 1)},
     }
-    from common.fileio import atomic_write_json
+    from revnet.common.fileio import atomic_write_json
 
     summary["passed"] = bool(evaluation["top1"] >= min_accuracy and served["accuracy"] >= min_accuracy)
     atomic_write_json(summary["artifacts"]["summary"], summary)
