@@ -16,10 +16,10 @@ import time
 from typing import Dict, List, Optional
 
 from revnet.common.errors import UserError, choose
+from revnet.models.registry import MODES
 
 log = logging.getLogger(__name__)
 
-MODES = ("reversible", "autodiff")
 FIELDS = ("model", "mode", "batch_size", "peak_bytes", "activation_bytes", "batch1_peak_bytes", "peak_rss_bytes", "step_seconds", "grad_rel_err",
           "grad_rel_err_float64")
 

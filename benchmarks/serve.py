@@ -35,18 +35,13 @@ def _percentiles_ms(latencies_seconds) -> Dict[str, float]:
 
 def _export_random_model(root: str) -> str:
     """A randomly initialised revnet-38 (10 classes) exported in both formats; returns OUTPUT/NAME."""
-    import tensorflow as tf
-
     from revnet.models import build_model
     from revnet.serving.exporter import export
-    from revnet.train.experiment import checkpoints_dir, experiment_dir, save_config
+    from revnet.train.experiment import create_experiment
 
     workdir = os.path.join(root, "experiments")
-    model = build_model("revnet-38", num_classes=10)
-    exp_dir = experiment_dir(workdir, "bench")
-    save_config(exp_dir, {"model": model.config.to_json(), "data": {"label_names": [f"class_{i}" for i in range(10)]},
-                          "train": {}})
-    tf.train.Checkpoint(model=model).save(os.path.join(checkpoints_dir(exp_dir), "ckpt"))
+    create_experiment(workdir, "bench", build_model("revnet-38", num_classes=10), train={},
+                      data={"label_names": [f"class_{i}" for i in range(10)]})
     record = export(exp_id="bench", workdir=workdir, output=os.path.join(root, "exports"), format="all", name="revnet")
     return os.path.dirname(record["path"])
 

@@ -14,10 +14,10 @@ import time
 from typing import Dict, List
 
 from revnet.common.errors import UserError, choose
+from revnet.models.registry import MODES
 
 log = logging.getLogger(__name__)
 
-MODES = ("reversible", "autodiff")
 
 
 def measure(spec: Dict) -> Dict:

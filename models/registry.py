@@ -14,6 +14,7 @@ from revnet.common.errors import UserError, choose
 MODES = ("reversible", "autodiff")
 DTYPES = ("float32", "float64")
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
+PREPROCESSING = ("cifar", "imagenet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +34,9 @@ class ModelConfig:
     compute_dtype: Optional[str] = None  # bfloat16 / float16 for mixed precision; None = param_dtype
     bn_momentum: float = 0.99
     seed: int = 0
+    # Evaluation/serving preprocessing of decoded images (preprocess.input_pipeline.eval_preprocess):
+    # "cifar" (resize only if needed) or "imagenet" (shorter side to 256/224 of the input, centre crop).
+    preprocessing: str = "cifar"
 
     @property
     def stem(self) -> str:
@@ -56,7 +60,8 @@ def _cifar(name, architecture, block, units, channels, stem):
 
 
 def _imagenet(name, architecture, units, channels, stem):
-    return ModelConfig(name, architecture, "imagenet", "bottleneck", units, channels, stem, (1, 2, 2, 2), 1000, 224)
+    return ModelConfig(name, architecture, "imagenet", "bottleneck", units, channels, stem, (1, 2, 2, 2), 1000, 224,
+                       preprocessing="imagenet")
 
 
 _CONFIGS: Dict[str, ModelConfig] = {c.name: c for c in [
@@ -99,6 +104,7 @@ def get_config(name: str, **overrides) -> ModelConfig:
     choose("mode", config.mode, MODES)
     choose("parameter dtype", config.param_dtype, DTYPES)
     choose("compute dtype", config.compute_dtype, COMPUTE_DTYPES)
+    choose("preprocessing", config.preprocessing, PREPROCESSING)
     if not isinstance(config.num_classes, int) or config.num_classes < 2:
         raise UserError(f"num_classes must be an integer >= 2, got {config.num_classes!r}")
     return config

@@ -22,8 +22,7 @@ import tensorflow as tf
 
 from revnet.models.layers import BatchStats, ResidualFn, SeedSequence, create_variables, prefixed, sub_params
 from revnet.models.network import update_moving_stats
-
-MODES = ("reversible", "autodiff")
+from revnet.models.registry import MODES
 
 
 class ReversibleStack(tf.Module):

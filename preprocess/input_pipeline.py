@@ -10,7 +10,6 @@ Evaluation reads every record of a split exactly once, in order, keeping the las
 """
 from __future__ import annotations
 
-import math
 from typing import Dict, Optional
 
 import tensorflow as tf
@@ -18,8 +17,11 @@ import tensorflow as tf
 from revnet.preprocess import schema
 
 AUGMENTATIONS = ("cifar", "imagenet")
+# Evaluation preprocessing (model config field `preprocessing`): "cifar" resizes to the square input only
+# when the size differs; "imagenet" resizes the shorter side to size * 256/224, then centre-crops.
+EVAL_PREPROCESSING = ("cifar", "imagenet")
 CIFAR_PAD = 4
-IMAGENET_RESIZE = 256
+IMAGENET_RESIZE, IMAGENET_CROP = 256, 224
 SHUFFLE_BUFFER = 10_000
 MAX_PARALLEL_READS = 8
 
@@ -29,12 +31,22 @@ def split_size(metadata: Dict, split: str) -> int:
     return int(sum(shard["records"] for shard in metadata["splits"][split]["shards"]))
 
 
+def decode_rgb(encoded):
+    """JPEG/PNG bytes (a scalar string tensor) to float32 [H, W, 3] RGB in 0..255."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    image.set_shape([None, None, 3])
+    return tf.cast(image, tf.float32)
+
+
 def _decode(serialized, label_offset: int):
     features = schema.parse_example(serialized)
-    image = tf.io.decode_image(features[schema.ENCODED], channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
     label = tf.cast(features[schema.LABEL] - label_offset, tf.int32)
-    return tf.cast(image, tf.float32), label
+    return decode_rgb(features[schema.ENCODED]), label
+
+
+def imagenet_resize_target(size: int) -> int:
+    """The shorter side before the centre crop: 256 for a 224 input, the same ratio otherwise."""
+    return int(round(size * IMAGENET_RESIZE / IMAGENET_CROP))
 
 
 def _resize_if_needed(image, size: int):
@@ -64,7 +76,7 @@ def _imagenet_train(image, size: int, seed):
 
 def _imagenet_eval(image, size: int):
     """Resize the shorter side to 256 (for 224; same ratio otherwise), then center-crop `size`."""
-    resize_to = int(round(size * IMAGENET_RESIZE / 224))
+    resize_to = imagenet_resize_target(size)
     shape = tf.cast(tf.shape(image)[:2], tf.float32)
     scale = resize_to / tf.reduce_min(shape)
     new_shape = tf.cast(tf.round(shape * scale), tf.int32)
@@ -72,14 +84,24 @@ def _imagenet_eval(image, size: int):
     return tf.image.resize_with_crop_or_pad(image, size, size)
 
 
-def _preprocess(image, augmentation: str, size: int, training: bool, seed=None):
-    if augmentation == "cifar":
-        image = _cifar_train(image, size, seed) if training else _resize_if_needed(image, size)
-    else:
-        image = _imagenet_train(image, size, seed) if training else _imagenet_eval(image, size)
+def _finish(image, size: int):
     image = tf.clip_by_value(image, 0.0, 255.0)
     image.set_shape([size, size, 3])
     return image
+
+
+def train_augment(image, augmentation: str, size: int, seed):
+    """The recipe's training augmentation of one decoded image, drawn from a stateless `seed`."""
+    augment = _cifar_train if augmentation == "cifar" else _imagenet_train
+    return _finish(augment(image, size, seed), size)
+
+
+def eval_preprocess(image, preprocessing: str, size: int):
+    """The one evaluation preprocessing (the model config's `preprocessing` field), used by evaluation,
+    the exported `predict_images` signature, and (re-implemented in numpy) the server."""
+    if preprocessing == "cifar":
+        return _finish(_resize_if_needed(image, size), size)
+    return _finish(_imagenet_eval(image, size), size)
 
 
 def _options(deterministic: bool) -> tf.data.Options:
@@ -123,7 +145,7 @@ def train_dataset(data_dir: str, metadata: Dict, *, augmentation: str, image_siz
     def decode_and_augment(epoch_seed, index, record):
         image, label = _decode(record, label_offset)
         record_seed = tf.random.experimental.stateless_fold_in(epoch_seed, index)
-        return _preprocess(image, augmentation, image_size, True, record_seed), label
+        return train_augment(image, augmentation, image_size, record_seed), label
 
     dataset = (stream.map(decode_and_augment, num_parallel_calls=tf.data.AUTOTUNE)
                .batch(batch_size, drop_remainder=True)
@@ -131,7 +153,7 @@ def train_dataset(data_dir: str, metadata: Dict, *, augmentation: str, image_siz
     return dataset.with_options(_options(deterministic))
 
 
-def eval_dataset(data_dir: str, metadata: Dict, split: str, *, augmentation: str, image_size: int,
+def eval_dataset(data_dir: str, metadata: Dict, split: str, *, preprocessing: str, image_size: int,
                  batch_size: int) -> tf.data.Dataset:
     """Every record of `split` exactly once, in shard order; the last batch may be smaller."""
     files = schema.split_files(data_dir, metadata, split)
@@ -139,14 +161,10 @@ def eval_dataset(data_dir: str, metadata: Dict, split: str, *, augmentation: str
 
     def decode(record):
         image, label = _decode(record, label_offset)
-        return _preprocess(image, augmentation, image_size, False), label
+        return eval_preprocess(image, preprocessing, image_size), label
 
     dataset = (tf.data.TFRecordDataset(files, num_parallel_reads=min(len(files), MAX_PARALLEL_READS))
                .map(decode, num_parallel_calls=tf.data.AUTOTUNE)
                .batch(batch_size, drop_remainder=False)
                .prefetch(tf.data.AUTOTUNE))
     return dataset.with_options(_options(True))
-
-
-def num_eval_batches(metadata: Dict, split: str, batch_size: int) -> int:
-    return int(math.ceil(split_size(metadata, split) / batch_size))

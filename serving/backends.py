@@ -21,9 +21,10 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 class Servable:
     """One loaded model version: `run(images float32 [B,H,W,3]) -> {probabilities, classes, logits}`."""
 
-    def __init__(self, name: str, version: int, path: str, labels: List[str], input_size: int, family: str):
+    def __init__(self, name: str, version: int, path: str, labels: List[str], input_size: int,
+                 preprocessing: str):
         self.name, self.version, self.path = name, version, path
-        self.labels, self.input_size, self.family = labels, input_size, family
+        self.labels, self.input_size, self.preprocessing = labels, input_size, preprocessing
 
     @property
     def num_classes(self) -> int:
@@ -84,7 +85,8 @@ def load_servable(model_dir: str, version: int, backend: str, onnx_file: str = l
     record = read_json(os.path.join(path, layout.EXPORT_FILE))
     labels_path = os.path.join(path, layout.LABELS_FILE if backend == "onnx" else os.path.join("assets", layout.LABELS_FILE))
     labels = layout.read_labels(labels_path) if os.path.exists(labels_path) else record["labels"]
-    args = (name, version, path, labels, int(record["input_size"]), record["family"])
+    # Exports made before the `preprocessing` field chose it by the model family.
+    args = (name, version, path, labels, int(record["input_size"]), record.get("preprocessing", record["family"]))
     if backend == "onnx":
         return OnnxServable(*args, onnx_file=onnx_file, intra_op_threads=intra_op_threads)
     return TfServable(*args)

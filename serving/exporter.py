@@ -32,7 +32,7 @@ WARMUP_REQUESTS = 3
 class ServingModule(tf.Module):
     """The inference graph: the restored model behind the two serving signatures."""
 
-    def __init__(self, model, input_size: int, family: str):
+    def __init__(self, model, input_size: int, preprocessing: str):
         super().__init__(name="serving")
         # tf2onnx turns eagerly created constants captured by a tf.function into extra graph inputs
         # (the model's pixel mean/std), which ORT then demands at run time. Variables are frozen
@@ -43,7 +43,7 @@ class ServingModule(tf.Module):
                 setattr(model, attribute, tf.Variable(value, trainable=False, name=attribute))
         self.model = model
         self.input_size = input_size
-        self.family = family
+        self.preprocessing = preprocessing
         spec = tf.TensorSpec([None, input_size, input_size, 3], tf.float32, name="images")
         self.serving_default = tf.function(self._predict, input_signature=[spec])
         self.predict_images = tf.function(self._predict_bytes,
@@ -55,7 +55,7 @@ class ServingModule(tf.Module):
                 "logits": logits}
 
     def _predict_bytes(self, image_bytes):
-        images = tf.map_fn(lambda data: decode_image_tf(data, self.input_size, self.family), image_bytes,
+        images = tf.map_fn(lambda data: decode_image_tf(data, self.input_size, self.preprocessing), image_bytes,
                            fn_output_signature=tf.TensorSpec([self.input_size, self.input_size, 3], tf.float32))
         return self._predict(images)
 
@@ -85,13 +85,13 @@ def export(exp_id: str, output: str, format: str = "all", workdir: Optional[str]
     if os.path.exists(version_dir) and not overwrite:
         raise UserError(f"{version_dir} already exists; pass --overwrite to replace it or choose another --version")
 
-    module = ServingModule(model, model_config.input_size, model_config.family)
+    module = ServingModule(model, model_config.input_size, model_config.preprocessing)
     images, labels_true, image_bytes, source = _parity_batch(config, data_dir, model_config)
     os.makedirs(model_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
     record = {"experiment": exp_id, "checkpoint": checkpoint_path, "model": model_config.to_json(), "name": name,
               "version": version, "format": format, "labels": labels, "input_size": model_config.input_size,
-              "family": model_config.family, "parity_images": {"source": source, "count": int(len(images))}}
+              "family": model_config.family, "preprocessing": model_config.preprocessing, "parity_images": {"source": source, "count": int(len(images))}}
     try:
         reference = {key: value.numpy() for key, value in module.serving_default(tf.constant(images)).items()}
         if format in ("savedmodel", "all"):
@@ -125,10 +125,10 @@ def _parity_batch(config: Dict, data_dir: Optional[str], model_config):
     from revnet.serving.dataset import read_validation_images
 
     data_dir = data_dir or config.get("data", {}).get("dir")
-    size, family = model_config.input_size, model_config.family
+    size, preprocessing = model_config.input_size, model_config.preprocessing
     encoded, labels = read_validation_images(data_dir, PARITY_IMAGES) if data_dir else ([], [])
     if encoded:
-        return decode_images_numpy(encoded, size, family), np.asarray(labels), encoded, f"validation:{data_dir}"
+        return decode_images_numpy(encoded, size, preprocessing), np.asarray(labels), encoded, f"validation:{data_dir}"
     log.warning("no validation images found (data dir %r); checking parity on random images", data_dir)
     images = np.random.RandomState(0).uniform(0, 255, (PARITY_IMAGES, size, size, 3)).astype(np.float32)
     encoded = [tf.io.encode_png(image.astype(np.uint8)).numpy() for image in images[:WARMUP_REQUESTS]]

@@ -2,9 +2,9 @@
 calls the input pipeline's own evaluation preprocessing) and in numpy (the server, because ONNX cannot
 hold DecodeJpeg and the hot path avoids TF).
 
-Evaluation preprocessing (preprocess/input_pipeline.py): decode to 3-channel RGB float; CIFAR family:
-bilinear resize to the square input when the size differs; ImageNet family: resize the shorter side to
-size*256/224, then centre-crop. The numpy path re-implements TF's bilinear resize (half-pixel centres,
+Evaluation preprocessing (`input_pipeline.eval_preprocess`, chosen by the model config's `preprocessing`):
+decode to 3-channel RGB float; "cifar": bilinear resize to the square input when the size differs;
+"imagenet": resize the shorter side to size*256/224, then centre-crop. The numpy path re-implements TF's bilinear resize (half-pixel centres,
 no antialiasing) so both paths agree.
 """
 from __future__ import annotations
@@ -14,8 +14,7 @@ import io
 import numpy as np
 
 from revnet.common.errors import UserError
-
-IMAGENET_RESIZE = 256
+from revnet.preprocess.input_pipeline import imagenet_resize_target
 
 
 def _resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -32,10 +31,10 @@ def _resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return rows[:, left] + (rows[:, right] - rows[:, left]) * x_weight[None, :, None]
 
 
-def _evaluation_resize(pixels: np.ndarray, input_size: int, family: str) -> np.ndarray:
+def _evaluation_resize(pixels: np.ndarray, input_size: int, preprocessing: str) -> np.ndarray:
     height, width = pixels.shape[:2]
-    if family == "imagenet":
-        resize_to = int(round(input_size * IMAGENET_RESIZE / 224))
+    if preprocessing == "imagenet":
+        resize_to = imagenet_resize_target(input_size)
         scale = np.float32(resize_to) / np.float32(min(height, width))
         new_h, new_w = int(np.round(np.float32(height) * scale)), int(np.round(np.float32(width) * scale))
         pixels = _resize_bilinear(pixels, new_h, new_w)
@@ -51,7 +50,7 @@ def _evaluation_resize(pixels: np.ndarray, input_size: int, family: str) -> np.n
     return np.clip(pixels, 0.0, 255.0)
 
 
-def decode_image_numpy(data: bytes, input_size: int, family: str) -> np.ndarray:
+def decode_image_numpy(data: bytes, input_size: int, preprocessing: str) -> np.ndarray:
     """float32 [input_size, input_size, 3] in 0..255 from JPEG/PNG bytes, or a UserError."""
     from PIL import Image, UnidentifiedImageError
 
@@ -64,21 +63,17 @@ def decode_image_numpy(data: bytes, input_size: int, family: str) -> np.ndarray:
             pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise UserError(f"bytes are not a decodable JPEG or PNG image ({type(error).__name__})") from None
-    return _evaluation_resize(pixels, input_size, family).astype(np.float32)
+    return _evaluation_resize(pixels, input_size, preprocessing).astype(np.float32)
 
 
-def decode_images_numpy(images, input_size: int, family: str) -> np.ndarray:
+def decode_images_numpy(images, input_size: int, preprocessing: str) -> np.ndarray:
     if not images:
         raise UserError("the request has no images; expected at least one")
-    return np.stack([decode_image_numpy(data, input_size, family) for data in images])
+    return np.stack([decode_image_numpy(data, input_size, preprocessing) for data in images])
 
 
-def decode_image_tf(data, input_size: int, family: str):
+def decode_image_tf(data, input_size: int, preprocessing: str):
     """The TF graph version (one scalar string tensor): the input pipeline's evaluation preprocessing."""
-    import tensorflow as tf
+    from revnet.preprocess.input_pipeline import decode_rgb, eval_preprocess
 
-    from revnet.preprocess.input_pipeline import _preprocess
-
-    image = tf.io.decode_image(data, channels=3, expand_animations=False)
-    image.set_shape([None, None, 3])
-    return _preprocess(tf.cast(image, tf.float32), family, input_size, training=False)
+    return eval_preprocess(decode_rgb(data), preprocessing, input_size)

@@ -54,7 +54,7 @@ class InferenceCore:
         if not isinstance(image_bytes, list):
             raise UserError("input 'image_bytes' must be a string tensor (DT_STRING) of JPEG/PNG bytes, shape [batch]")
         self.check_batch(len(image_bytes))
-        return decode_images_numpy(image_bytes, servable.input_size, servable.family)
+        return decode_images_numpy(image_bytes, servable.input_size, servable.preprocessing)
 
     def predict(self, model_name: str, version: Optional[int], signature: str, inputs: Dict,
                 output_filter: Sequence[str] = ()) -> tuple:

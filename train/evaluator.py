@@ -72,7 +72,7 @@ class _Evaluator:
         self.checkpoint = tf.train.Checkpoint(model=self.model, step=self.step)
         self.eval_step = make_eval_step(self.model)
         self.dataset = input_pipeline.eval_dataset(
-            data_dir, metadata, split, augmentation=config["train"]["augmentation"],
+            data_dir, metadata, split, preprocessing=self.model.config.preprocessing,
             image_size=self.model.config.input_size, batch_size=batch_size or int(config["train"]["eval_batch_size"]))
         self.writer = tf.summary.create_file_writer(os.path.join(exp_dir, "tensorboard", f"eval_{split}"))
 

@@ -50,6 +50,7 @@ def load_config(workdir: str, exp_id: str) -> Tuple[str, Dict]:
 
 def model_config_from(config: Dict, **overrides) -> ModelConfig:
     fields = dict(config["model"])
+    fields.setdefault("preprocessing", fields["family"])  # configs saved before the field existed
     for key in ("units_per_stage", "channels_per_stage", "strides"):
         fields[key] = tuple(fields[key])
     fields.update(overrides)
@@ -69,6 +70,22 @@ def resolve_checkpoint(exp_dir: str, which: str = "latest") -> str:
     if path is None:
         raise UserError(f"no checkpoint {which!r} found for experiment {exp_dir!r}")
     return path
+
+
+def create_experiment(workdir: str, exp_id: str, model, data: Dict, train: Dict) -> str:
+    """The one way to make an experiment folder outside the trainer: config.json for `model` (a built
+    network) and a checkpoint of its weights at step 0, which `eval`, `export` and `train --id`
+    (fine-tuning) use unchanged. Refuses an existing experiment. Returns the folder."""
+    exp_dir = experiment_dir(workdir, exp_id)
+    if os.path.exists(os.path.join(exp_dir, CONFIG_FILE)):
+        raise UserError(f"experiment {exp_id!r} already exists under {workdir or DEFAULT_WORKDIR!r}; choose another id")
+    os.makedirs(exp_dir, exist_ok=True)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, step=step), checkpoints_dir(exp_dir),
+                                         max_to_keep=None, step_counter=step, checkpoint_name="ckpt")
+    manager.save(checkpoint_number=0)
+    save_config(exp_dir, {"model": model.config.to_json(), "data": data, "train": train})
+    return exp_dir
 
 
 def restore_model(workdir: str, exp_id: str, checkpoint: str = "latest", **overrides):

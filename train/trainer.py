@@ -257,7 +257,7 @@ class _InTrainingEval:
         self.eval_step = make_eval_step(self.model)
         train_cfg = config["train"]
         self.dataset = input_pipeline.eval_dataset(
-            config["data"]["dir"], metadata, "validation", augmentation=train_cfg["augmentation"],
+            config["data"]["dir"], metadata, "validation", preprocessing=self.model.config.preprocessing,
             image_size=self.model.config.input_size, batch_size=int(train_cfg["eval_batch_size"]))
 
     def __call__(self, model, step: int) -> Optional[Dict]:

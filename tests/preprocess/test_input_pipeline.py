@@ -67,7 +67,7 @@ def test_cifar_augmentation_is_raw_pixels_with_pad_crop_flip(data):
     images, _ = _take(_train(data), 2)
     assert images.shape == (16, 32, 32, 3) and images.dtype == np.float32
     assert images.min() >= 0 and images.max() <= 255 and images.max() > 1.5   # not normalised
-    evaluation = next(iter(input_pipeline.eval_dataset(path, metadata, "train", augmentation="cifar",
+    evaluation = next(iter(input_pipeline.eval_dataset(path, metadata, "train", preprocessing="cifar",
                                                        image_size=32, batch_size=NUM_TRAIN)))[0].numpy()
     # Zero padding shows up as black rows/columns in some crops; unaugmented images have none.
     assert (images.reshape(16, -1, 3).max(axis=-1) == 0).any()
@@ -76,17 +76,16 @@ def test_cifar_augmentation_is_raw_pixels_with_pad_crop_flip(data):
 
 def test_eval_counts_every_example_exactly_once_with_a_partial_last_batch(data):
     path, metadata = data
-    dataset = input_pipeline.eval_dataset(path, metadata, "validation", augmentation="cifar", image_size=32,
+    dataset = input_pipeline.eval_dataset(path, metadata, "validation", preprocessing="cifar", image_size=32,
                                           batch_size=10)
     sizes = [int(labels.shape[0]) for _, labels in dataset]
     assert sizes == [10, 10, 3]
-    assert input_pipeline.num_eval_batches(metadata, "validation", 10) == 3
 
 
 def test_imagenet_train_and_eval_sizes(data):
     path, metadata = data
     images, _ = _take(_train(data, augmentation="imagenet", image_size=48), 1)
     assert images.shape == (8, 48, 48, 3)
-    evaluation = next(iter(input_pipeline.eval_dataset(path, metadata, "validation", augmentation="imagenet",
+    evaluation = next(iter(input_pipeline.eval_dataset(path, metadata, "validation", preprocessing="imagenet",
                                                        image_size=48, batch_size=5)))[0]
     assert evaluation.shape == (5, 48, 48, 3)

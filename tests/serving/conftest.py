@@ -54,22 +54,17 @@ def make_experiment(workdir: str, exp_id: str, data_dir: str):
     import tensorflow as tf
 
     from revnet.models import build_model
-    from revnet.train.experiment import checkpoints_dir, experiment_dir, save_config
+    from revnet.train.experiment import create_experiment
 
-    exp_dir = experiment_dir(workdir, exp_id)
     model = build_model("revnet-38", num_classes=len(LABELS), seed=3)
     # A few training-mode calls move the BN statistics away from their initial values, so the export
     # is only right if it really uses the moving statistics.
     rng = np.random.RandomState(2)
     for _ in range(2):
         model(tf.constant(rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)), training=True)
-    os.makedirs(exp_dir, exist_ok=True)
-    save_config(exp_dir, {"model": model.config.to_json(),
-                          "data": {"dir": data_dir, "dataset": "cifar-10", "num_classes": len(LABELS),
-                                   "label_names": LABELS, "train_examples": 0, "validation_examples": NUM_IMAGES},
-                          "train": {}})
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model), checkpoints_dir(exp_dir), max_to_keep=2)
-    manager.save()
+    create_experiment(workdir, exp_id, model, train={},
+                      data={"dir": data_dir, "dataset": "cifar-10", "num_classes": len(LABELS), "label_names": LABELS,
+                            "train_examples": 0, "validation_examples": NUM_IMAGES})
     return model
 
 
