@@ -12,6 +12,8 @@ import pytest
 
 from revnet.benchmarks.memory import format_rows, run_worker
 
+pytestmark = pytest.mark.slow  # real subprocesses; `-m "not slow"` skips them
+
 BATCH = 16
 SHALLOW_UNITS, DEEP_UNITS = 3, 19
 STAGE1_CHANNELS = 32  # revnet-38's first stage; each block outputs the pair (y1, y2) of 16 channels each

@@ -4,9 +4,12 @@ import os
 import socket
 import subprocess
 
+import pytest
 import tensorflow as tf
 
 from trainer_testing import cli_command, subprocess_env
+
+pytestmark = pytest.mark.slow  # real subprocesses; `-m "not slow"` skips them
 
 
 def _free_port():

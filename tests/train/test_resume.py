@@ -7,9 +7,12 @@ import signal
 import subprocess
 import time
 
+import pytest
 import tensorflow as tf
 
 from trainer_testing import cli_command, subprocess_env
+
+pytestmark = pytest.mark.slow  # real subprocesses; `-m "not slow"` skips them
 
 BATCH = 8
 
