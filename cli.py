@@ -13,6 +13,8 @@ import sys
 
 import click
 
+from revnet.train.config import DEFAULT_WORKDIR
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
@@ -195,46 +197,47 @@ def benchmark_preprocess_command(num_images, worker_counts, seed, as_json):
 # ---------------------------------------------------------------------------------------------------
 # train / eval (issue: distributed trainer)
 # ---------------------------------------------------------------------------------------------------
+def _train_config_options(command):
+    """One flag per TrainConfig field (revnet.train.config), so a training option is spelled only there."""
+    from revnet.train.config import flag_specs
+
+    for name, flag, kind, choices, help_text in reversed(flag_specs()):
+        command = click.option(flag, name, type=click.Choice(choices) if choices else kind, default=None,
+                               help=help_text + ("" if "[default" in help_text else " [default: paper recipe]"),
+                               show_default=False)(command)
+    return command
+
+
 @cli.command("train")
 @click.option("--model", required=True, help="Model name (see `cli.py models`), e.g. revnet-38 or revnet-104.")
 @click.option("--data", default=None, help="Dataset folder from `cli.py preprocess` (metadata.json + TFRecords); "
               "optional when resuming an --id.")
 @click.option("--id", "exp_id", default=None, help="Experiment id; a fresh one is generated and printed if omitted. "
               "An existing id resumes from its latest checkpoint.")
-@click.option("--workdir", default="./experiments", help="Folder that holds the experiment folders.")
+@click.option("--workdir", default=DEFAULT_WORKDIR, help="Folder that holds the experiment folders.")
 @click.option("--gpus", type=click.IntRange(min=0), default=None,
               help="Number of GPUs for MirroredStrategy [default: all visible; CPU when there are none].")
 @click.option("--cpu-replicas", type=click.IntRange(min=1), default=1,
               help="Split the CPU into N logical devices for multi-replica synchronous SGD without GPUs.")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Total training steps [default: paper recipe].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None,
-              help="Global batch size, split across replicas [default: paper recipe].")
-@click.option("--lr", type=float, default=None, help="Base learning rate [default: paper recipe, 0.1].")
-@click.option("--eval-every", type=click.IntRange(min=0), default=None,
-              help="Evaluate on the validation split every N steps (0 = never) [default: 0].")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=None,
-              help="Save a checkpoint every N steps (and at the end) [default: paper recipe].")
-@click.option("--log-every", type=click.IntRange(min=1), default=None,
-              help="Log and write summaries every N steps [default: paper recipe].")
-@click.option("--seed", type=int, default=None, help="Seed for weights, data order and augmentation "
-              "[default: random, saved in config.json].")
-@click.option("--mixed-precision", type=click.Choice(["bf16", "fp16"]), default=None,
-              help="Compute in bfloat16 or float16 (with dynamic loss scaling) [default: float32].")
-@click.option("--mode", type=click.Choice(["reversible", "autodiff"]), default=None,
-              help="RevNet backward pass: reversible recomputation or plain autodiff [default: reversible].")
-@click.option("--bn-momentum", type=float, default=None,
-              help="Batch-norm moving-average momentum; lower (e.g. 0.9) suits runs of a few hundred steps "
-              "[default: the model's, 0.99].")
+@_train_config_options
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch_size, lr, eval_every,
-                  checkpoint_every, log_every, seed, mixed_precision, mode, bn_momentum, as_json):
-    """Train a model with synchronous SGD (or resume an experiment); SIGTERM saves a checkpoint and exits 143."""
+def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, as_json, **overrides):
+    """Train a model with synchronous SGD (or resume an experiment); SIGTERM saves a checkpoint and exits 143.
+
+    Every training option defaults to the paper's recipe for the model's dataset family (CIFAR or
+    ImageNet); on resume, to the experiment's saved config.
+    """
     from revnet.train.preemption import Preempted, stop_startup_on_sigterm
 
     stop_startup_on_sigterm()  # first, so a SIGTERM while TensorFlow loads is a clean stop, not a kill
     try:
-        summary = _train(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch_size, lr, eval_every,
-                         checkpoint_every, log_every, seed, mixed_precision, mode, bn_momentum)
+        from revnet.common.devices import configure_cpu_replicas
+
+        configure_cpu_replicas(cpu_replicas)  # before TensorFlow runs any op
+        from revnet.train.trainer import run
+
+        summary = run(model=model, data=data, id=exp_id, workdir=workdir, gpus=gpus, cpu_replicas=cpu_replicas,
+                      **overrides)
     except Preempted as stopped:
         click.echo(f"error: {stopped}", err=True)
         sys.exit(143)
@@ -247,21 +250,9 @@ def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch
         sys.exit(143)
 
 
-def _train(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch_size, lr, eval_every, checkpoint_every,
-           log_every, seed, mixed_precision, mode, bn_momentum):
-    from revnet.common.devices import configure_cpu_replicas
-
-    configure_cpu_replicas(cpu_replicas)  # before TensorFlow runs any op
-    from revnet import train
-    return train.run(model=model, data=data, id=exp_id, workdir=workdir, gpus=gpus, cpu_replicas=cpu_replicas,
-                     steps=steps, batch_size=batch_size, learning_rate=lr, eval_every=eval_every,
-                     checkpoint_every=checkpoint_every, log_every=log_every, seed=seed,
-                     mixed_precision=mixed_precision, mode=mode, bn_momentum=bn_momentum)
-
-
 @cli.command("eval")
 @click.option("--id", "exp_id", required=True, help="Experiment id to evaluate.")
-@click.option("--workdir", default="./experiments", help="Folder that holds the experiment folders.")
+@click.option("--workdir", default=DEFAULT_WORKDIR, help="Folder that holds the experiment folders.")
 @click.option("--once", is_flag=True, help="Evaluate the latest checkpoint once, print top1/top5/loss and exit.")
 @click.option("--split", default="validation", help="Split to evaluate (train or validation).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Eval batch size [default: recipe].")
@@ -270,8 +261,9 @@ def _train(model, data, exp_id, workdir, gpus, cpu_replicas, steps, batch_size, 
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def eval_command(exp_id, workdir, once, split, batch_size, timeout_seconds, as_json):
     """Evaluate an experiment's checkpoints on the full split (watching for new ones unless --once)."""
-    from revnet import train
-    result = train.evaluate(id=exp_id, workdir=workdir, once=once, split=split, batch_size=batch_size,
+    from revnet.train.evaluator import evaluate
+
+    result = evaluate(id=exp_id, workdir=workdir, once=once, split=split, batch_size=batch_size,
                             timeout_seconds=timeout_seconds)
     if as_json:
         _print_json(result)
@@ -302,7 +294,7 @@ def benchmark_train_command(model, batch_size, steps, replicas, modes, as_json):
 # ---------------------------------------------------------------------------------------------------
 @cli.command("export")
 @click.option("--id", "exp_id", required=True, help="Experiment id (folder under --workdir).")
-@click.option("--workdir", default="./experiments", help="Folder holding the experiments.")
+@click.option("--workdir", default=DEFAULT_WORKDIR, help="Folder holding the experiments.")
 @click.option("--format", "export_format", type=click.Choice(["savedmodel", "onnx", "all"]), default="all",
               help="SavedModel (TF-Serving layout), ONNX, or both in the same version folder.")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Export root; writes OUTPUT/NAME/VERSION/.")
@@ -318,8 +310,9 @@ def benchmark_train_command(model, batch_size, steps, replicas, modes, as_json):
 def export_command(exp_id, workdir, export_format, output, name, version, checkpoint, opset, quantize, data_dir,
                    overwrite, as_json):
     """Export a trained experiment for serving (inference-only graph), checked for TF/ONNX parity."""
-    from revnet import serving
-    record = serving.export(exp_id=exp_id, workdir=workdir, format=export_format, output=output, name=name,
+    from revnet.serving.exporter import export
+
+    record = export(exp_id=exp_id, workdir=workdir, format=export_format, output=output, name=name,
                             version=version, checkpoint=checkpoint, opset=opset, quantize=quantize,
                             data_dir=data_dir, overwrite=overwrite)
     if as_json:
@@ -350,8 +343,9 @@ def export_command(exp_id, workdir, export_format, output, name, version, checkp
 def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, batch_timeout_ms, workers, tls_cert,
                   tls_key, max_message_mb, poll_seconds, onnx_file):
     """Serve the newest version over TF Serving's gRPC API (plus REST, health and Prometheus metrics)."""
-    from revnet import serving
-    serving.serve(model_dir=model_dir, backend=backend, host=host, port=port,
+    from revnet.serving.server import serve
+
+    serve(model_dir=model_dir, backend=backend, host=host, port=port,
                   rest_port=None if rest_port < 0 else rest_port, max_batch_size=max_batch_size,
                   batch_timeout_ms=batch_timeout_ms, workers=workers, tls_cert=tls_cert, tls_key=tls_key,
                   max_message_mb=max_message_mb, poll_seconds=poll_seconds, onnx_file=onnx_file)
@@ -367,11 +361,10 @@ def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, bat
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
 def predict_command(images, server, model, top_k, timeout_seconds, tls_ca, as_json):
     """Send JPEG/PNG files to a server and print the top-k classes with probabilities per image."""
-    from revnet import serving
-    from revnet.serving.client import format_predictions
+    from revnet.serving.client import format_predictions, predict
 
-    results = serving.predict(server=server, images=list(images), model=model, top_k=top_k,
-                              timeout_seconds=timeout_seconds, tls_ca=tls_ca)
+    results = predict(server=server, images=list(images), model=model, top_k=top_k,
+                      timeout_seconds=timeout_seconds, tls_ca=tls_ca)
     if as_json:
         _print_json(results)
     else:

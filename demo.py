@@ -127,14 +127,17 @@ def run_demo(workdir: str = "./demo", model: str = "revnet-38", steps: int = 300
         timings[stage_name] = round(time.perf_counter() - start, 1)
         return result
 
-    from revnet import pipeline
-    from revnet import serving
-    from revnet import train
+    from revnet.pipeline import run_preprocess
+    from revnet.serving.exporter import export
+    from revnet.serving.server import start_server
+    from revnet.train.evaluator import evaluate
+    from revnet.train.trainer import run as train
+
     _stage(1, total, f"writing {num_train}+{num_val} generated images as {DATASET}-python.tar.gz")
     archive = timed("generate", _write_raw_data, paths["raw"], num_train, num_val, seed)
 
     _stage(2, total, "preprocessing with Apache Beam (DirectRunner) into TFRecords")
-    metadata = timed("preprocess", pipeline.run_preprocess, DATASET, archive, paths["data"], train_shards=4,
+    metadata = timed("preprocess", run_preprocess, DATASET, archive, paths["data"], train_shards=4,
                      val_shards=2, seed=seed, workers=2, overwrite=True)
 
     _stage(3, total, f"training {model} for {steps} steps on {cpu_replicas} CPU replicas")
@@ -142,22 +145,22 @@ def run_demo(workdir: str = "./demo", model: str = "revnet-38", steps: int = 300
         import shutil
 
         shutil.rmtree(os.path.join(paths["experiments"], EXPERIMENT_ID))
-    trained = timed("train", train.run, model=model, data=paths["data"], id=EXPERIMENT_ID,
+    trained = timed("train", train, model=model, data=paths["data"], id=EXPERIMENT_ID,
                     workdir=paths["experiments"], cpu_replicas=cpu_replicas, steps=steps, batch_size=batch_size,
                     learning_rate=learning_rate, checkpoint_every=max(steps // 2, 1), seed=seed,
                     bn_momentum=0.9, progress=False)
 
     _stage(4, total, "evaluating the final checkpoint on the validation split")
-    evaluation = timed("evaluate", train.evaluate, id=EXPERIMENT_ID, workdir=paths["experiments"], once=True)
+    evaluation = timed("evaluate", evaluate, id=EXPERIMENT_ID, workdir=paths["experiments"], once=True)
 
     _stage(5, total, "exporting SavedModel and ONNX (with ONNX Runtime parity check)")
-    exported = timed("export", serving.export, exp_id=EXPERIMENT_ID, workdir=paths["experiments"],
+    exported = timed("export", export, exp_id=EXPERIMENT_ID, workdir=paths["experiments"],
                      output=paths["exports"], format="all", name=EXPORT_NAME, overwrite=True)
 
     _stage(6, total, "serving over gRPC (TF Serving API, ONNX Runtime) and sending Predict requests")
     encoded, labels = _validation_pngs(paths["data"], predict_requests)
-    server = serving.start_server(model_dir=os.path.join(paths["exports"], EXPORT_NAME), backend="onnx",
-                                  host="127.0.0.1", port=0, rest_port=None)
+    server = start_server(model_dir=os.path.join(paths["exports"], EXPORT_NAME), backend="onnx",
+                          host="127.0.0.1", port=0, rest_port=None)
     try:
         served = timed("serve", _grpc_predict, server.port, encoded, labels)
     finally:

@@ -2,7 +2,7 @@
 
 Each (mode, replicas) runs in a fresh subprocess (`python -m benchmarks.train --worker SPEC`), because
 logical CPU devices must be configured before TensorFlow starts. The worker builds the model and
-optimizer in the strategy's scope exactly as `train.run` does, feeds a fixed in-memory batch through
+optimizer in the strategy's scope exactly as `revnet.train.trainer.run` does, feeds a fixed in-memory batch through
 `distribute_datasets_from_function` (so input decoding is not measured), traces and warms up, then
 times `steps` steps.
 """

@@ -1,16 +1,4 @@
-"""Training and evaluation: `train.run(...)` trains or resumes an experiment, `train.evaluate(...)`
-evaluates its checkpoints. Both import TensorFlow lazily, so a caller can configure devices first."""
-
-
-def run(**options):
-    """Train (or resume) WORKDIR/ID; see `train.trainer.run` for the options. Returns a summary dict."""
-    from revnet.train.trainer import run as _run
-
-    return _run(**options)
-
-
-def evaluate(**options):
-    """Evaluate an experiment's checkpoints; see `train.evaluator.evaluate`. Returns the last result dict."""
-    from revnet.train.evaluator import evaluate as _evaluate
-
-    return _evaluate(**options)
+"""Training and evaluation: `revnet.train.trainer.run` trains or resumes an experiment,
+`revnet.train.evaluator.evaluate` evaluates its checkpoints, `revnet.train.config.TrainConfig` holds every
+training option and the paper's recipes. Importing this package does not import TensorFlow, so a caller
+can configure devices first."""

@@ -1,4 +1,4 @@
-"""`train.evaluate`: the separate evaluator. It watches an experiment's checkpoints, evaluates each new
+"""`evaluate`: the separate evaluator. It watches an experiment's checkpoints, evaluates each new
 one on the full split, appends eval.jsonl, writes TensorBoard, keeps a copy of the best checkpoint
 in WORKDIR/ID/best/ and stops after the trainer's final step (or `--once` after the latest)."""
 from __future__ import annotations
@@ -73,7 +73,7 @@ class _Evaluator:
         self.eval_step = make_eval_step(self.model)
         self.dataset = input_pipeline.eval_dataset(
             data_dir, metadata, split, preprocessing=self.model.config.preprocessing,
-            image_size=self.model.config.input_size, batch_size=batch_size or int(config["train"]["eval_batch_size"]))
+            image_size=self.model.config.input_size, batch_size=batch_size or config["train"]["eval_batch_size"])
         self.writer = tf.summary.create_file_writer(os.path.join(exp_dir, "tensorboard", f"eval_{split}"))
 
     def __call__(self, checkpoint_path: str) -> Dict:
@@ -115,7 +115,7 @@ def evaluate(id: str, workdir: Optional[str] = None, once: bool = False, split: 
     last = None
     for path in tf.train.checkpoints_iterator(experiment.checkpoints_dir(exp_dir), min_interval_secs=poll_seconds,
                                               timeout=timeout_seconds):
-        final_step = int(experiment.load_config(workdir, id)[1]["train"]["steps"])  # a resume may extend the run
+        final_step = experiment.load_config(workdir, id)[1]["train"]["steps"]  # a resume may extend the run
         if os.path.basename(path) not in done:
             try:
                 last = evaluator(path)

@@ -18,8 +18,8 @@ import tensorflow as tf
 from revnet.common.errors import UserError
 from revnet.common.fileio import atomic_write_json, read_json
 from revnet.models.registry import ModelConfig, build_model
+from revnet.train.config import DEFAULT_WORKDIR
 
-DEFAULT_WORKDIR = "./experiments"
 CONFIG_FILE = "config.json"
 
 

@@ -1,4 +1,4 @@
-"""`train.run`: synchronous momentum-SGD training with tf.distribute, checkpoints, resume and summaries."""
+"""`run`: synchronous momentum-SGD training with tf.distribute, checkpoints, resume and summaries."""
 from __future__ import annotations
 
 import contextlib
@@ -13,7 +13,7 @@ from typing import Dict, Optional
 
 import tensorflow as tf
 
-from revnet.common.errors import UserError, choose
+from revnet.common.errors import UserError
 from revnet.models import build_model, get_config
 from revnet.preprocess import input_pipeline, schema
 from revnet.train import experiment, summaries
@@ -21,16 +21,11 @@ from revnet.train.distribute import make_placement
 from revnet.train.optimizer import DynamicLossScale, MomentumSGD
 from revnet.train.preemption import Preemption, watch_sigterm
 from revnet.train.progress import Progress
-from revnet.train.recipes import learning_rate_at, recipe_for
+from revnet.train.config import DEFAULT_WORKDIR, TrainConfig, learning_rate_at, recipe_for
 from revnet.train.steps import copy_weights, make_eval_step, make_train_step, run_evaluation
 
 log = logging.getLogger(__name__)
 
-MIXED_PRECISION = {None: None, "bf16": "bfloat16", "fp16": "float16"}
-KEEP_CHECKPOINTS = 5
-# Flags that override the recipe (and, on resume, the saved config) when given.
-TRAIN_FIELDS = ("batch_size", "learning_rate", "momentum", "weight_decay", "steps", "checkpoint_every",
-                "eval_every", "log_every", "eval_batch_size", "seed", "mixed_precision", "mode", "bn_momentum")
 
 
 def new_experiment_id(model_name: str) -> str:
@@ -49,32 +44,20 @@ def resolve_config(model: str, data: Optional[str], exp_dir: str, saved: Optiona
     metadata = schema.load_metadata(data_dir)
     num_classes = int(metadata["num_classes"])
     schema.split_files(data_dir, metadata, "train")
-    recipe = recipe_for(model_config.family)
-    train = recipe.to_json()
-    train.update(eval_every=0, seed=None, mixed_precision=None, mode="reversible", bn_momentum=model_config.bn_momentum)
+    base = TrainConfig.from_json(saved["train"]) if saved is not None else recipe_for(model_config.family)
+    train = base.replace(**overrides).with_seed()
+    if train.bn_momentum is None:
+        train = train.replace(bn_momentum=model_config.bn_momentum)
     if saved is not None:
-        train.update(saved["train"])
         if saved["model"]["num_classes"] != num_classes:
             raise UserError(f"model of experiment {os.path.basename(exp_dir)!r} has {saved['model']['num_classes']} "
                             f"classes but the data in {data_dir!r} has {num_classes}; use the data it was trained on")
-    train.update({key: value for key, value in overrides.items() if value is not None})
-    choose("--mixed-precision", train["mixed_precision"], [None, "bf16", "fp16"])
-    if train["seed"] is None:
-        train["seed"] = secrets.randbelow(2 ** 31)
-    for key in ("batch_size", "steps", "checkpoint_every", "log_every", "eval_batch_size"):
-        if int(train[key]) < 1:
-            raise UserError(f"{key.replace('_', '-')} must be at least 1, got {train[key]}")
-    train["lr_boundaries"] = list(recipe.boundaries_for(train["steps"]))
-    if saved is not None:
-        model_json = dict(saved["model"], mode=train["mode"], compute_dtype=MIXED_PRECISION[train["mixed_precision"]],
-                          bn_momentum=train["bn_momentum"])
+        model_json = dict(saved["model"], mode=train.mode, compute_dtype=train.compute_dtype,
+                          bn_momentum=train.bn_momentum)
     else:
-        model_json = get_config(model, num_classes=num_classes, mode=train["mode"], seed=train["seed"] % 2 ** 31,
-                                compute_dtype=MIXED_PRECISION[train["mixed_precision"]],
-                                bn_momentum=train["bn_momentum"]).to_json()
-    if not 0.0 <= float(train["bn_momentum"]) < 1.0:
-        raise UserError(f"--bn-momentum must be in [0, 1), got {train['bn_momentum']}")
-    return {"model": model_json, "train": train,
+        model_json = get_config(model, num_classes=num_classes, mode=train.mode, seed=train.seed % 2 ** 31,
+                                compute_dtype=train.compute_dtype, bn_momentum=train.bn_momentum).to_json()
+    return {"model": model_json, "train": train.to_json(),
             "data": {"dir": os.path.abspath(data_dir), "dataset": metadata.get("dataset"), "num_classes": num_classes,
                      "label_names": metadata.get("label_names"),
                      "train_examples": input_pipeline.split_size(metadata, "train"),
@@ -113,12 +96,10 @@ def _memory_peak_bytes(device: str) -> Optional[int]:
 def run(model: str, data: Optional[str] = None, id: Optional[str] = None, workdir: Optional[str] = None,
         gpus: Optional[int] = None, cpu_replicas: Optional[int] = None, progress: Optional[bool] = None,
         **overrides) -> Dict:
-    """Train (or resume) experiment WORKDIR/ID; returns a summary dict. `overrides` are TRAIN_FIELDS."""
+    """Train (or resume) experiment WORKDIR/ID; returns a summary dict. `overrides` are TrainConfig fields
+    (flags given on the command line); on resume they override the saved config."""
     with watch_sigterm() as preemption:  # SIGTERM during start-up stops at once; in the loop it saves first
-        unknown = sorted(set(overrides) - set(TRAIN_FIELDS))
-        if unknown:
-            raise UserError(f"unknown training option(s) {', '.join(unknown)}; expected some of: {', '.join(TRAIN_FIELDS)}")
-        workdir = workdir or experiment.DEFAULT_WORKDIR
+        workdir = workdir or DEFAULT_WORKDIR
         placement = make_placement(gpus, cpu_replicas)
         if id is None:
             if placement.num_workers > 1:
@@ -131,9 +112,8 @@ def run(model: str, data: Optional[str] = None, id: Optional[str] = None, workdi
         config_path = os.path.join(exp_dir, experiment.CONFIG_FILE)
         saved = experiment.load_config(workdir, id)[1] if os.path.exists(config_path) else None
         config = resolve_config(model, data, exp_dir, saved, overrides)
-        train_cfg = config["train"]
         strategy = placement.strategy
-        global_batch = int(train_cfg["batch_size"])
+        global_batch = config["train"]["batch_size"]
         if global_batch % strategy.num_replicas_in_sync:
             raise UserError(f"--batch-size {global_batch} must be divisible by the {strategy.num_replicas_in_sync} replicas")
         if announce_id:
@@ -147,17 +127,17 @@ def run(model: str, data: Optional[str] = None, id: Optional[str] = None, workdi
 
 def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled: Optional[bool],
            preemption: Preemption) -> Dict:
-    train_cfg, strategy = config["train"], placement.strategy
+    train_cfg, strategy = TrainConfig.from_json(config["train"]), placement.strategy
     model_config = experiment.model_config_from(config)
-    global_batch, total_steps = int(train_cfg["batch_size"]), int(train_cfg["steps"])
+    global_batch, total_steps = train_cfg.batch_size, train_cfg.steps
     metadata = schema.load_metadata(config["data"]["dir"])
     log.info("experiment %s: %s, %s, global batch %d, %d steps", exp_id, model_config.name, placement.description,
              global_batch, total_steps)
 
     with strategy.scope():
         model = build_model(model_config)
-        loss_scale = DynamicLossScale() if train_cfg["mixed_precision"] == "fp16" else None
-        optimizer = MomentumSGD(model.trainable_variables, train_cfg["momentum"], train_cfg["weight_decay"],
+        loss_scale = DynamicLossScale() if train_cfg.mixed_precision == "fp16" else None
+        optimizer = MomentumSGD(model.trainable_variables, train_cfg.momentum, train_cfg.weight_decay,
                                 model.decay_variables, loss_scale)
         step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -167,7 +147,7 @@ def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled:
     ckpt_dir = experiment.checkpoints_dir(exp_dir)
     if not placement.is_chief:  # other workers join the collective save but write to a scratch folder
         ckpt_dir = os.path.join(exp_dir, "workers", f"worker-{placement.worker_index}")
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=KEEP_CHECKPOINTS, step_counter=step,
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=train_cfg.keep_checkpoints, step_counter=step,
                                          checkpoint_name="ckpt")
     latest = tf.train.latest_checkpoint(experiment.checkpoints_dir(exp_dir))
     if latest:
@@ -177,18 +157,18 @@ def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled:
 
     def dataset_fn(context: tf.distribute.InputContext):
         return input_pipeline.train_dataset(
-            config["data"]["dir"], metadata, augmentation=train_cfg["augmentation"],
+            config["data"]["dir"], metadata, augmentation=train_cfg.augmentation,
             image_size=model_config.input_size, batch_size=context.get_per_replica_batch_size(global_batch),
-            seed=int(train_cfg["seed"]), position=int(position.numpy()),
+            seed=train_cfg.seed, position=int(position.numpy()),
             num_input_pipelines=context.num_input_pipelines, input_pipeline_id=context.input_pipeline_id)
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
     train_step = make_train_step(model, optimizer, strategy, global_batch, step, position)
-    evaluator = _InTrainingEval(config, metadata, placement) if train_cfg["eval_every"] else None
+    evaluator = _InTrainingEval(config, metadata, placement) if train_cfg.eval_every else None
     writer = tf.summary.create_file_writer(os.path.join(exp_dir, "tensorboard", "train")) \
         if placement.is_chief else tf.summary.create_noop_writer()
-    progress = Progress(total_steps, start_step, global_batch, int(train_cfg["log_every"]), progress_enabled)
-    boundaries = tuple(train_cfg["lr_boundaries"])
+    progress = Progress(total_steps, start_step, global_batch, train_cfg.log_every, progress_enabled)
+    boundaries = train_cfg.lr_boundaries
 
     def save(reason: str) -> str:
         if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.trainable_variables):
@@ -205,7 +185,7 @@ def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled:
     with writer.as_default():
         current = start_step
         while current < total_steps:
-            learning_rate = learning_rate_at(current, train_cfg["learning_rate"], boundaries, train_cfg["decay_factor"])
+            learning_rate = learning_rate_at(current, train_cfg.learning_rate, boundaries, train_cfg.decay_factor)
             loss, accuracy = train_step(iterator, learning_rate)
             loss, accuracy, current = float(loss), float(accuracy), current + 1
             if not math.isfinite(loss):
@@ -223,9 +203,9 @@ def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled:
                 summaries.scalar("examples_per_second", line["examples_per_second"], step=current)
                 if memory is not None:
                     summaries.scalar("memory_peak_bytes", memory, step=current)
-            if evaluator and (current % int(train_cfg["eval_every"]) == 0 or current == total_steps):
+            if evaluator and (current % train_cfg.eval_every == 0 or current == total_steps):
                 last_eval = evaluator(model, current)
-            if current % int(train_cfg["checkpoint_every"]) == 0 and current < total_steps:
+            if current % train_cfg.checkpoint_every == 0 and current < total_steps:
                 save("periodic")
             if preemption.requested:
                 progress.close()
@@ -255,10 +235,9 @@ class _InTrainingEval:
         self.placement = placement
         self.model = build_model(experiment.model_config_from(config))
         self.eval_step = make_eval_step(self.model)
-        train_cfg = config["train"]
         self.dataset = input_pipeline.eval_dataset(
             config["data"]["dir"], metadata, "validation", preprocessing=self.model.config.preprocessing,
-            image_size=self.model.config.input_size, batch_size=int(train_cfg["eval_batch_size"]))
+            image_size=self.model.config.input_size, batch_size=config["train"]["eval_batch_size"])
 
     def __call__(self, model, step: int) -> Optional[Dict]:
         copy_weights(model, self.model)  # every worker joins the reads of replica-synced variables

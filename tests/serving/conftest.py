@@ -71,7 +71,7 @@ def make_experiment(workdir: str, exp_id: str, data_dir: str):
 @pytest.fixture(scope="session")
 def serving_env(tmp_path_factory):
     """dict(workdir, exp_id, data_dir, images, labels, output, record, model_dir) after one `export --format all`."""
-    from revnet.serving import export
+    from revnet.serving.exporter import export
 
     root = tmp_path_factory.mktemp("serving")
     data_dir, workdir, output = str(root / "data"), str(root / "experiments"), str(root / "exports")

@@ -84,7 +84,7 @@ def test_onnx_parity_and_dynamic_batch(serving_env):
 
 
 def test_existing_version_refuses_without_overwrite(serving_env):
-    from revnet.serving import export
+    from revnet.serving.exporter import export
 
     with pytest.raises(UserError, match="already exists.*--overwrite"):
         export(exp_id="exp1", workdir=serving_env["workdir"], output=serving_env["output"], format="onnx",

@@ -23,7 +23,7 @@ MAX_BATCH = 8
 
 @pytest.fixture(scope="module", params=["onnx", "tf"])
 def server(request, serving_env):
-    from revnet.serving import start_server
+    from revnet.serving.server import start_server
 
     handle = start_server(model_dir=serving_env["model_dir"], backend=request.param, port=0, rest_port=0,
                           max_batch_size=MAX_BATCH, batch_timeout_ms=3, workers=16, poll_seconds=3600)
@@ -220,7 +220,7 @@ def test_predict_cli_client(server, serving_env, tmp_path):
 
 
 def test_hot_reload_picks_up_a_new_version(serving_env, tmp_path):
-    from revnet.serving import start_server
+    from revnet.serving.server import start_server
 
     model_dir = tmp_path / "revnet"
     shutil.copytree(os.path.join(serving_env["model_dir"], "1"), model_dir / "1")
@@ -246,7 +246,8 @@ def test_hot_reload_picks_up_a_new_version(serving_env, tmp_path):
 def test_tls_server_and_client(serving_env, tmp_path):
     import subprocess
 
-    from revnet.serving import predict, start_server
+    from revnet.serving.client import predict
+    from revnet.serving.server import start_server
 
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",

@@ -6,7 +6,8 @@ import re
 import tensorflow as tf
 from click.testing import CliRunner
 
-from revnet import train
+from revnet.train.evaluator import evaluate
+from revnet.train.trainer import run as train_run
 from revnet.cli import cli
 from revnet.train import experiment
 
@@ -28,7 +29,7 @@ def test_eval_once_prints_top1_top5_loss_and_records_it(finished_experiment):
 
 def test_watcher_evaluates_new_checkpoints_and_stops_after_the_final_step(finished_experiment):
     workdir, exp_id, _ = finished_experiment
-    result = train.evaluate(id=exp_id, workdir=workdir, split="train", timeout_seconds=60, poll_seconds=0.1)
+    result = evaluate(id=exp_id, workdir=workdir, split="train", timeout_seconds=60, poll_seconds=0.1)
     assert result["step"] == 4 and result["split"] == "train" and result["examples"] == 160
     assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
 

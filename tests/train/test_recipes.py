@@ -1,22 +1,36 @@
-"""The paper recipes, the learning-rate schedule and one momentum-SGD update against its formula."""
+"""The paper recipes and TrainConfig validation, the learning-rate schedule and one momentum-SGD update against its formula."""
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from revnet.common.errors import UserError
 from revnet.train.optimizer import MomentumSGD
-from revnet.train.recipes import learning_rate_at, recipe_for
+from revnet.train.config import TrainConfig, learning_rate_at, recipe_for
 
 
 def test_cifar_and_imagenet_recipes_follow_the_paper():
     cifar, imagenet = recipe_for("cifar"), recipe_for("imagenet")
     assert (cifar.batch_size, cifar.learning_rate, cifar.momentum, cifar.weight_decay, cifar.steps) == \
         (100, 0.1, 0.9, 2e-4, 80_000)
-    assert cifar.boundaries_for(cifar.steps) == (40_000, 60_000)
+    assert cifar.lr_boundaries == (40_000, 60_000)
     assert (imagenet.batch_size, imagenet.weight_decay, imagenet.steps) == (256, 1e-4, 600_000)
-    assert imagenet.boundaries_for(imagenet.steps) == (160_000, 320_000, 480_000)
+    assert imagenet.lr_boundaries == (160_000, 320_000, 480_000)
+    assert cifar.replace(steps=800).lr_boundaries == (400, 600)
     with pytest.raises(UserError):
         recipe_for("mnist")
+
+
+def test_train_config_validates_overrides_and_round_trips_through_json():
+    cifar = recipe_for("cifar")
+    for bad, message in [(dict(batch_size=0), "--batch-size"), (dict(learning_rate=-1.0), "--lr"),
+                         (dict(mixed_precision="fp8"), "mixed-precision"), (dict(mode="magic"), "mode"),
+                         (dict(bn_momentum=1.0), "bn-momentum"), (dict(eval_every=-1), "eval-every"),
+                         (dict(unknown_option=3), "unknown training option")]:
+        with pytest.raises(UserError, match=message):
+            cifar.replace(**bad)
+    tuned = cifar.replace(steps=300, learning_rate=0.05, seed=4)
+    assert TrainConfig.from_json(tuned.to_json()) == tuned
+    assert tuned.replace(seed=None) == tuned  # None means "not given", it never clears a value
 
 
 def test_learning_rate_divides_by_ten_at_each_boundary():

@@ -1,4 +1,4 @@
-"""train.run end to end on tiny TFRecords: every CIFAR model, learning, replica equivalence, NaN
+"""The trainer end to end on tiny TFRecords: every CIFAR model, learning, replica equivalence, NaN
 handling, experiment folder contents and the one-line errors for bad input."""
 import json
 import os
@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from revnet import train
+from revnet.train.evaluator import evaluate
+from revnet.train.trainer import run as train_run
 from revnet.common.errors import UserError
 from revnet.models import build_model
 from revnet.train.distribute import make_placement
@@ -21,7 +22,7 @@ CIFAR_MODELS = ["resnet-32", "resnet-110", "resnet-164", "revnet-38", "revnet-11
 
 @pytest.mark.parametrize("model_name", CIFAR_MODELS)
 def test_a_few_steps_of_every_cifar_model(model_name, toy_data, tmp_path):
-    summary = train.run(model=model_name, data=toy_data, id="run", workdir=str(tmp_path), steps=2, batch_size=8,
+    summary = train_run(model=model_name, data=toy_data, id="run", workdir=str(tmp_path), steps=2, batch_size=8,
                         log_every=1, seed=1, progress=False)
     assert summary["status"] == "completed" and summary["step"] == 2
     assert summary["data_position"] == 16
@@ -47,7 +48,7 @@ def test_experiment_folder_holds_config_checkpoints_log_and_summaries(finished_e
 
 
 def test_loss_goes_down_on_a_learnable_toy_set(toy_data, tmp_path):
-    summary = train.run(model="revnet-38", data=toy_data, id="learn", workdir=str(tmp_path), steps=30, batch_size=16,
+    summary = train_run(model="revnet-38", data=toy_data, id="learn", workdir=str(tmp_path), steps=30, batch_size=16,
                         learning_rate=0.05, log_every=1, seed=2, progress=False)
     losses = [value for _, value in read_scalars(os.path.join(summary["experiment_dir"], "tensorboard", "train"))["loss"]]
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3]), losses
@@ -105,7 +106,7 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(fi
     checkpoints = os.path.join(copy, exp_id, "checkpoints")
     before = sorted(os.listdir(checkpoints))
     with pytest.raises(FloatingPointError, match="loss became (nan|inf).*last good checkpoint .*ckpt-4"):
-        train.run(model="resnet-32", id=exp_id, workdir=copy, steps=30, learning_rate=1e30, checkpoint_every=1000,
+        train_run(model="resnet-32", id=exp_id, workdir=copy, steps=30, learning_rate=1e30, checkpoint_every=1000,
                   progress=False)
     assert sorted(os.listdir(checkpoints)) == before
     assert tf.train.latest_checkpoint(checkpoints).endswith("ckpt-4")
@@ -114,13 +115,13 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(fi
 def test_resuming_with_another_model_or_other_data_is_a_user_error(finished_experiment, tmp_path):
     workdir, exp_id, _ = finished_experiment
     with pytest.raises(UserError, match="trained with model 'resnet-32'"):
-        train.run(model="revnet-38", id=exp_id, workdir=workdir)
+        train_run(model="revnet-38", id=exp_id, workdir=workdir)
     from revnet.train.toydata import write_toy_dataset
 
     other = str(tmp_path / "five")
     write_toy_dataset(other, num_train=10, num_validation=5, num_classes=5)
     with pytest.raises(UserError, match="has 4 classes but the data"):
-        train.run(model="resnet-32", id=exp_id, workdir=workdir, data=other)
+        train_run(model="resnet-32", id=exp_id, workdir=workdir, data=other)
 
 
 def test_bad_input_gets_one_line_errors(toy_data, tmp_path):
@@ -132,5 +133,5 @@ def test_bad_input_gets_one_line_errors(toy_data, tmp_path):
         (dict(model="revnet-38", data=toy_data, mixed_precision="fp8"), "mixed-precision"),
     ]:
         with pytest.raises(UserError, match=message) as error:
-            train.run(workdir=str(tmp_path), id="bad", **options)
+            train_run(workdir=str(tmp_path), id="bad", **options)
         assert "\n" not in str(error.value)
