@@ -202,9 +202,13 @@ def _train_config_options(command):
     from revnet.train.config import flag_specs
 
     for name, flag, kind, choices, help_text in reversed(flag_specs()):
+        help_text += "" if "[default" in help_text else " [default: paper recipe]"
+        if kind is bool:  # --jit / --no-jit, so a resumed run can turn a saved True off
+            command = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text,
+                                   show_default=False)(command)
+            continue
         command = click.option(flag, name, type=click.Choice(choices) if choices else kind, default=None,
-                               help=help_text + ("" if "[default" in help_text else " [default: paper recipe]"),
-                               show_default=False)(command)
+                               help=help_text, show_default=False)(command)
     return command
 
 
@@ -219,9 +223,16 @@ def _train_config_options(command):
               help="Number of GPUs for MirroredStrategy [default: all visible; CPU when there are none].")
 @click.option("--cpu-replicas", type=click.IntRange(min=1), default=1,
               help="Split the CPU into N logical devices for multi-replica synchronous SGD without GPUs.")
+@click.option("--data-service", default=None, metavar="grpc://HOST:PORT",
+              help="Decode and augment the training data on a tf.data service (see `cli.py data-service`); "
+                   "record order then depends on worker timing (README: Scaling out).")
+@click.option("--data-service-timeout", type=click.FloatRange(min=1), default=600.0,
+              help="With --data-service: seconds without a training batch after which the trainer saves a "
+                   "checkpoint and exits 1 (a worker lost mid-epoch blocks its job until it returns).")
 @_train_config_options
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, as_json, **overrides):
+def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, data_service, data_service_timeout, as_json,
+                  **overrides):
     """Train a model with synchronous SGD (or resume an experiment); SIGTERM saves a checkpoint and exits 143.
 
     Every training option defaults to the paper's recipe for the model's dataset family (CIFAR or
@@ -237,7 +248,7 @@ def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, as_json, **o
         from revnet.train.trainer import run
 
         summary = run(model=model, data=data, id=exp_id, workdir=workdir, gpus=gpus, cpu_replicas=cpu_replicas,
-                      **overrides)
+                      data_service=data_service, data_service_timeout=data_service_timeout, **overrides)
     except Preempted as stopped:
         click.echo(f"error: {stopped}", err=True)
         sys.exit(143)
@@ -269,6 +280,43 @@ def eval_command(exp_id, workdir, once, split, batch_size, timeout_seconds, as_j
         _print_json(result)
     elif result is not None:
         click.echo(f"top1={result['top1']:.4f} top5={result['top5']:.4f} loss={result['loss']:.4f}")
+
+
+@cli.group("data-service")
+def data_service_group():
+    """tf.data service servers: a dispatcher and workers that decode and augment training batches for
+    `train --data-service grpc://HOST:PORT` (each training record once per epoch: DYNAMIC sharding).
+
+    TensorFlow's servers listen on all interfaces whatever --host says (TensorFlow has no bind option);
+    --host is the address they give to clients. SIGTERM or Ctrl-C stops them cleanly.
+    """
+
+
+@data_service_group.command("dispatcher")
+@click.option("--port", type=click.IntRange(0, 65535), default=5050, help="Port to serve on (0 = any free port).")
+@click.option("--host", default="127.0.0.1", help="Address trainers and workers reach this dispatcher at.")
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+              help="Journal the dispatcher's state here (fault-tolerant mode: a restarted dispatcher resumes its jobs).")
+@click.option("--worker-timeout", "worker_timeout_seconds", type=click.FloatRange(min=0.1), default=10.0,
+              help="Seconds without a heartbeat after which a worker counts as gone and its work is handed on.")
+def data_service_dispatcher_command(port, host, work_dir, worker_timeout_seconds):
+    """Run the tf.data service dispatcher until SIGTERM."""
+    from revnet.train.data_service import run_dispatcher
+
+    run_dispatcher(port=port, host=host, work_dir=work_dir, worker_timeout_seconds=worker_timeout_seconds)
+
+
+@data_service_group.command("worker")
+@click.option("--dispatcher", required=True, metavar="HOST:PORT", help="The dispatcher's address.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port to serve on (0 = any free port).")
+@click.option("--host", default="127.0.0.1", help="Address the trainer reaches this worker at.")
+@click.option("--connect-timeout", "connect_timeout_seconds", type=click.FloatRange(min=0), default=60.0,
+              help="Seconds to wait for the dispatcher to answer before giving up.")
+def data_service_worker_command(dispatcher, port, host, connect_timeout_seconds):
+    """Run a tf.data service worker (decodes and augments training data) until SIGTERM."""
+    from revnet.train.data_service import run_worker
+
+    run_worker(dispatcher=dispatcher, port=port, host=host, connect_timeout_seconds=connect_timeout_seconds)
 
 
 @benchmark_group.command("train")
