@@ -320,17 +320,23 @@ def data_service_worker_command(dispatcher, port, host, connect_timeout_seconds)
 
 
 @benchmark_group.command("train")
-@click.option("--model", default="revnet-38", help="RevNet to measure (both modes).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Global batch size.")
-@click.option("--steps", type=click.IntRange(min=1), default=10, help="Measured steps per configuration (after warm-up).")
-@click.option("--replicas", default="1,2", help="Comma-separated CPU replica counts.")
-@click.option("--modes", default="reversible,autodiff", help="Comma-separated modes.")
+@click.option("--models", default="resnet-32,resnet-110,revnet-38", help="Comma-separated CIFAR models.")
+@click.option("--batch-sizes", default="32,128", help="Comma-separated global batch sizes (even: 2 replicas split them).")
+@click.option("--steps", type=click.IntRange(min=2), default=20,
+              help="Timed steps per row (the trainer and Keras also warm up for as many).")
+@click.option("--jit-steps", type=click.IntRange(min=1), default=5,
+              help="Timed steps of the XLA rows (compiling and running them is slow on CPU).")
+@click.option("--imagenet/--no-imagenet", default=True,
+              help="Also measure the ImageNet-size JPEG input pipeline, locally and through the tf.data service.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
-def benchmark_train_command(model, batch_size, steps, replicas, modes, as_json):
-    """Training examples/s of the real train step for each mode and replica count, one subprocess each."""
+def benchmark_train_command(models, batch_sizes, steps, jit_steps, imagenet, as_json):
+    """Training throughput, one fresh process per row: the bare compiled step, the trainer on TFRecords
+    (1 and 2 CPU replicas), Keras model.fit of the same ResNet, --jit on and off, and the input
+    pipelines alone (CIFAR PNGs; ImageNet-size JPEGs locally and through 2 tf.data service workers)."""
     from revnet.benchmarks.train import format_rows, run_train_benchmark
 
-    rows = run_train_benchmark(model, batch_size, steps, [int(r) for r in replicas.split(",")], modes.split(","))
+    rows = run_train_benchmark(models.split(","), [int(b) for b in batch_sizes.split(",")], steps, jit_steps,
+                               imagenet)
     if as_json:
         _print_json(rows)
     else:

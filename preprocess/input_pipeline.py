@@ -13,7 +13,8 @@ service's workers: each epoch is one job whose files the dispatcher hands out on
 (ShardingPolicy.DYNAMIC), so every record is produced exactly once per epoch (at most once if a worker
 dies mid-file). Record order then depends on worker timing; a record's augmentation is still a pure
 function of (seed, epoch, shard, index in shard). Workers send uint8 batches (4x less traffic than
-float32; the augmented pixels are rounded) and the trainer rebatches them to `batch_size`.
+float32; the augmented pixels are rounded), the trainer rebatches them to `batch_size` and they stay
+uint8 (the models cast their input).
 
 Evaluation reads every record of a split exactly once, in order, keeping the last partial batch.
 """
@@ -38,6 +39,7 @@ IMAGENET_RESIZE, IMAGENET_CROP = 256, 224
 SHUFFLE_BUFFER = 10_000
 MAX_PARALLEL_READS = 8
 SERVICE_FILES_PER_WORKER = 4   # shards each tf.data service worker reads at once
+COMPRESSION = None             # tf.data service transfer: raw uint8 (augmented pixels hardly compress)
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +245,7 @@ def _service_train_dataset(files, epoch_size: int, augment, image_size: int, bat
         # returned dataset is a new job, unless several trainer hosts share it by name.
         with warnings.catch_warnings():  # register_dataset reads the options in graph mode; harmless here
             warnings.filterwarnings("ignore", message="To make it possible to preserve tf.data options")
-            dataset_id = service_api.register_dataset(service, worker_epoch(epoch_index))
+            dataset_id = service_api.register_dataset(service, worker_epoch(epoch_index), compression=COMPRESSION)
         name = None if job_name is None else tf.strings.join([job_name, "-epoch-", tf.strings.as_string(epoch_index)])
         return service_api.from_dataset_id(service_api.ShardingPolicy.DYNAMIC, service, dataset_id,
                                            element_spec=element_spec, job_name=name)
@@ -255,9 +257,8 @@ def _service_train_dataset(files, epoch_size: int, augment, image_size: int, bat
         # count: it skips as many records as were consumed before, whichever they are.
         head = head.unbatch().skip(offset // num_input_pipelines).batch(batch_size)
     stream = head.concatenate(tf.data.Dataset.range(first_epoch + 1, 2 ** 62).flat_map(service_epoch))
-    dataset = (stream.rebatch(batch_size, drop_remainder=True)
-               .map(lambda images, labels: (tf.cast(images, tf.float32), labels))
-               .prefetch(tf.data.AUTOTUNE))
+    # Batches stay uint8: the models cast their input themselves (on a GPU host, on the GPU).
+    dataset = stream.rebatch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return dataset.with_options(_options(False))
 
 
