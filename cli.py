@@ -125,7 +125,7 @@ def benchmark_memory_command(model_names, batch_size, steps, modes, json_path, p
 
 
 # ---------------------------------------------------------------------------------------------------
-# preprocess (issue: Beam preprocessing)
+# preprocess
 # ---------------------------------------------------------------------------------------------------
 @cli.command("preprocess", context_settings={"ignore_unknown_options": True})
 @click.argument("dataset", type=click.Choice(["cifar-10", "cifar-100", "imagenet"]))
@@ -195,7 +195,7 @@ def benchmark_preprocess_command(num_images, worker_counts, seed, as_json):
 
 
 # ---------------------------------------------------------------------------------------------------
-# train / eval (issue: distributed trainer)
+# train / eval
 # ---------------------------------------------------------------------------------------------------
 def _train_config_options(command):
     """One flag per TrainConfig field (revnet.train.config), so a training option is spelled only there."""
@@ -290,7 +290,7 @@ def benchmark_train_command(model, batch_size, steps, replicas, modes, as_json):
 
 
 # ---------------------------------------------------------------------------------------------------
-# export / serve / predict (issue: serving)
+# export / serve / predict
 # ---------------------------------------------------------------------------------------------------
 @cli.command("export")
 @click.option("--id", "exp_id", required=True, help="Experiment id (folder under --workdir).")
@@ -397,7 +397,7 @@ def benchmark_serve_command(model_dir, requests_per_client, concurrency, backend
 
 
 # ---------------------------------------------------------------------------------------------------
-# demo (issue: end to end)
+# demo
 # ---------------------------------------------------------------------------------------------------
 @cli.command("demo")
 @click.option("--workdir", default="./demo", help="Folder for every artifact: raw archive, TFRecords, experiment, exports.")
