@@ -138,7 +138,7 @@ def read_tensors(reader, prefix: str, names: List[str]) -> Dict[str, "object"]:
     for name in names:
         try:
             values[name] = reader.get_tensor(name)
-        except (tf.errors.OpError, ValueError) as error:
+        except (tf.errors.OpError, ValueError, IndexError, RuntimeError) as error:  # short reads raise IndexError
             raise UserError(f"checkpoint {prefix!r} cannot be read at {name} (truncated or corrupt data file?): "
                             f"{_first_line(error)}") from None
     return values
