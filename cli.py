@@ -291,8 +291,12 @@ def eval_command(exp_id, workdir, once, split, batch_size, timeout_seconds, as_j
 @click.option("--preprocessing", type=click.Choice(["cifar", "imagenet", "inception"]), default=None,
               help="Evaluation/serving preprocessing [default: the original's: cifar, or inception (central 87.5% "
                    "crop, then resize) for ImageNet].")
+@click.option("--units", default=None,
+              help="Units per stage when the checkpoint's differ from --model's, e.g. 9-9-9 with --model resnet-32 "
+                   "for a ResNet-56 [default: the registry model's].")
 @click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
-def import_weights_command(checkpoint, model, exp_id, workdir, data, pixel_mean, labels, preprocessing, as_json):
+def import_weights_command(checkpoint, model, exp_id, workdir, data, pixel_mean, labels, preprocessing, units,
+                           as_json):
     """Import a checkpoint of the original TF1 code (renmengye/revnet-public, e.g. the pretrained RevNet-104)
     as an experiment that `eval --id`, `export --id` and `train --id` (fine-tuning) use unchanged.
 
@@ -304,7 +308,7 @@ def import_weights_command(checkpoint, model, exp_id, workdir, data, pixel_mean,
     from revnet.train.import_weights import format_report, import_weights
 
     report = import_weights(checkpoint=checkpoint, model=model, id=exp_id, workdir=workdir, data=data,
-                            pixel_mean=pixel_mean, labels=labels, preprocessing=preprocessing)
+                            pixel_mean=pixel_mean, labels=labels, preprocessing=preprocessing, units=units)
     if as_json:
         _print_json(report)
     else:

@@ -145,12 +145,16 @@ def describe(shapes: Mapping[str, Sequence[int]]) -> str:
     kernel = list(shapes.get("Model/init/init_conv/w", [0]))[0]
     family = {3: "cifar", 7: "imagenet"}.get(kernel, f"{kernel}x{kernel}")
     per_stage = tuple(units.get(stage, 0) for stage in range(1, max(units) + 1))
-    matches = [name for name in list_models()
-               if (get_config(name).architecture, get_config(name).block, get_config(name).units_per_stage,
-                   get_config(name).family) == (architecture, block, per_stage, family)]
+    kinds = {name: get_config(name) for name in list_models()}
+    same_kind = [name for name, c in kinds.items() if (c.architecture, c.block, c.family) == (architecture, block, family)]
+    matches = [name for name in same_kind if kinds[name].units_per_stage == per_stage]
     text = (f"it looks like a {'RevNet' if architecture == 'revnet' else 'ResNet'} with {block} units "
             f"{'-'.join(map(str, per_stage))} and a {family} stem")
-    return text + (f" (--model {' or '.join(matches)})" if matches else " (no registered model has that structure)")
+    if matches:
+        return text + f" (--model {' or '.join(matches)})"
+    if same_kind and 0 not in per_stage and len(per_stage) == len(kinds[same_kind[0]].units_per_stage):
+        return text + f" (--model {same_kind[0]} --units {'-'.join(map(str, per_stage))})"
+    return text + " (no registered architecture has that structure)"
 
 
 def fit_error(config: ModelConfig, shapes, problems: Sequence[Tuple[str, str]]) -> UserError:

@@ -15,7 +15,7 @@ import logging
 import os
 import secrets
 import shutil
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from revnet.common.errors import UserError, choose
 from revnet.common.fileio import atomic_write_json
@@ -37,10 +37,13 @@ ORIGINAL_PREPROCESSING = {"cifar": "cifar", "imagenet": "inception"}
 
 def import_weights(checkpoint: str, model: str, id: str, workdir: Optional[str] = None, data: Optional[str] = None,
                    pixel_mean: Optional[str] = None, labels: Optional[str] = None,
-                   preprocessing: Optional[str] = None) -> Dict:
-    """Import checkpoint CHECKPOINT as experiment WORKDIR/ID of architecture MODEL; returns the report."""
+                   preprocessing: Optional[str] = None, units: Optional[str] = None) -> Dict:
+    """Import checkpoint CHECKPOINT as experiment WORKDIR/ID of architecture MODEL (with `units` per stage,
+    e.g. "9-9-9", instead of the registry's when given); returns the report."""
     workdir = workdir or DEFAULT_WORKDIR
     base = get_config(model)
+    if units is not None:
+        base = get_config(model, units_per_stage=parse_units(units, len(base.units_per_stage)))
     if data is not None and pixel_mean is not None:
         raise UserError("give either --data (the dataset's recorded mean) or --pixel-mean, not both")
     if preprocessing is not None:
@@ -89,6 +92,17 @@ def import_weights(checkpoint: str, model: str, id: str, workdir: Optional[str] 
     return report
 
 
+def parse_units(text: str, num_stages: int) -> Tuple[int, ...]:
+    """`--units 9-9-9` as a tuple with one positive count per stage of the architecture."""
+    try:
+        counts = tuple(int(part) for part in text.replace(",", "-").split("-"))
+    except ValueError:
+        counts = ()
+    if len(counts) != num_stages or min(counts) < 1:
+        raise UserError(f"--units must be {num_stages} positive unit counts joined by '-' (one per stage), got {text!r}")
+    return counts
+
+
 def _dataset_metadata(data: Optional[str], family: str) -> Optional[Dict]:
     if data is None:
         return None
@@ -107,7 +121,8 @@ def _imported_config(base, shapes, pixel_mean, preprocessing: Optional[str]):
     """The registry config with the checkpoint's widths, the original's normalisation and preprocessing."""
     inferred = infer_config(base, shapes)
     normalization = original_normalization(base.family, base.input_size, pixel_mean)
-    return get_config(base.name, stem_channels=inferred.stem_channels, channels_per_stage=inferred.channels_per_stage,
+    return get_config(base.name, units_per_stage=base.units_per_stage, stem_channels=inferred.stem_channels,
+                      channels_per_stage=inferred.channels_per_stage,
                       num_classes=inferred.num_classes, preprocessing=preprocessing or ORIGINAL_PREPROCESSING[base.family],
                       **normalization)
 
