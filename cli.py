@@ -284,8 +284,8 @@ def eval_command(exp_id, workdir, once, split, batch_size, timeout_seconds, as_j
               help="Dataset folder from `cli.py preprocess`: used by eval/train --id, its class names for exports, "
                    "and for CIFAR its recorded training-split per-pixel mean.")
 @click.option("--pixel-mean", default=None,
-              help="CIFAR without --data: per-channel means R,G,B (0..255) subtracted from raw pixels, e.g. "
-                   "125.3,123.0,113.9.")
+              help="CIFAR: per-channel means R,G,B (0..255) subtracted from raw pixels, e.g. 125.3,123.0,113.9 "
+                   "(instead of the --data dataset's recorded mean image).")
 @click.option("--labels", default=None, type=click.Path(dir_okay=False),
               help="Class names for exports, one per line (line k names logit k) [default: the dataset's].")
 @click.option("--preprocessing", type=click.Choice(["cifar", "imagenet", "inception"]), default=None,

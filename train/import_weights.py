@@ -44,36 +44,17 @@ def import_weights(checkpoint: str, model: str, id: str, workdir: Optional[str] 
     base = get_config(model)
     if units is not None:
         base = get_config(model, units_per_stage=parse_units(units, len(base.units_per_stage)))
-    if data is not None and pixel_mean is not None:
-        raise UserError("give either --data (the dataset's recorded mean) or --pixel-mean, not both")
+    if not id or id != os.path.basename(id) or id.startswith(".") or id in ("..",):
+        raise UserError(f"--id {id!r} must be a plain folder name (no path separators, not starting with '.')")
     if preprocessing is not None:
         choose("preprocessing", preprocessing, PREPROCESSING)
     final_dir = experiment.experiment_dir(workdir, id)
     if os.path.lexists(final_dir):
         raise UserError(f"{final_dir!r} already exists; choose another --id (nothing is imported over a folder)")
     metadata = _dataset_metadata(data, base.family)
-    mean = parse_pixel_mean(pixel_mean) if pixel_mean is not None else (
-        dataset_pixel_mean(metadata, data, base.input_size) if metadata is not None else None)
+    mean = _pixel_mean(pixel_mean, metadata, data, base)
 
-    with located_checkpoint(checkpoint) as prefix:
-        reader, shapes, dtypes = read_structure(prefix)
-        if OBJECT_GRAPH_KEY in shapes:
-            raise UserError(f"{prefix!r} is an object-based TF2 checkpoint (such as this project's own), not the "
-                            f"original code's name-based one; use it through its experiment folder instead")
-        config = _imported_config(base, shapes, mean, preprocessing)
-        with shapes_only():
-            expected = original_variable_map(build_model(config))
-        problems = check_fit(expected, shapes)
-        problems += [(name, f"has dtype {dtypes[name].name}; expected a floating-point tensor")
-                     for name in expected if name in dtypes and not dtypes[name].is_floating]
-        if problems:
-            raise fit_error(config, shapes, problems)
-        values = read_tensors(reader, prefix, list(expected))
-        ignored = collections.Counter(ignored_kind(name) for name in shapes if ignored_kind(name))
-        global_step = next((scalar_value(reader, n, shapes) for n in shapes if ignored_kind(n) == "counter"), None)
-        source = {"path": os.path.abspath(checkpoint), "prefix": os.path.basename(prefix),
-                  "global_step": global_step, "variables": len(shapes)}
-
+    config, values, source, ignored = _read_original(checkpoint, base, mean, preprocessing)
     label_names = _label_names(labels, metadata, config.num_classes, data)
     network = build_model(config)
     targets = original_variable_map(network)
@@ -88,8 +69,34 @@ def import_weights(checkpoint: str, model: str, id: str, workdir: Optional[str] 
     exp_dir = _write_experiment(workdir, id, network, _data_part(data, metadata, config.num_classes, label_names),
                                 report)
     report["experiment_dir"] = os.path.abspath(exp_dir)
-    log.info("imported %s (%d tensors, %d parameters) as %s", prefix, counts["tensors"], counts["parameters"], exp_dir)
+    log.info("imported %s (%d tensors, %d parameters) as %s", checkpoint, counts["tensors"], counts["parameters"],
+             exp_dir)
     return report
+
+
+def _read_original(checkpoint: str, base, pixel_mean, preprocessing: Optional[str]):
+    """(config, {original name: numpy}, source record, ignored counts): the checkpoint checked against the
+    architecture and read completely, or a UserError naming the first variable that does not fit."""
+    with located_checkpoint(checkpoint) as prefix:
+        reader, shapes, dtypes = read_structure(prefix)
+        if OBJECT_GRAPH_KEY in shapes:
+            raise UserError(f"{prefix!r} is an object-based TF2 checkpoint (such as this project's own), not the "
+                            f"original code's name-based one; use it through its experiment folder instead")
+        config = _imported_config(base, shapes, pixel_mean, preprocessing)
+        with shapes_only():
+            expected = original_variable_map(build_model(config))
+        problems = check_fit(expected, shapes)
+        problems += [(name, f"has dtype {dtypes[name].name}; expected a floating-point tensor")
+                     for name in expected if name in dtypes and not dtypes[name].is_floating]
+        if problems:
+            raise fit_error(config, shapes, problems)
+        log.info("reading %d tensors from %s", len(expected), prefix)
+        values = read_tensors(reader, prefix, list(expected))
+        ignored = collections.Counter(ignored_kind(name) for name in shapes if ignored_kind(name))
+        global_step = next((scalar_value(reader, n, shapes) for n in shapes if ignored_kind(n) == "counter"), None)
+    source = {"path": os.path.abspath(checkpoint), "prefix": os.path.basename(prefix), "global_step": global_step,
+              "variables": len(shapes)}
+    return config, values, source, ignored
 
 
 def parse_units(text: str, num_stages: int) -> Tuple[int, ...]:
@@ -115,6 +122,19 @@ def _dataset_metadata(data: Optional[str], family: str) -> Optional[Dict]:
         raise UserError(f"dataset {data!r} does not number its classes in sorted synset order, so its labels would "
                         f"not match the original model's logits")
     return metadata
+
+
+def _pixel_mean(pixel_mean: Optional[str], metadata: Optional[Dict], data: Optional[str], base):
+    """--pixel-mean if given (it wins over a dataset's), else the CIFAR dataset's recorded per-pixel mean."""
+    if pixel_mean is not None:
+        return parse_pixel_mean(pixel_mean)
+    if metadata is None or base.family != "cifar":
+        return None
+    recorded = dataset_pixel_mean(metadata, data, base.input_size)
+    if recorded is None:
+        raise UserError(f"dataset {data!r} records no pixel_mean (it was written before `preprocess` recorded the "
+                        f"training images' mean): re-run `cli.py preprocess`, or add --pixel-mean R,G,B")
+    return recorded
 
 
 def _imported_config(base, shapes, pixel_mean, preprocessing: Optional[str]):

@@ -16,8 +16,8 @@ from fidelity_helpers import (CIFAR_MEAN_FLAG, checkpoint_prefix, copy_fixture, 
 
 def import_cli(checkpoint, model, workdir, *extra):
     before = set(glob.glob(os.path.join(tempfile.gettempdir(), "revnet-import-*")))
-    result = CliRunner().invoke(cli, ["import-weights", "--checkpoint", checkpoint, "--model", model, "--id", "x",
-                                      "--workdir", workdir, *extra])
+    arguments = ["import-weights", "--checkpoint", checkpoint, "--model", model, "--workdir", workdir, *extra]
+    result = CliRunner().invoke(cli, arguments + ([] if "--id" in extra else ["--id", "x"]))
     assert set(glob.glob(os.path.join(tempfile.gettempdir(), "revnet-import-*"))) == before
     return result
 
@@ -118,7 +118,8 @@ def test_this_projects_own_checkpoint_is_refused(tmp_path):
     ([], "needs the training images' mean"),
     (["--pixel-mean", "1,2"], "three comma-separated numbers"),
     (["--pixel-mean", "1,2,300"], "within 0..255"),
-    (["--pixel-mean", CIFAR_MEAN_FLAG, "--data", "somewhere"], "not both"),
+    (["--pixel-mean", CIFAR_MEAN_FLAG, "--data", "somewhere"], "does not exist"),
+    (["--pixel-mean", CIFAR_MEAN_FLAG, "--id", "../elsewhere"], "plain folder name"),
     (["--pixel-mean", CIFAR_MEAN_FLAG, "--preprocessing", "sideways"], "Invalid value for '--preprocessing'"),
 ])
 def test_bad_options(tmp_path, extra, fragment):

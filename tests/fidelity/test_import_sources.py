@@ -139,8 +139,17 @@ def test_data_folders_per_pixel_mean_is_the_models(tmp_path):
     np.testing.assert_array_equal(ours, pixels - ramp.astype(np.float32))
 
 
+def test_pixel_mean_flag_wins_over_the_datasets(tmp_path):
+    data = write_dataset_metadata(str(tmp_path / "data"), np.full((32, 32, 3), 7.0).tolist())
+    workdir = str(tmp_path / "experiments")
+    import_weights(checkpoint=checkpoint_prefix("resnet-32"), model="resnet-32", id="r", workdir=workdir, data=data,
+                   pixel_mean=CIFAR_MEAN_FLAG)
+    _, config, _ = restore_model(workdir, "r")
+    assert config["model"]["pixel_mean"] == list(CIFAR_MEAN) and config["data"]["dir"] == data
+
+
 @pytest.mark.parametrize("metadata_mean, fragment", [
-    (None, "needs the training images' mean"),
+    (None, "records no pixel_mean"),
     ([[1.0, 2.0, 3.0]] * 32, "pixel_mean has shape [32, 3]"),
 ])
 def test_data_folder_without_a_usable_mean_is_refused(tmp_path, metadata_mean, fragment):
