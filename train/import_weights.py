@@ -69,6 +69,8 @@ def import_weights(checkpoint: str, model: str, id: str, workdir: Optional[str] 
     exp_dir = _write_experiment(workdir, id, network, _data_part(data, metadata, config.num_classes, label_names),
                                 report)
     report["experiment_dir"] = os.path.abspath(exp_dir)
+    if data is None:
+        log.warning("imported without --data: `eval --id` and `train --id` need a dataset; export works as is")
     log.info("imported %s (%d tensors, %d parameters) as %s", checkpoint, counts["tensors"], counts["parameters"],
              exp_dir)
     return report

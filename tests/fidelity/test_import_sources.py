@@ -178,3 +178,12 @@ def test_labels_file_names_the_classes(tmp_path):
     import_resnet32(checkpoint_prefix("resnet-32"), workdir, labels=str(labels))
     _, config, _ = restore_model(workdir, "r")
     assert config["data"]["label_names"] == [f"name {k}" for k in range(10)]
+
+
+def test_eval_of_an_import_without_data_says_what_is_missing(tmp_path):
+    from revnet.common.errors import UserError
+    from revnet.train.evaluator import evaluate
+
+    import_resnet32(checkpoint_prefix("resnet-32"), str(tmp_path))
+    with pytest.raises(UserError, match="records no dataset to evaluate on; import it with --data"):
+        evaluate(id="r", workdir=str(tmp_path), once=True)
