@@ -271,6 +271,50 @@ def eval_command(exp_id, workdir, once, split, batch_size, timeout_seconds, as_j
         click.echo(f"top1={result['top1']:.4f} top5={result['top5']:.4f} loss={result['loss']:.4f}")
 
 
+@cli.command("import-weights")
+@click.option("--checkpoint", required=True,
+              help="The original code's checkpoint: a prefix (PREFIX.index exists), a folder with a 'checkpoint' "
+                   "state file, or the released .tar.gz (its checkpoint files are unpacked into a temporary folder).")
+@click.option("--model", required=True,
+              help="Architecture (see `cli.py models`): ResNet or RevNet, block and units per stage. Widths and the "
+                   "class count are read from the checkpoint, so narrower or wider variants import too.")
+@click.option("--id", "exp_id", required=True, help="Experiment id to create (must not exist yet).")
+@click.option("--workdir", default=DEFAULT_WORKDIR, help="Folder that holds the experiment folders.")
+@click.option("--data", default=None,
+              help="Dataset folder from `cli.py preprocess`: used by eval/train --id, its class names for exports, "
+                   "and for CIFAR its recorded training-split per-pixel mean.")
+@click.option("--pixel-mean", default=None,
+              help="CIFAR: per-channel means R,G,B (0..255) subtracted from raw pixels, e.g. 125.3,123.0,113.9 "
+                   "(instead of the --data dataset's recorded mean image).")
+@click.option("--labels", default=None, type=click.Path(dir_okay=False),
+              help="Class names for exports, one per line (line k names logit k) [default: the dataset's].")
+@click.option("--preprocessing", type=click.Choice(["cifar", "imagenet", "inception"]), default=None,
+              help="Evaluation/serving preprocessing [default: the original's: cifar, or inception (central 87.5% "
+                   "crop, then resize) for ImageNet].")
+@click.option("--units", default=None,
+              help="Units per stage when the checkpoint's differ from --model's, e.g. 9-9-9 with --model resnet-32 "
+                   "for a ResNet-56 [default: the registry model's].")
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
+def import_weights_command(checkpoint, model, exp_id, workdir, data, pixel_mean, labels, preprocessing, units,
+                           as_json):
+    """Import a checkpoint of the original TF1 code (renmengye/revnet-public, e.g. the pretrained RevNet-104)
+    as an experiment that `eval --id`, `export --id` and `train --id` (fine-tuning) use unchanged.
+
+    Every model weight and moving statistic must map onto the model exactly once with equal shapes;
+    optimizer slots, counters and the learning rate are ignored and counted. On any misfit nothing
+    is written. The model applies the original's input normalisation itself (CIFAR: minus the mean
+    image; ImageNet: (x/255 - 0.5) * 2), so it still takes raw 0..255 pixels.
+    """
+    from revnet.train.import_weights import format_report, import_weights
+
+    report = import_weights(checkpoint=checkpoint, model=model, id=exp_id, workdir=workdir, data=data,
+                            pixel_mean=pixel_mean, labels=labels, preprocessing=preprocessing, units=units)
+    if as_json:
+        _print_json(report)
+    else:
+        click.echo(format_report(report))
+
+
 @benchmark_group.command("train")
 @click.option("--model", default="revnet-38", help="RevNet to measure (both modes).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Global batch size.")

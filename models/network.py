@@ -8,14 +8,7 @@ import tensorflow as tf
 
 from revnet.models.layers import (DECAY_KINDS, BatchStats, Param, ResidualFn, SeedSequence, batch_norm, bn_params,
                            conv2d, conv_param, create_variables)
-
-# Per-channel pixel statistics (0..1 scale) per dataset family; the model normalises its own input so
-# that training, evaluation and every exported signature take raw 0..255 RGB.
-PIXEL_STATS = {
-    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
-
+from revnet.models.normalization import normalization_constants, normalize
 
 def update_moving_stats(variables: Dict[str, tf.Variable], stats: BatchStats, momentum: float) -> None:
     """moving = momentum * moving + (1 - momentum) * batch, once per real forward pass."""
@@ -89,9 +82,8 @@ class Network(tf.Module):
         self.param_dtype = tf.as_dtype(config.param_dtype)
         self.compute_dtype = tf.as_dtype(config.compute_dtype or config.param_dtype)
         self.seeds = SeedSequence(config.seed)
-        mean, std = PIXEL_STATS[config.family]
-        self.pixel_mean = tf.constant([255.0 * m for m in mean], self.param_dtype)
-        self.pixel_std = tf.constant([255.0 * s for s in std], self.param_dtype)
+        # Normalisation constants live here (not in the data pipeline), so exports take raw pixels.
+        self.pixel_mean, self.pixel_std = normalization_constants(config, self.param_dtype)
         stem_stride, stem_kernel, stem_pool = (2, 7, True) if config.stem == "imagenet" else (1, 3, False)
         self.stem = self._layer(StemFn(config.stem_channels, stem_kernel, stem_stride, stem_pool), "stem")
 
@@ -105,7 +97,7 @@ class Network(tf.Module):
         raise NotImplementedError
 
     def __call__(self, images, training: bool = False):
-        x = (tf.cast(images, self.param_dtype) - self.pixel_mean) / self.pixel_std
+        x = normalize(images, self.config.input_normalization, self.pixel_mean, self.pixel_std, self.param_dtype)
         x = tf.cast(x, self.compute_dtype)
         x = self.stem(x, training)
         x = self.body(x, training)

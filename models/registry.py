@@ -10,11 +10,13 @@ import dataclasses
 from typing import Dict, List, Optional, Tuple
 
 from revnet.common.errors import UserError, choose
+from revnet.models.normalization import as_nested_tuple, check_input_normalization
 
 MODES = ("reversible", "autodiff")
 DTYPES = ("float32", "float64")
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
-PREPROCESSING = ("cifar", "imagenet")
+# "inception": the original code's ImageNet evaluation (central 87.5% crop, then TF1's bilinear resize).
+PREPROCESSING = ("cifar", "imagenet", "inception")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +37,18 @@ class ModelConfig:
     bn_momentum: float = 0.99
     seed: int = 0
     # Evaluation/serving preprocessing of decoded images (preprocess.input_pipeline.eval_preprocess):
-    # "cifar" (resize only if needed) or "imagenet" (shorter side to 256/224 of the input, centre crop).
+    # "cifar" (resize only if needed), "imagenet" (shorter side to 256/224 of the input, centre crop) or
+    # "inception" (the original code's: central 87.5% crop, bilinear resize without half-pixel centres).
     preprocessing: str = "cifar"
+    # How the model turns raw 0..255 pixels into its input (models/normalization.py): "standardize"
+    # (per-channel mean/std, the default of configs saved before this field), "subtract_mean" (minus
+    # `pixel_mean`, the original code's CIFAR convention) or "symmetric" ((x/255 - 0.5) * 2, its ImageNet one).
+    input_normalization: str = "standardize"
+    pixel_mean: Optional[Tuple] = None  # 0..255 scale: [3] per channel or [H][W][3] per pixel
+
+    def __post_init__(self):
+        # JSON gives nested lists; keep the config hashable and its JSON unchanged.
+        object.__setattr__(self, "pixel_mean", as_nested_tuple(self.pixel_mean))
 
     @property
     def stem(self) -> str:
@@ -105,6 +117,7 @@ def get_config(name: str, **overrides) -> ModelConfig:
     choose("parameter dtype", config.param_dtype, DTYPES)
     choose("compute dtype", config.compute_dtype, COMPUTE_DTYPES)
     choose("preprocessing", config.preprocessing, PREPROCESSING)
+    check_input_normalization(config)
     if not isinstance(config.num_classes, int) or config.num_classes < 2:
         raise UserError(f"num_classes must be an integer >= 2, got {config.num_classes!r}")
     return config

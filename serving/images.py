@@ -4,8 +4,9 @@ hold DecodeJpeg and the hot path avoids TF).
 
 Evaluation preprocessing (`input_pipeline.eval_preprocess`, chosen by the model config's `preprocessing`):
 decode to 3-channel RGB float; "cifar": bilinear resize to the square input when the size differs;
-"imagenet": resize the shorter side to size*256/224, then centre-crop. The numpy path re-implements TF's bilinear resize (half-pixel centres,
-no antialiasing) so both paths agree.
+"imagenet": resize the shorter side to size*256/224, then centre-crop; "inception" (the original code's): the
+central 87.5%, resized with TF1's bilinear (no half-pixel centres). The numpy path re-implements TF's bilinear
+resize (both centre conventions, no antialiasing) so both paths agree.
 """
 from __future__ import annotations
 
@@ -14,13 +15,17 @@ import io
 import numpy as np
 
 from revnet.common.errors import UserError
-from revnet.preprocess.input_pipeline import imagenet_resize_target
+from revnet.preprocess.input_pipeline import INCEPTION_CENTRAL_FRACTION, imagenet_resize_target
 
 
-def _resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """tf.image.resize(method="bilinear") in numpy: half-pixel centres, edge clamping, float output."""
+def _resize_bilinear(image: np.ndarray, height: int, width: int, half_pixel_centers: bool = True) -> np.ndarray:
+    """tf.image.resize(method="bilinear") in numpy: half-pixel centres, edge clamping, float output; with
+    half_pixel_centers=False, TF1's resize_bilinear (output pixel i samples input position i * in/out)."""
     def axis(out_size, in_size):
-        position = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+        if half_pixel_centers:
+            position = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+        else:
+            position = np.arange(out_size, dtype=np.float32) * np.float32(in_size / out_size)
         low = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
         high = np.minimum(low + 1, in_size - 1)
         return low, high, (position - low).astype(np.float32)
@@ -33,7 +38,13 @@ def _resize_bilinear(image: np.ndarray, height: int, width: int) -> np.ndarray:
 
 def _evaluation_resize(pixels: np.ndarray, input_size: int, preprocessing: str) -> np.ndarray:
     height, width = pixels.shape[:2]
-    if preprocessing == "imagenet":
+    if preprocessing == "inception":
+        # tf.image.central_crop: the start offset is truncated, the crop keeps what is between the offsets.
+        top = int((height - height * INCEPTION_CENTRAL_FRACTION) / 2)
+        left = int((width - width * INCEPTION_CENTRAL_FRACTION) / 2)
+        pixels = _resize_bilinear(pixels[top:height - top, left:width - left], input_size, input_size,
+                                  half_pixel_centers=False)
+    elif preprocessing == "imagenet":
         resize_to = imagenet_resize_target(input_size)
         scale = np.float32(resize_to) / np.float32(min(height, width))
         new_h, new_w = int(np.round(np.float32(height) * scale)), int(np.round(np.float32(width) * scale))

@@ -19,6 +19,7 @@ from revnet.common.errors import UserError
 from revnet.common.fileio import atomic_write_json, read_json
 from revnet.models.registry import ModelConfig, build_model
 from revnet.train.config import DEFAULT_WORKDIR
+from revnet.train.optimizer import MomentumSGD
 
 CONFIG_FILE = "config.json"
 
@@ -81,7 +82,11 @@ def create_experiment(workdir: str, exp_id: str, model, data: Dict, train: Dict)
         raise UserError(f"experiment {exp_id!r} already exists under {workdir or DEFAULT_WORKDIR!r}; choose another id")
     os.makedirs(exp_dir, exist_ok=True)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, step=step), checkpoints_dir(exp_dir),
+    # The trainer's checkpoint layout (fresh momentum, data position 0), so `train --id` resumes from it.
+    optimizer = MomentumSGD(model.trainable_variables, 0.0, 0.0, [])
+    position = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_position")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, data_position=position)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoints_dir(exp_dir),
                                          max_to_keep=None, step_counter=step, checkpoint_name="ckpt")
     manager.save(checkpoint_number=0)
     save_config(exp_dir, {"model": model.config.to_json(), "data": data, "train": train})

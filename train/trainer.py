@@ -18,6 +18,7 @@ from revnet.models import build_model, get_config
 from revnet.preprocess import input_pipeline, schema
 from revnet.train import experiment, summaries
 from revnet.train.distribute import make_placement
+from revnet.train.normalization import training_normalization
 from revnet.train.optimizer import DynamicLossScale, MomentumSGD
 from revnet.train.preemption import Preemption, watch_sigterm
 from revnet.train.progress import Progress
@@ -56,7 +57,8 @@ def resolve_config(model: str, data: Optional[str], exp_dir: str, saved: Optiona
                           bn_momentum=train.bn_momentum)
     else:
         model_json = get_config(model, num_classes=num_classes, mode=train.mode, seed=train.seed % 2 ** 31,
-                                compute_dtype=train.compute_dtype, bn_momentum=train.bn_momentum).to_json()
+                                compute_dtype=train.compute_dtype, bn_momentum=train.bn_momentum,
+                                **training_normalization(model_config, metadata, data_dir)).to_json()
     return {"model": model_json, "train": train.to_json(),
             "data": {"dir": os.path.abspath(data_dir), "dataset": metadata.get("dataset"), "num_classes": num_classes,
                      "label_names": metadata.get("label_names"),
