@@ -10,6 +10,9 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     os.makedirs(folder, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        # mkstemp makes the file 0600; give it the mode an ordinary open() would (0666 minus the umask), so a
+        # model server running as another user (e.g. TF Serving's container) can read what we wrote.
+        os.chmod(tmp_path, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -19,6 +22,12 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
         if os.path.exists(tmp_path):
             os.unlink(tmp_path)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def atomic_write_json(path: str, obj) -> None:
