@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
+from revnet.common.errors import UserError
 from revnet.serving.tensors import make_ndarray, make_tensor_proto
 from reliability_helpers import fill_bomb, http_status, jpeg_bomb, png_bomb, post_head, raw_http
 
@@ -132,8 +133,10 @@ def _wait_for(predicate, seconds=10.0):
     assert predicate()
 
 
-def test_a_full_decode_queue_is_resource_exhausted(server, serving_env, slow_decode):
+def test_a_full_decode_queue_is_resource_exhausted(server, serving_env, slow_decode, tmp_path):
     """1 decode thread + a queue of 1: a third concurrent image request is refused at once."""
+    from revnet.serving import predict
+
     pool, png = server["handle"].decode_pool, serving_env["encoded"][:1]
     with ThreadPoolExecutor(2) as clients:
         first = [clients.submit(call, server, request_for(image_bytes=png)) for _ in range(2)]
@@ -142,6 +145,10 @@ def test_a_full_decode_queue_is_resource_exhausted(server, serving_env, slow_dec
         code, details = call(server, request_for(image_bytes=png))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "decode queue is full" in details
         assert time.monotonic() - started < 0.3  # refused, not queued
+        image = tmp_path / "a.png"
+        image.write_bytes(png[0])
+        with pytest.raises(UserError, match="is busy .*decode queue is full.*retry later"):  # the CLI's client says so
+            predict(server=f"127.0.0.1:{server['handle'].port}", images=[str(image)], timeout_seconds=5)
         assert [future.result()[0] for future in first] == [grpc.StatusCode.OK] * 2
     assert call(server, request_for(image_bytes=png))[0] == grpc.StatusCode.OK  # the slots came back
 
