@@ -246,6 +246,16 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
             except OSError:
                 pass
 
+        def _answer_error(self, status: int, message: str, abandoned: bool):
+            if abandoned:
+                self.close_connection = True  # the client is gone or going: answer if it still reads
+            try:
+                self._reply(status, {"error": message})
+                if self.close_connection:
+                    self._drain()
+            except ConnectionError:
+                self.close_connection = True
+
         def check_alive(self):
             if _client_gone(self.connection):
                 raise RequestAbandoned("the client closed the connection", deadline=False)
@@ -270,6 +280,8 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
                     self._reply(200, _predict_payload(outputs, rows))
                 except ValueError as error:  # allow_nan=False: the model produced a non-finite value
                     raise RuntimeError(f"the model returned a non-finite value ({error})") from None
+                except ConnectionError as error:  # the client left before its answer: its doing, one line
+                    raise RequestAbandoned(f"the client closed the connection ({error})", deadline=False) from None
             except Exception as error:  # noqa: BLE001 - one bad request must not stop the server
                 code, fault = classify_error(error)
                 status = error.status if isinstance(error, HttpError) else HTTP_STATUS[code]
@@ -279,9 +291,7 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
                 else:
                     log.info("RestPredict %d: %s", status, one_line(error))
                     message = str(error)
-                self._reply(status, {"error": message})
-                if self.close_connection:
-                    self._drain()
+                self._answer_error(status, message, abandoned=isinstance(error, RequestAbandoned))
             finally:
                 core.metrics.record_request("RestPredict", str(status), time.perf_counter() - started)
 

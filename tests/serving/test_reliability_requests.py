@@ -172,6 +172,22 @@ def test_abandoned_requests_are_dropped_before_decode_and_before_inference(serve
     assert metrics.requests[("Predict", "DEADLINE_EXCEEDED")] >= 2
 
 
+def test_a_rest_client_that_hangs_up_is_not_decoded_for(server, serving_env, slow_decode):
+    import socket
+
+    png = serving_env["encoded"][:1]
+    body = json.dumps({"instances": [{"b64": base64.b64encode(png[0]).decode()}]}).encode()
+    with ThreadPoolExecutor(1) as clients:
+        busy = clients.submit(call, server, request_for(image_bytes=png))  # holds the only decode thread 0.4 s
+        _wait_for(lambda: len(slow_decode) == 1)
+        with socket.create_connection(("127.0.0.1", server["handle"].rest_port), timeout=5) as sock:
+            sock.sendall(post_head(PREDICT_PATH, str(len(body))) + body)
+            _wait_for(lambda: server["handle"].decode_pool.in_flight == 2)  # queued behind it
+        assert busy.result()[0] == grpc.StatusCode.OK  # the client above has hung up meanwhile
+    time.sleep(0.5)
+    assert len(slow_decode) == 1 and server["handle"].decode_pool.in_flight == 0
+
+
 # --- REST -------------------------------------------------------------------------------------------
 
 def rest_post(server, body: bytes):
