@@ -342,14 +342,18 @@ def benchmark_train_command(model, batch_size, steps, replicas, modes, as_json):
 @click.option("--format", "export_format", type=click.Choice(["savedmodel", "onnx", "all"]), default="all",
               help="SavedModel (TF-Serving layout), ONNX, or both in the same version folder.")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Export root; writes OUTPUT/NAME/VERSION/.")
-@click.option("--name", default=None, help="Model name (folder under --output). Default: the experiment id.")
-@click.option("--version", type=int, default=None, help="Version number. Default: the next free number.")
+@click.option("--name", default=None,
+              help="Model name: one folder name under --output (no '/', no leading '.'). Default: the experiment id.")
+@click.option("--version", type=int, default=None,
+              help="Version number. Default: the next free number, claimed atomically (safe with concurrent exports).")
 @click.option("--checkpoint", default="latest", help="'latest', 'best' or a checkpoint path prefix.")
 @click.option("--opset", type=int, default=17, help="ONNX opset for tf2onnx (7..18).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
               help="Also write model.int8.onnx (ONNX Runtime dynamic quantization) and report the accuracy change.")
 @click.option("--data-dir", default=None, help="Dataset for the parity check images. Default: the experiment's data dir.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing version folder.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing version folder, but only an earlier export (it holds export.json) or an "
+                   "empty folder; anything else is refused and left untouched.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full export.json record.")
 def export_command(exp_id, workdir, export_format, output, name, version, checkpoint, opset, quantize, data_dir,
                    overwrite, as_json):
@@ -375,7 +379,18 @@ def export_command(exp_id, workdir, export_format, output, name, version, checkp
 @click.option("--rest-port", type=click.IntRange(min=-1), default=8501,
               help="REST and /metrics port (0 = any free port, -1 = off).")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=32,
-              help="Rows per dynamic batch, and the largest batch one request may send.")
+              help="Rows per backend run (dynamic batch); a larger request runs as chunks of this size.")
+@click.option("--max-request-rows", type=click.IntRange(min=1), default=1024,
+              help="Most rows (images) one request may carry; more is INVALID_ARGUMENT (REST 400).")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=40_000_000,
+              help="Refuse a JPEG/PNG whose header declares more pixels (width*height), before decoding it.")
+@click.option("--decode-workers", type=click.IntRange(min=1), default=2, help="Threads decoding JPEG/PNG requests.")
+@click.option("--decode-queue", type=click.IntRange(min=0), default=64,
+              help="Image requests that may wait for a decode thread; one more is RESOURCE_EXHAUSTED (REST 503).")
+@click.option("--rest-timeout-seconds", type=click.FloatRange(min=0.1), default=10.0,
+              help="Time a REST client has to send a request's headers and body (then 408 and the connection closes).")
+@click.option("--rest-max-connections", type=click.IntRange(min=1), default=64,
+              help="Open REST connections; one more is answered 503 and closed.")
 @click.option("--batch-timeout-ms", type=click.FloatRange(min=0), default=2.0,
               help="Wait this long for more requests to batch; 0 turns dynamic batching off.")
 @click.option("--workers", type=click.IntRange(min=1), default=16, help="gRPC worker threads.")
@@ -384,15 +399,20 @@ def export_command(exp_id, workdir, export_format, output, name, version, checkp
 @click.option("--max-message-mb", type=click.IntRange(min=1), default=64, help="Largest gRPC message in MiB.")
 @click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=2.0, help="How often to look for new versions.")
 @click.option("--onnx-file", default="model.onnx", help="ONNX file in each version folder (e.g. model.int8.onnx).")
-def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, batch_timeout_ms, workers, tls_cert,
-                  tls_key, max_message_mb, poll_seconds, onnx_file):
-    """Serve the newest version over TF Serving's gRPC API (plus REST, health and Prometheus metrics)."""
+def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, max_request_rows, max_image_pixels,
+                  decode_workers, decode_queue, rest_timeout_seconds, rest_max_connections, batch_timeout_ms, workers,
+                  tls_cert, tls_key, max_message_mb, poll_seconds, onnx_file):
+    """Serve the highest version that verifies and loads over TF Serving's gRPC API (plus REST, health and
+    Prometheus metrics)."""
     from revnet.serving.server import serve
 
     serve(model_dir=model_dir, backend=backend, host=host, port=port,
-                  rest_port=None if rest_port < 0 else rest_port, max_batch_size=max_batch_size,
-                  batch_timeout_ms=batch_timeout_ms, workers=workers, tls_cert=tls_cert, tls_key=tls_key,
-                  max_message_mb=max_message_mb, poll_seconds=poll_seconds, onnx_file=onnx_file)
+          rest_port=None if rest_port < 0 else rest_port, max_batch_size=max_batch_size,
+          batch_timeout_ms=batch_timeout_ms, workers=workers, tls_cert=tls_cert, tls_key=tls_key,
+          max_message_mb=max_message_mb, poll_seconds=poll_seconds, onnx_file=onnx_file,
+          max_request_rows=max_request_rows, max_image_pixels=max_image_pixels, decode_workers=decode_workers,
+          decode_queue=decode_queue, rest_timeout_seconds=rest_timeout_seconds,
+          rest_max_connections=rest_max_connections)
 
 
 @cli.command("predict")

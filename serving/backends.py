@@ -1,10 +1,16 @@
-"""Model backends (ONNX Runtime, TensorFlow SavedModel) and the version repository with hot reload."""
+"""Model backends (ONNX Runtime, TensorFlow SavedModel) and the version repository with hot reload.
+
+A version is loaded only after the files its backend reads match the SHA-256 digests that `export`
+recorded in export.json. The repository serves the highest version that loads: a broken version is
+logged once and skipped (until its files change), lower good versions stay or get served, and newer
+good versions are still picked up.
+"""
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -78,11 +84,35 @@ def _has_artifact(version_dir: str, backend: str, onnx_file: str) -> bool:
     return os.path.exists(os.path.join(version_dir, name))
 
 
+def _verified_files(path: str, backend: str, onnx_file: str, recorded: Dict[str, str]) -> List[str]:
+    """The files of a version folder that the backend reads (relative paths)."""
+    if backend == "onnx":
+        labels = [layout.LABELS_FILE] if os.path.exists(os.path.join(path, layout.LABELS_FILE)) else []
+        return [onnx_file] + labels
+    onnx_side = (".onnx", ".ort")
+    names = {name for name in recorded if not name.endswith(onnx_side) and name != layout.LABELS_FILE}
+    return sorted(names | {layout.SAVED_MODEL_FILE})
+
+
+def verify_version(path: str, record: Dict, backend: str, onnx_file: str = layout.ONNX_FILE) -> None:
+    """UserError unless the backend's files match export.json's SHA-256 record."""
+    recorded = record.get("sha256")
+    if recorded is None:
+        log.warning("%s has no SHA-256 record (exported before they were written); its files cannot be verified",
+                    path)
+        return
+    bad = layout.mismatched_files(path, recorded, _verified_files(path, backend, onnx_file, recorded))
+    if bad:
+        raise UserError(f"{path}: {', '.join(bad)} missing or not matching the SHA-256 recorded in "
+                        f"{layout.EXPORT_FILE} (corrupted or changed after export); refusing to serve it")
+
+
 def load_servable(model_dir: str, version: int, backend: str, onnx_file: str = layout.ONNX_FILE,
                   intra_op_threads: int = 0) -> Servable:
     name = os.path.basename(os.path.normpath(model_dir))
     path = os.path.join(model_dir, str(version))
     record = read_json(os.path.join(path, layout.EXPORT_FILE))
+    verify_version(path, record, backend, onnx_file)
     labels_path = os.path.join(path, layout.LABELS_FILE if backend == "onnx" else os.path.join("assets", layout.LABELS_FILE))
     labels = layout.read_labels(labels_path) if os.path.exists(labels_path) else record["labels"]
     # Exports made before the `preprocessing` field chose it by the model family.
@@ -92,8 +122,21 @@ def load_servable(model_dir: str, version: int, backend: str, onnx_file: str = l
     return TfServable(*args)
 
 
+def _folder_state(path: str) -> Tuple:
+    """Names, sizes and modification times of a version folder's files: a broken version is retried when it changes."""
+    state = []
+    for root, _, files in os.walk(path):
+        for file_name in files:
+            try:
+                stat = os.stat(os.path.join(root, file_name))
+            except OSError:
+                continue
+            state.append((os.path.relpath(os.path.join(root, file_name), path), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(state))
+
+
 class ModelRepository:
-    """Serves the highest version of DIR/NAME that holds the backend's artifact; `poll()` picks up new ones."""
+    """Serves the highest version of DIR/NAME that loads; `poll()` picks up newer ones."""
 
     def __init__(self, model_dir: str, backend: str, onnx_file: str = layout.ONNX_FILE, intra_op_threads: int = 0):
         choose("backend", backend, BACKENDS)
@@ -104,30 +147,42 @@ class ModelRepository:
         self.name = os.path.basename(os.path.normpath(model_dir))
         self._lock = threading.Lock()
         self._current: Optional[Servable] = None
+        self._broken: Dict[int, Tuple[Tuple, str]] = {}  # version -> (folder state when it failed, reason)
         self.listeners = []  # called with the new servable after each load
         if not self.poll():
-            raise UserError(f"{model_dir!r} has no version folder with a {backend} model "
-                            f"({onnx_file if backend == 'onnx' else layout.SAVED_MODEL_FILE}); run `cli.py export`")
+            artifact = onnx_file if backend == "onnx" else layout.SAVED_MODEL_FILE
+            reasons = "; ".join(f"version {v}: {reason}" for v, (_, reason) in sorted(self._broken.items(), reverse=True))
+            raise UserError(f"{model_dir!r} has no version folder with a {backend} model ({artifact}) that loads"
+                            + (f" ({reasons})" if reasons else "; run `cli.py export`"))
 
     def available_versions(self) -> List[int]:
         return [v for v in layout.list_versions(self.model_dir)
                 if _has_artifact(os.path.join(self.model_dir, str(v)), self.backend, self.onnx_file)]
 
     def poll(self) -> bool:
-        """Load the newest version if it is newer than the served one; True when something is served."""
-        versions = self.available_versions()
+        """Serve the highest version newer than the served one that loads; True when something is served."""
         current = self._current
-        if versions and (current is None or versions[-1] > current.version):
+        for version in reversed(self.available_versions()):
+            if current is not None and version <= current.version:
+                break
+            state = _folder_state(os.path.join(self.model_dir, str(version)))
+            if version in self._broken and self._broken[version][0] == state:
+                continue  # already logged; retried only once its files change
             try:
-                servable = load_servable(self.model_dir, versions[-1], self.backend, self.onnx_file, self.intra_op_threads)
-            except Exception as error:  # noqa: BLE001 - a broken new version must not take the server down
-                log.error("cannot load %s version %d: %s", self.name, versions[-1], error)
-                return current is not None
+                servable = load_servable(self.model_dir, version, self.backend, self.onnx_file, self.intra_op_threads)
+            except Exception as error:  # noqa: BLE001 - a broken version must not take the server down
+                reason = " ".join(f"{type(error).__name__}: {error}".split())[:1000]
+                self._broken[version] = (state, reason)
+                log.error("cannot load %s version %d, skipping it until its files change: %s", self.name, version, reason)
+                log.debug("loading %s version %d failed", self.name, version, exc_info=True)
+                continue
+            self._broken.pop(version, None)
             with self._lock:
                 self._current = servable
             log.info("serving %s version %d (%s)", self.name, servable.version, self.backend)
             for listener in self.listeners:
                 listener(servable)
+            break
         return self._current is not None
 
     def current(self) -> Servable:

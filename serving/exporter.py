@@ -2,6 +2,10 @@
 
 Inference-only: the model is called with training=False, so batch norm uses its moving statistics,
 no custom gradient is traced, and reversible stages run their forward-only tf.while_loop.
+
+Safety of the output: the model name is one folder name; a version folder is claimed by creating it
+exclusively (concurrent exports take different numbers); --overwrite replaces only an empty folder or
+an earlier export (it holds export.json); export.json records the SHA-256 of every artefact.
 """
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from revnet.common.errors import UserError, choose
-from revnet.common.fileio import atomic_write_bytes, atomic_write_json
+from revnet.common.fileio import atomic_write_bytes, atomic_write_json, read_json
 from revnet.serving import layout
 from revnet.serving.images import decode_image_tf, decode_images_numpy
 
@@ -73,21 +77,20 @@ def export(exp_id: str, output: str, format: str = "all", workdir: Optional[str]
             raise UserError("--quantize int8 applies to ONNX; use --format onnx or all")
     if not 7 <= opset <= 18:
         raise UserError(f"--opset {opset} is not supported by tf2onnx 1.17; expected 7..18")
+    name = check_model_name(name or exp_id)
+    if version is not None and version < 1:
+        raise UserError(f"--version must be a positive integer, got {version}")
     model, config, checkpoint_path = restore_model(workdir, exp_id, checkpoint)
     model_config = model.config
     labels = _labels(config, model_config.num_classes)
-    name = name or exp_id
     model_dir = os.path.join(output, name)
-    version = version if version is not None else layout.next_version(model_dir)
-    if version < 1:
-        raise UserError(f"--version must be a positive integer, got {version}")
-    version_dir = os.path.join(model_dir, str(version))
-    if os.path.exists(version_dir) and not overwrite:
-        raise UserError(f"{version_dir} already exists; pass --overwrite to replace it or choose another --version")
-
-    module = ServingModule(model, model_config.input_size, model_config.preprocessing)
-    images, labels_true, image_bytes, source = _parity_batch(config, data_dir, model_config)
-    os.makedirs(model_dir, exist_ok=True)
+    version, version_dir, reserved = reserve_version(model_dir, version, overwrite)
+    try:
+        module = ServingModule(model, model_config.input_size, model_config.preprocessing)
+        images, labels_true, image_bytes, source = _parity_batch(config, data_dir, model_config)
+    except BaseException:
+        _release_reservation(version_dir, reserved)
+        raise
     staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
     record = {"experiment": exp_id, "checkpoint": checkpoint_path, "model": model_config.to_json(), "name": name,
               "version": version, "format": format, "labels": labels, "input_size": model_config.input_size,
@@ -102,10 +105,12 @@ def export(exp_id: str, output: str, format: str = "all", workdir: Optional[str]
                 record["onnx"]["int8"] = _quantize_int8(staging, images, reference, labels_true)
         if labels_true is not None:
             record["tf_accuracy_on_parity_images"] = float(np.mean(reference["classes"] == labels_true))
+        record["sha256"] = layout.folder_digests(staging)  # last: every artefact is written by now
         atomic_write_json(os.path.join(staging, layout.EXPORT_FILE), record)
         _publish(staging, version_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        _release_reservation(version_dir, reserved)  # a no-op once published
     record["path"] = version_dir
     log.info("exported %s version %d to %s", name, version, version_dir)
     return record
@@ -240,10 +245,68 @@ def _quantize_int8(staging: str, images, reference, labels_true) -> Dict:
     return result
 
 
+def check_model_name(name: str) -> str:
+    """`name` if it is one plain path component (the model folder under --output), else a UserError."""
+    if not name or name.startswith(".") or any(character in name for character in ("/", "\\", "\0")):
+        raise UserError(f"model name {name!r} must be a single folder name (no '/', '\\', NUL or leading '.'); "
+                        f"choose another --name")
+    return name
+
+
+def _is_replaceable(version_dir: str) -> bool:
+    """True for an empty folder or one holding an export written by `export` (its export.json)."""
+    if not os.path.isdir(version_dir) or os.path.islink(version_dir):
+        return False
+    entries = os.listdir(version_dir)
+    if not entries:
+        return True
+    try:
+        record = read_json(os.path.join(version_dir, layout.EXPORT_FILE))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"experiment", "version", "format"} <= set(record)
+
+
+def reserve_version(model_dir: str, version: Optional[int], overwrite: bool):
+    """(version, version_dir, reserved): the version folder, created here (reserved=True) or, with --overwrite,
+    an existing export to replace. Without a version the next free number is claimed by creating its
+    folder exclusively, so concurrent exports never pick the same one."""
+    os.makedirs(model_dir, exist_ok=True)
+    for _ in range(1000):
+        number = version if version is not None else layout.next_version(model_dir)
+        version_dir = os.path.join(model_dir, str(number))
+        try:
+            os.mkdir(version_dir)
+            return number, version_dir, True
+        except FileExistsError:
+            if version is None:
+                continue  # another export claimed it first: take the next number
+        if not overwrite:
+            raise UserError(f"{version_dir} already exists; pass --overwrite to replace it or choose another --version")
+        if not _is_replaceable(version_dir):
+            raise UserError(f"refusing to overwrite {version_dir}: it is not an export written by `export` (no "
+                            f"{layout.EXPORT_FILE}) nor empty; move its files away or choose another --version")
+        return number, version_dir, False
+    raise UserError(f"could not claim a free version number in {model_dir}; pass --version")
+
+
+def _release_reservation(version_dir: str, reserved: bool) -> None:
+    if not reserved:
+        return
+    try:
+        os.rmdir(version_dir)  # only ever removes the empty folder we created
+    except OSError:
+        pass
+
+
 def _publish(staging: str, version_dir: str) -> None:
-    """Rename the finished staging folder into place; an old version folder is replaced only at the end."""
+    """Rename the finished staging folder into place; an old version folder is replaced only at the end,
+    and only if it is still empty or an export (checked again here: it may have changed meanwhile)."""
     old = None
-    if os.path.exists(version_dir):
+    if os.path.lexists(version_dir):
+        if not _is_replaceable(version_dir):
+            raise UserError(f"refusing to overwrite {version_dir}: it changed during the export and is no longer "
+                            f"empty or an export written by `export`")
         old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(version_dir))
         os.rmdir(old)
         os.replace(version_dir, old)
