@@ -109,7 +109,7 @@ def test_a_flipped_byte_is_never_served(serving_env, tmp_path, backend, artefact
 
 @pytest.mark.parametrize("name", ["../../escape", "a/b", "..", ".", ".hidden", "back\\slash", "nul\0"])
 def test_model_names_are_single_path_components(serving_env, tmp_path, name):
-    from revnet.serving import export
+    from revnet.serving.exporter import export
 
     output = tmp_path / "exports"
     with pytest.raises(UserError, match="must be a single folder name"):
@@ -118,7 +118,7 @@ def test_model_names_are_single_path_components(serving_env, tmp_path, name):
 
 
 def test_overwrite_refuses_a_folder_that_export_did_not_write(serving_env, tmp_path):
-    from revnet.serving import export
+    from revnet.serving.exporter import export
 
     version_dir = tmp_path / "exports" / "revnet" / "1"
     (version_dir / "photos").mkdir(parents=True)
@@ -135,7 +135,7 @@ def test_overwrite_refuses_a_folder_that_export_did_not_write(serving_env, tmp_p
 
 
 def test_overwrite_replaces_an_earlier_export_and_new_versions_skip_claimed_folders(serving_env, tmp_path):
-    from revnet.serving import export
+    from revnet.serving.exporter import export
 
     model_dir = tmp_path / "exports" / "revnet"
     copy_version(serving_env, str(model_dir), 1)

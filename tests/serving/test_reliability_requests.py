@@ -23,7 +23,7 @@ PREDICT_PATH = "/v1/models/revnet:predict"
 
 @pytest.fixture(scope="module")
 def server(serving_env):
-    from revnet.serving import start_server
+    from revnet.serving.server import start_server
 
     handle = start_server(model_dir=serving_env["model_dir"], backend="onnx", port=0, rest_port=0,
                           max_batch_size=MAX_BATCH, max_request_rows=MAX_ROWS, max_image_pixels=MAX_PIXELS,
@@ -135,7 +135,7 @@ def _wait_for(predicate, seconds=10.0):
 
 def test_a_full_decode_queue_is_resource_exhausted(server, serving_env, slow_decode, tmp_path):
     """1 decode thread + a queue of 1: a third concurrent image request is refused at once."""
-    from revnet.serving import predict
+    from revnet.serving.client import predict
 
     pool, png = server["handle"].decode_pool, serving_env["encoded"][:1]
     with ThreadPoolExecutor(2) as clients:
