@@ -39,18 +39,19 @@ class OnnxServable(Servable):
         super().__init__(*args)
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        # ORT's worker threads spin while idle by default; in a server they compete for the same cores
-        # as the gRPC threads and the batcher, which measurably slowed every request on 2 cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
+        from revnet.serving.ort_session import SessionConfig, create_session
+
         available = onnxruntime.get_available_providers()
         wanted = [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
-        self.session = onnxruntime.InferenceSession(os.path.join(self.path, onnx_file), options, providers=wanted)
+        # The serving session options (ort_session.py): full graph optimisation, the cached optimised
+        # model when it was made for this CPU and ORT, intra-op threads = cores left after the gRPC threads.
+        self.session, self.session_record = create_session(
+            os.path.join(self.path, onnx_file), SessionConfig(intra_op_threads=intra_op_threads), providers=wanted)
         # ORT silently drops a provider it cannot initialise, so log what the session really uses.
         self.providers = self.session.get_providers()
-        log.info("onnx backend: %s v%d on providers %s (available: %s)", self.name, self.version, self.providers, available)
+        log.info("onnx backend: %s v%d (%s) on providers %s (available: %s); intra-op threads %d, optimised model %s",
+                 self.name, self.version, onnx_file, self.providers, available,
+                 self.session_record["intra_op_num_threads"], self.session_record["cache"])
         self.output_names = [output.name for output in self.session.get_outputs()]
 
     def run(self, images):
