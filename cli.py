@@ -347,14 +347,17 @@ def export_command(exp_id, workdir, export_format, output, name, version, checkp
 @click.option("--max-message-mb", type=click.IntRange(min=1), default=64, help="Largest gRPC message in MiB.")
 @click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=2.0, help="How often to look for new versions.")
 @click.option("--onnx-file", default="model.onnx", help="ONNX file in each version folder (e.g. model.int8.onnx).")
+@click.option("--intra-op-threads", type=click.IntRange(min=0), default=0,
+              help="ONNX Runtime intra-op threads; 0 = the cores left after one kept for the gRPC threads.")
 def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, batch_timeout_ms, workers, tls_cert,
-                  tls_key, max_message_mb, poll_seconds, onnx_file):
+                  tls_key, max_message_mb, poll_seconds, onnx_file, intra_op_threads):
     """Serve the newest version over TF Serving's gRPC API (plus REST, health and Prometheus metrics)."""
     from revnet import serving
     serving.serve(model_dir=model_dir, backend=backend, host=host, port=port,
                   rest_port=None if rest_port < 0 else rest_port, max_batch_size=max_batch_size,
                   batch_timeout_ms=batch_timeout_ms, workers=workers, tls_cert=tls_cert, tls_key=tls_key,
-                  max_message_mb=max_message_mb, poll_seconds=poll_seconds, onnx_file=onnx_file)
+                  max_message_mb=max_message_mb, poll_seconds=poll_seconds, onnx_file=onnx_file,
+                  intra_op_threads=intra_op_threads)
 
 
 @cli.command("predict")
@@ -380,27 +383,37 @@ def predict_command(images, server, model, top_k, timeout_seconds, tls_ca, as_js
 
 @benchmark_group.command("serve")
 @click.option("--model-dir", default=None, type=click.Path(file_okay=False),
-              help="OUTPUT/NAME with both formats; default: export a randomly initialised revnet-38 to a temp folder.")
+              help="OUTPUT/NAME of an export with both formats (and model.int8.onnx for the int8 rows).")
+@click.option("--experiment", default=None,
+              help="Export this trained experiment (with --quantize int8) instead; default: a random revnet-38.")
+@click.option("--workdir", default="./experiments", help="Folder that holds --experiment.")
 @click.option("--requests-per-client", type=click.IntRange(min=1), default=None,
-              help="Requests each client sends (default: enough for about 64-200 per configuration).")
+              help="Requests each client sends (default: enough for about 192 per configuration).")
 @click.option("--concurrency", default="1,8,32", help="Comma-separated client counts.")
 @click.option("--backends", default="onnx,tf", help="Comma-separated backends.")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=32, help="Dynamic batching limit.")
 @click.option("--batch-timeout-ms", type=click.FloatRange(min=0.1), default=5.0, help="Dynamic batching timeout.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
-def benchmark_serve_command(model_dir, requests_per_client, concurrency, backends, max_batch_size, batch_timeout_ms,
-                            as_json):
-    """Requests/s and p50/p99 latency at batch 1 over loopback gRPC, with and without dynamic batching, both
-    backends, next to raw in-process ONNX Runtime and TensorFlow throughput."""
-    from revnet.benchmarks.serve import format_rows, run_serve_benchmark
+@click.option("--intra-op-threads", type=click.IntRange(min=0), default=0,
+              help="The server's ONNX Runtime threads (0 = as `serve`: cores left after the gRPC threads).")
+@click.option("--in-process-seconds", type=click.FloatRange(min=0.1), default=3.0,
+              help="Time spent on each in-process (backend, batch) measurement.")
+@click.option("--profile", is_flag=True, help="Add ONNX Runtime's per-operator times at batch 32 (fp32 and int8).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (rows, targets, profile, export) instead of tables.")
+def benchmark_serve_command(model_dir, experiment, workdir, requests_per_client, concurrency, backends, max_batch_size,
+                            batch_timeout_ms, intra_op_threads, in_process_seconds, profile, as_json):
+    """In-process ONNX Runtime (fp32, int8) and TensorFlow at batch 1 and 32; loopback gRPC at batch 1 with
+    each client count, dynamic batching off and on, both backends; the server's overhead; the targets."""
+    from revnet.benchmarks.serve import format_report, run_serve_benchmark
 
-    rows = run_serve_benchmark(model_dir=model_dir, concurrency=[int(c) for c in concurrency.split(",")],
-                               backends=backends.split(","), requests_per_client=requests_per_client,
-                               max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms)
+    report = run_serve_benchmark(model_dir=model_dir, concurrency=[int(c) for c in concurrency.split(",")],
+                                 backends=backends.split(","), requests_per_client=requests_per_client,
+                                 max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
+                                 in_process_seconds=in_process_seconds, intra_op_threads=intra_op_threads,
+                                 experiment=experiment, workdir=workdir if experiment else None, profile=profile)
     if as_json:
-        _print_json(rows)
+        _print_json(report)
     else:
-        click.echo(format_rows(rows))
+        click.echo(format_report(report))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ class Servable:
 
 
 class OnnxServable(Servable):
-    def __init__(self, *args, onnx_file: str = layout.ONNX_FILE, intra_op_threads: int = 0):
+    def __init__(self, *args, onnx_file: str = layout.ONNX_FILE, intra_op_threads: int = 0, session_config=None):
         super().__init__(*args)
         import onnxruntime
 
@@ -45,8 +45,8 @@ class OnnxServable(Servable):
         wanted = [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
         # The serving session options (ort_session.py): full graph optimisation, the cached optimised
         # model when it was made for this CPU and ORT, intra-op threads = cores left after the gRPC threads.
-        self.session, self.session_record = create_session(
-            os.path.join(self.path, onnx_file), SessionConfig(intra_op_threads=intra_op_threads), providers=wanted)
+        config = session_config or SessionConfig(intra_op_threads=intra_op_threads)
+        self.session, self.session_record = create_session(os.path.join(self.path, onnx_file), config, providers=wanted)
         # ORT silently drops a provider it cannot initialise, so log what the session really uses.
         self.providers = self.session.get_providers()
         log.info("onnx backend: %s v%d (%s) on providers %s (available: %s); intra-op threads %d, optimised model %s",
@@ -80,7 +80,8 @@ def _has_artifact(version_dir: str, backend: str, onnx_file: str) -> bool:
 
 
 def load_servable(model_dir: str, version: int, backend: str, onnx_file: str = layout.ONNX_FILE,
-                  intra_op_threads: int = 0) -> Servable:
+                  intra_op_threads: int = 0, session_config=None) -> Servable:
+    """One version's servable; `session_config` (an ort_session.SessionConfig) overrides intra_op_threads."""
     name = os.path.basename(os.path.normpath(model_dir))
     path = os.path.join(model_dir, str(version))
     record = read_json(os.path.join(path, layout.EXPORT_FILE))
@@ -89,7 +90,7 @@ def load_servable(model_dir: str, version: int, backend: str, onnx_file: str = l
     # Exports made before the `preprocessing` field chose it by the model family.
     args = (name, version, path, labels, int(record["input_size"]), record.get("preprocessing", record["family"]))
     if backend == "onnx":
-        return OnnxServable(*args, onnx_file=onnx_file, intra_op_threads=intra_op_threads)
+        return OnnxServable(*args, onnx_file=onnx_file, intra_op_threads=intra_op_threads, session_config=session_config)
     return TfServable(*args)
 
 

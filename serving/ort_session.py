@@ -6,7 +6,9 @@ use it), so what export.json records is what the server runs:
   transformer that runs convolutions in the CPU's blocked layout);
 - intra-op threads = the cores left after the cores reserved for the gRPC/batcher threads (at least 1);
   one inter-op thread, sequential execution (a CNN is one chain of ops);
-- no spinning: idle ORT threads otherwise busy-wait on the cores the gRPC threads need.
+- no spinning: idle ORT threads otherwise busy-wait on the cores the gRPC threads need. (`DEDICATED`,
+  for a process that does nothing but inference, such as the in-process benchmark rows, spins and
+  takes every core: waking sleeping threads costs about 0.5 ms per batch-1 run here.)
 
 `model.onnx` is optimised once, at export, into `model.optimized.onnx` with a key file
 (`model.optimized.json`: source size and SHA-256, ORT version, level, CPU flags). The NCHWc output is
@@ -57,6 +59,7 @@ class SessionConfig:
     use_cache: bool = True
 
     def resolved_threads(self) -> int:
+        """The intra-op thread count this config gives on this machine."""
         if self.intra_op_threads < 0:
             raise UserError(f"--intra-op-threads must be 0 (auto) or positive, got {self.intra_op_threads}")
         return self.intra_op_threads or intra_op_threads_for(self.reserved_cores)
@@ -66,6 +69,10 @@ class SessionConfig:
                 else "ORT_DISABLE_ALL", "intra_op_num_threads": self.resolved_threads(), "inter_op_num_threads": 1,
                 "execution_mode": "ORT_SEQUENTIAL", "intra_op.allow_spinning": self.allow_spinning,
                 "reserved_cores": self.reserved_cores, "cores": available_cores()}
+
+
+# A process that does nothing but inference: every core, and threads that spin between ops.
+DEDICATED = SessionConfig(reserved_cores=0, allow_spinning=True)
 
 
 def _options(config: SessionConfig, level: str):
@@ -100,11 +107,8 @@ def _cpu_flags() -> str:
 
 
 def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def cache_paths(model_path: str) -> Tuple[str, str]:
@@ -157,8 +161,10 @@ def _usable_cache(model_path: str, level: str) -> Tuple[Optional[str], str]:
     return (cached, "") if not changed else (None, f"cache made with another {', '.join(changed)}")
 
 
-def create_session(model_path: str, config: SessionConfig = SessionConfig(), providers=("CPUExecutionProvider",)):
-    """(session, record): an ORT session with the serving options; `record` says what it runs and why."""
+def create_session(model_path: str, config: SessionConfig = SessionConfig(), providers=("CPUExecutionProvider",),
+                   profile_prefix: Optional[str] = None):
+    """(session, record): an ORT session with the serving options; `record` says what it runs and why.
+    `profile_prefix` turns on ORT's profiler (`session.end_profiling()` returns the JSON trace's path)."""
     import onnxruntime
 
     started = time.perf_counter()
@@ -168,7 +174,11 @@ def create_session(model_path: str, config: SessionConfig = SessionConfig(), pro
         cached, reason = _usable_cache(model_path, config.level)
         if cached:
             source, level = cached, "disable"
-    session = onnxruntime.InferenceSession(source, _options(config, level), providers=list(providers))
+    options = _options(config, level)
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
+    session = onnxruntime.InferenceSession(source, options, providers=list(providers))
     record = {**config.to_json(), "model": os.path.basename(source), "cache": "used" if source != model_path
               else (reason or "off"), "providers": session.get_providers(),
               "load_seconds": round(time.perf_counter() - started, 3)}
