@@ -148,3 +148,26 @@ def test_parity_failure_stops_the_export(serving_env, monkeypatch, tmp_path):
         export_module.export(exp_id="exp1", workdir=serving_env["workdir"], output=str(tmp_path), format="onnx",
                              name="broken")
     assert os.listdir(tmp_path / "broken") == []  # nothing published, staging removed
+
+
+def test_int8_export_records_what_its_artefacts_show(serving_env, tmp_path):
+    """Static int8: QDQ ops in model.int8.onnx, and the recorded agreement and accuracy recomputed from disk."""
+    from revnet.serving import export
+    from revnet.serving.dataset import read_image_set
+
+    record = export(exp_id="exp1", workdir=serving_env["workdir"], output=str(tmp_path), format="onnx", name="q",
+                    quantize="int8")
+    int8 = record["onnx"]["int8"]
+    # The fixture dataset has no training split: calibration falls back to random images and says so.
+    assert int8["calibration_images"]["source"] == "random"
+    assert int8["evaluation_images"] == {"source": f"validation:{serving_env['data_dir']}", "count": 8}
+    assert int8["ops"]["QuantizeLinear"] > 0 and int8["ops"]["DequantizeLinear"] > 0 and int8["ops"]["Loop"] == 0
+    assert int8["images_per_s_int8"] > 0 and int8["speedup"] == round(int8["images_per_s_int8"] / int8["images_per_s_float"], 2)
+    version_dir = os.path.join(str(tmp_path), "q", "1")
+    assert os.path.exists(os.path.join(version_dir, "model.int8.optimized.onnx"))
+    evaluation = read_image_set(serving_env["data_dir"], "validation", 8, 32, "cifar")
+    float_classes = _onnx_outputs(os.path.join(version_dir, "model.onnx"), evaluation.images)["classes"]
+    int8_classes = _onnx_outputs(os.path.join(version_dir, "model.int8.onnx"), evaluation.images)["classes"]
+    assert int8["top1_agreement_with_float"] == float(np.mean(int8_classes == float_classes))
+    assert int8["accuracy_int8"] == float(np.mean(int8_classes == evaluation.labels))
+    assert int8["accuracy_change"] == int8["accuracy_int8"] - int8["accuracy_float"]
