@@ -90,11 +90,11 @@ def test_recorded_parity_is_recomputed_from_the_artefacts_on_disk(serving_env):
     onnx_probs = _onnx_outputs(os.path.join(version_dir, "model.onnx"), images)["probabilities"]
     recomputed = float(np.abs(onnx_probs - tf_probs).max())
     assert recomputed <= record["onnx"]["tolerance"] == 1e-4
-    np.testing.assert_allclose(recomputed, record["onnx"]["max_abs_probability_diff"], rtol=0.05, atol=1e-7)
+    np.testing.assert_allclose(recomputed, record["onnx"]["max_abs_probability_diff"], rtol=0.05, atol=2e-8)
     model_probs = tf.nn.softmax(serving_env["model"](tf.constant(images), training=False)).numpy()
     np.testing.assert_allclose(onnx_probs, model_probs, atol=1e-4)
     np.testing.assert_allclose(float(np.abs(tf_probs - model_probs).max()),
-                               record["inference_graph"]["max_abs_probability_diff_vs_model"], rtol=0.05, atol=1e-7)
+                               record["inference_graph"]["max_abs_probability_diff_vs_model"], rtol=0.05, atol=2e-8)
     optimized = _onnx_outputs(os.path.join(version_dir, record["onnx"]["optimized"]["file"]), images)["probabilities"]
     np.testing.assert_allclose(optimized, onnx_probs, atol=1e-5)
 
