@@ -234,15 +234,13 @@ class _Folder:
         return Shortcut(None, shortcut.stride, (extra // 2, extra - extra // 2))
 
 
-def _module_values(module, overrides: Optional[Mapping[str, np.ndarray]] = None, index: Optional[int] = None) -> Values:
+def _module_values(module, index: Optional[int] = None) -> Values:
     """Parameter values of one module (one block's slice when `index` is given), read once as float64."""
     cache: Dict[str, np.ndarray] = {}
 
     def values(name: str) -> np.ndarray:
         if name not in cache:
-            source = overrides[name] if overrides and name in overrides else module.params[name]
-            value = np.asarray(tf.convert_to_tensor(source).numpy() if not isinstance(source, np.ndarray) else source,
-                               np.float64)
+            value = np.asarray(tf.convert_to_tensor(module.params[name]).numpy(), np.float64)
             cache[name] = value if index is None else value[index]
         return cache[name]
 
@@ -253,11 +251,11 @@ def _prefixed(values: Values, prefix: str) -> Values:
     return lambda name: values(f"{prefix}/{name}")
 
 
-def fold_stack(folder: _Folder, stack, name: str, overrides: Optional[Mapping[str, np.ndarray]] = None):
+def fold_stack(folder: _Folder, stack, name: str):
     """A reversible stack's blocks, unrolled, each with its own slice of the stacked weights."""
     units = []
     for index in range(stack.num_blocks):
-        values = _module_values(stack, overrides, index)
+        values = _module_values(stack, index)
         block = f"{name}/block{index + 1}"
         units.append(RevNetUnit(folder.residual(stack.f, _prefixed(values, "f"), f"{block}/f"),
                                 folder.residual(stack.g, _prefixed(values, "g"), f"{block}/g")))
