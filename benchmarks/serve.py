@@ -171,13 +171,13 @@ def grpc_row(model_dir: str, backend: str, clients: int, requests_per_client: in
         # whose share is taken off pro rata.
         count = clients * requests_per_client
         server_cpu_seconds = (time.process_time() - cpu_started) * count / (count + WARMUP_CALLS)
-        rows_total = handle.metrics.batch_rows.total - before[0]
-        batches = handle.metrics.batch_rows.count - before[1]
+        # The client's warm-up requests are serial, so each ran alone: exactly WARMUP_CALLS rows in as many batches.
+        rows_total = handle.metrics.batch_rows.total - before[0] - WARMUP_CALLS
+        batches = handle.metrics.batch_rows.count - before[1] - WARMUP_CALLS
     finally:
         handle.stop()
     if result["errors"]:
         raise RuntimeError(f"{len(result['errors'])} benchmark requests failed, e.g. {result['errors'][0]}")
-    # Warm-up requests are counted by the server too; they are few and batch-1, so they only lower the mean.
     return _row(backend, "grpc", "on" if batching else "off", clients, 1, threads, count,
                 result["elapsed"], result["latencies"], round(rows_total / max(batches, 1), 2), server_cpu_seconds,
                 result["cpu_seconds"])
