@@ -355,7 +355,8 @@ def export_command(exp_id, workdir, export_format, output, name, version, checkp
 @click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=2.0, help="How often to look for new versions.")
 @click.option("--onnx-file", default="model.onnx", help="ONNX file in each version folder (e.g. model.int8.onnx).")
 @click.option("--intra-op-threads", type=click.IntRange(min=0), default=0,
-              help="ONNX Runtime intra-op threads; 0 = the cores left after one kept for the gRPC threads.")
+              help="ONNX Runtime intra-op threads; 0 = every core, less one kept for the gRPC threads where "
+                   "there are more than 2.")
 def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, batch_timeout_ms, workers, tls_cert,
                   tls_key, max_message_mb, poll_seconds, onnx_file, intra_op_threads):
     """Serve the newest version over TF Serving's gRPC API (plus REST, health and Prometheus metrics)."""
@@ -401,7 +402,8 @@ def predict_command(images, server, model, top_k, timeout_seconds, tls_ca, as_js
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=32, help="Dynamic batching limit.")
 @click.option("--batch-timeout-ms", type=click.FloatRange(min=0.1), default=5.0, help="Dynamic batching timeout.")
 @click.option("--intra-op-threads", type=click.IntRange(min=0), default=0,
-              help="The server's ONNX Runtime threads (0 = as `serve`: cores left after the gRPC threads).")
+              help="The server's ONNX Runtime threads (0 = as `serve`: every core, less one for the gRPC "
+                   "threads where there are more than 2).")
 @click.option("--in-process-seconds", type=click.FloatRange(min=0.1), default=3.0,
               help="Time spent on each in-process (backend, batch) measurement.")
 @click.option("--profile", is_flag=True, help="Add ONNX Runtime's per-operator times at batch 32 (fp32 and int8).")

@@ -4,7 +4,8 @@ One place decides the session options (the exporter's parity check, the server a
 use it), so what export.json records is what the server runs:
 - graph optimisation ORT_ENABLE_ALL (constant folding, Conv+bias+ReLU fusion, the NCHWc layout
   transformer that runs convolutions in the CPU's blocked layout);
-- intra-op threads = the cores left after the cores reserved for the gRPC/batcher threads (at least 1);
+- intra-op threads = the cores left after those reserved for the gRPC/batcher threads (at least 1;
+  one core is reserved on machines with more than two, see `serving_reserved_cores`);
   one inter-op thread, sequential execution (a CNN is one chain of ops);
 - no spinning: idle ORT threads otherwise busy-wait on the cores the gRPC threads need. (`DEDICATED`,
   for a process that does nothing but inference, such as the in-process benchmark rows, spins and
@@ -33,9 +34,14 @@ log = logging.getLogger(__name__)
 LEVELS = ("disable", "basic", "extended", "all")
 CACHE_SUFFIX = ".optimized.onnx"
 CACHE_KEY_SUFFIX = ".optimized.json"
-# Cores kept free for the gRPC threads (request parsing, response building) and the batcher when
-# serving; in-process benchmarks reserve none.
-SERVING_RESERVED_CORES = 1
+def serving_reserved_cores() -> int:
+    """Cores kept free for the gRPC threads (request parsing, response building) and the batcher.
+
+    Measured on 2 cores (`benchmark serve`, 32 batched clients): those threads used about 0.6 core at
+    950 requests/s, and keeping a whole core for them cut throughput from 943 to 701 images/s. So one
+    core is kept only where there are more than two.
+    """
+    return 1 if available_cores() > 2 else 0
 
 
 def available_cores() -> int:
@@ -54,7 +60,7 @@ def intra_op_threads_for(reserved_cores: int) -> int:
 class SessionConfig:
     level: str = "all"
     intra_op_threads: int = 0          # 0: intra_op_threads_for(reserved_cores)
-    reserved_cores: int = SERVING_RESERVED_CORES
+    reserved_cores: Optional[int] = None  # None: serving_reserved_cores()
     allow_spinning: bool = False
     use_cache: bool = True
 
@@ -62,13 +68,16 @@ class SessionConfig:
         """The intra-op thread count this config gives on this machine."""
         if self.intra_op_threads < 0:
             raise UserError(f"--intra-op-threads must be 0 (auto) or positive, got {self.intra_op_threads}")
-        return self.intra_op_threads or intra_op_threads_for(self.reserved_cores)
+        return self.intra_op_threads or intra_op_threads_for(self.resolved_reserved_cores())
+
+    def resolved_reserved_cores(self) -> int:
+        return serving_reserved_cores() if self.reserved_cores is None else self.reserved_cores
 
     def to_json(self) -> Dict:
         return {"graph_optimization_level": f"ORT_ENABLE_{self.level.upper()}" if self.level != "disable"
                 else "ORT_DISABLE_ALL", "intra_op_num_threads": self.resolved_threads(), "inter_op_num_threads": 1,
                 "execution_mode": "ORT_SEQUENTIAL", "intra_op.allow_spinning": self.allow_spinning,
-                "reserved_cores": self.reserved_cores, "cores": available_cores()}
+                "reserved_cores": self.resolved_reserved_cores(), "cores": available_cores()}
 
 
 # A process that does nothing but inference: every core, and threads that spin between ops.
