@@ -349,8 +349,10 @@ def benchmark_train_command(model, batch_size, steps, replicas, modes, as_json):
 @click.option("--checkpoint", default="latest", help="'latest', 'best' or a checkpoint path prefix.")
 @click.option("--opset", type=int, default=17, help="ONNX opset for tf2onnx (7..18).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Also write model.int8.onnx (ONNX Runtime dynamic quantization) and report the accuracy change.")
-@click.option("--data-dir", default=None, help="Dataset for the parity check images. Default: the experiment's data dir.")
+              help="Also write model.int8.onnx (static QDQ int8, calibrated on training images) and report its "
+                   "speed, top-1 agreement and accuracy change on validation images.")
+@click.option("--data-dir", default=None,
+              help="Dataset for the parity, calibration and int8 evaluation images. Default: the experiment's data dir.")
 @click.option("--overwrite", is_flag=True,
               help="Replace an existing version folder, but only an earlier export (it holds export.json) or an "
                    "empty folder; anything else is refused and left untouched.")
@@ -361,14 +363,19 @@ def export_command(exp_id, workdir, export_format, output, name, version, checkp
     from revnet.serving.exporter import export
 
     record = export(exp_id=exp_id, workdir=workdir, format=export_format, output=output, name=name,
-                            version=version, checkpoint=checkpoint, opset=opset, quantize=quantize,
-                            data_dir=data_dir, overwrite=overwrite)
+                    version=version, checkpoint=checkpoint, opset=opset, quantize=quantize, data_dir=data_dir,
+                    overwrite=overwrite)
     if as_json:
         _print_json(record)
     else:
         click.echo(f"exported {record['name']} version {record['version']} to {record['path']}")
         if "onnx" in record:
             click.echo(f"onnx max abs probability difference vs TF: {record['onnx']['max_abs_probability_diff']:.3g}")
+        int8 = record.get("onnx", {}).get("int8")
+        if int8:
+            click.echo(f"int8: top-1 agreement {int8['top1_agreement_with_float']:.4f} on "
+                       f"{int8['evaluation_images']['count']} {int8['evaluation_images']['source']} images, "
+                       f"{int8['speedup']:.2f}x float images/s at batch {int8['speed_batch']}")
 
 
 @cli.command("serve")
@@ -399,9 +406,12 @@ def export_command(exp_id, workdir, export_format, output, name, version, checkp
 @click.option("--max-message-mb", type=click.IntRange(min=1), default=64, help="Largest gRPC message in MiB.")
 @click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=2.0, help="How often to look for new versions.")
 @click.option("--onnx-file", default="model.onnx", help="ONNX file in each version folder (e.g. model.int8.onnx).")
+@click.option("--intra-op-threads", type=click.IntRange(min=0), default=0,
+              help="ONNX Runtime intra-op threads; 0 = every core, less one kept for the gRPC threads where "
+                   "there are more than 2.")
 def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, max_request_rows, max_image_pixels,
                   decode_workers, decode_queue, rest_timeout_seconds, rest_max_connections, batch_timeout_ms, workers,
-                  tls_cert, tls_key, max_message_mb, poll_seconds, onnx_file):
+                  tls_cert, tls_key, max_message_mb, poll_seconds, onnx_file, intra_op_threads):
     """Serve the highest version that verifies and loads over TF Serving's gRPC API (plus REST, health and
     Prometheus metrics)."""
     from revnet.serving.server import serve
@@ -412,7 +422,7 @@ def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, max
           max_message_mb=max_message_mb, poll_seconds=poll_seconds, onnx_file=onnx_file,
           max_request_rows=max_request_rows, max_image_pixels=max_image_pixels, decode_workers=decode_workers,
           decode_queue=decode_queue, rest_timeout_seconds=rest_timeout_seconds,
-          rest_max_connections=rest_max_connections)
+          rest_max_connections=rest_max_connections, intra_op_threads=intra_op_threads)
 
 
 @cli.command("predict")
@@ -437,27 +447,38 @@ def predict_command(images, server, model, top_k, timeout_seconds, tls_ca, as_js
 
 @benchmark_group.command("serve")
 @click.option("--model-dir", default=None, type=click.Path(file_okay=False),
-              help="OUTPUT/NAME with both formats; default: export a randomly initialised revnet-38 to a temp folder.")
+              help="OUTPUT/NAME of an export with both formats (and model.int8.onnx for the int8 rows).")
+@click.option("--experiment", default=None,
+              help="Export this trained experiment (with --quantize int8) instead; default: a random revnet-38.")
+@click.option("--workdir", default="./experiments", help="Folder that holds --experiment.")
 @click.option("--requests-per-client", type=click.IntRange(min=1), default=None,
-              help="Requests each client sends (default: enough for about 64-200 per configuration).")
+              help="Requests each client sends (default: enough for about 192 per configuration).")
 @click.option("--concurrency", default="1,8,32", help="Comma-separated client counts.")
 @click.option("--backends", default="onnx,tf", help="Comma-separated backends.")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=32, help="Dynamic batching limit.")
 @click.option("--batch-timeout-ms", type=click.FloatRange(min=0.1), default=5.0, help="Dynamic batching timeout.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
-def benchmark_serve_command(model_dir, requests_per_client, concurrency, backends, max_batch_size, batch_timeout_ms,
-                            as_json):
-    """Requests/s and p50/p99 latency at batch 1 over loopback gRPC, with and without dynamic batching, both
-    backends, next to raw in-process ONNX Runtime and TensorFlow throughput."""
-    from revnet.benchmarks.serve import format_rows, run_serve_benchmark
+@click.option("--intra-op-threads", type=click.IntRange(min=0), default=0,
+              help="The server's ONNX Runtime threads (0 = as `serve`: every core, less one for the gRPC "
+                   "threads where there are more than 2).")
+@click.option("--in-process-seconds", type=click.FloatRange(min=0.1), default=3.0,
+              help="Time spent on each in-process (backend, batch) measurement.")
+@click.option("--profile", is_flag=True, help="Add ONNX Runtime's per-operator times at batch 32 (fp32 and int8).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (rows, targets, profile, export) instead of tables.")
+def benchmark_serve_command(model_dir, experiment, workdir, requests_per_client, concurrency, backends, max_batch_size,
+                            batch_timeout_ms, intra_op_threads, in_process_seconds, profile, as_json):
+    """In-process ONNX Runtime (fp32, int8) and TensorFlow at batch 1 and 32; loopback gRPC at batch 1 with
+    each client count, dynamic batching off and on, both backends; the server's overhead; the targets."""
+    from revnet.benchmarks.serve import format_report, run_serve_benchmark
 
-    rows = run_serve_benchmark(model_dir=model_dir, concurrency=[int(c) for c in concurrency.split(",")],
-                               backends=backends.split(","), requests_per_client=requests_per_client,
-                               max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms)
+    report = run_serve_benchmark(model_dir=model_dir, concurrency=[int(c) for c in concurrency.split(",")],
+                                 backends=backends.split(","), requests_per_client=requests_per_client,
+                                 max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
+                                 in_process_seconds=in_process_seconds, intra_op_threads=intra_op_threads,
+                                 experiment=experiment, workdir=workdir if experiment else None, profile=profile)
     if as_json:
-        _print_json(rows)
+        _print_json(report)
     else:
-        click.echo(format_rows(rows))
+        click.echo(format_report(report))
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -41,22 +41,23 @@ class Servable:
 
 
 class OnnxServable(Servable):
-    def __init__(self, *args, onnx_file: str = layout.ONNX_FILE, intra_op_threads: int = 0):
+    def __init__(self, *args, onnx_file: str = layout.ONNX_FILE, intra_op_threads: int = 0, session_config=None):
         super().__init__(*args)
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        # ORT's worker threads spin while idle by default; in a server they compete for the same cores
-        # as the gRPC threads and the batcher, which measurably slowed every request on 2 cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
+        from revnet.serving.ort_session import SessionConfig, create_session
+
         available = onnxruntime.get_available_providers()
         wanted = [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
-        self.session = onnxruntime.InferenceSession(os.path.join(self.path, onnx_file), options, providers=wanted)
+        # The serving session options (ort_session.py): full graph optimisation, the cached optimised
+        # model when it was made for this CPU and ORT, intra-op threads = cores left after the gRPC threads.
+        config = session_config or SessionConfig(intra_op_threads=intra_op_threads)
+        self.session, self.session_record = create_session(os.path.join(self.path, onnx_file), config, providers=wanted)
         # ORT silently drops a provider it cannot initialise, so log what the session really uses.
         self.providers = self.session.get_providers()
-        log.info("onnx backend: %s v%d on providers %s (available: %s)", self.name, self.version, self.providers, available)
+        log.info("onnx backend: %s v%d (%s) on providers %s (available: %s); intra-op threads %d, optimised model %s",
+                 self.name, self.version, onnx_file, self.providers, available,
+                 self.session_record["intra_op_num_threads"], self.session_record["cache"])
         self.output_names = [output.name for output in self.session.get_outputs()]
 
     def run(self, images):
@@ -108,7 +109,8 @@ def verify_version(path: str, record: Dict, backend: str, onnx_file: str = layou
 
 
 def load_servable(model_dir: str, version: int, backend: str, onnx_file: str = layout.ONNX_FILE,
-                  intra_op_threads: int = 0) -> Servable:
+                  intra_op_threads: int = 0, session_config=None) -> Servable:
+    """One version's servable; `session_config` (an ort_session.SessionConfig) overrides intra_op_threads."""
     name = os.path.basename(os.path.normpath(model_dir))
     path = os.path.join(model_dir, str(version))
     record = read_json(os.path.join(path, layout.EXPORT_FILE))
@@ -118,7 +120,7 @@ def load_servable(model_dir: str, version: int, backend: str, onnx_file: str = l
     # Exports made before the `preprocessing` field chose it by the model family.
     args = (name, version, path, labels, int(record["input_size"]), record.get("preprocessing", record["family"]))
     if backend == "onnx":
-        return OnnxServable(*args, onnx_file=onnx_file, intra_op_threads=intra_op_threads)
+        return OnnxServable(*args, onnx_file=onnx_file, intra_op_threads=intra_op_threads, session_config=session_config)
     return TfServable(*args)
 
 

@@ -1,7 +1,9 @@
 """Export a trained experiment as a TF-Serving SavedModel and/or an ONNX model, checked for parity.
 
-Inference-only: the model is called with training=False, so batch norm uses its moving statistics,
-no custom gradient is traced, and reversible stages run their forward-only tf.while_loop.
+Both formats serve the inference graph of `serving/inference_graph.py` (reversible stages unrolled,
+batch norm folded into the convolutions, moving statistics), NHWC in the SavedModel and NCHW in ONNX
+(`serving/onnx_export.py`). The export fails, publishing nothing, unless that graph matches the
+model's own inference function and ONNX Runtime matches TensorFlow on the parity images.
 
 Safety of the output: the model name is one folder name; a version folder is claimed by creating it
 exclusively (concurrent exports take different numbers); --overwrite replaces only an empty folder or
@@ -21,8 +23,9 @@ import tensorflow as tf
 
 from revnet.common.errors import UserError, choose
 from revnet.common.fileio import atomic_write_bytes, atomic_write_json, read_json
-from revnet.serving import layout
+from revnet.serving import layout, onnx_export
 from revnet.serving.images import decode_image_tf, decode_images_numpy
+from revnet.serving.inference_graph import InferenceGraph, outputs_from_logits
 
 log = logging.getLogger(__name__)
 
@@ -30,22 +33,19 @@ FORMATS = ("savedmodel", "onnx", "all")
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
 PARITY_IMAGES = 16
+QUANTIZE_CALIBRATION_IMAGES = 256
+QUANTIZE_EVALUATION_IMAGES = 1000
 WARMUP_REQUESTS = 3
 
 
 class ServingModule(tf.Module):
-    """The inference graph: the restored model behind the two serving signatures."""
+    """The two serving signatures over the folded, unrolled inference graph (NHWC, run by TensorFlow)."""
 
     def __init__(self, model, input_size: int, preprocessing: str):
         super().__init__(name="serving")
-        # tf2onnx turns eagerly created constants captured by a tf.function into extra graph inputs
-        # (the model's pixel mean/std), which ORT then demands at run time. Variables are frozen
-        # into constants instead, so wrap them.
-        for attribute in ("pixel_mean", "pixel_std"):
-            value = getattr(model, attribute, None)
-            if value is not None and not isinstance(value, tf.Variable):
-                setattr(model, attribute, tf.Variable(value, trainable=False, name=attribute))
-        self.model = model
+        # The graph holds its own folded copies of the weights as variables (which tf2onnx freezes into
+        # constants, so nothing captured becomes an extra ONNX input); the model is only read.
+        self.graph = InferenceGraph(model)
         self.input_size = input_size
         self.preprocessing = preprocessing
         spec = tf.TensorSpec([None, input_size, input_size, 3], tf.float32, name="images")
@@ -54,9 +54,7 @@ class ServingModule(tf.Module):
                                           input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
 
     def _predict(self, images):
-        logits = self.model(images, training=False)
-        return {"probabilities": tf.nn.softmax(logits, axis=-1), "classes": tf.argmax(logits, axis=-1, output_type=tf.int64),
-                "logits": logits}
+        return outputs_from_logits(self.graph.logits(images, "NHWC"))
 
     def _predict_bytes(self, image_bytes):
         images = tf.map_fn(lambda data: decode_image_tf(data, self.input_size, self.preprocessing), image_bytes,
@@ -97,12 +95,14 @@ def export(exp_id: str, output: str, format: str = "all", workdir: Optional[str]
               "family": model_config.family, "preprocessing": model_config.preprocessing, "parity_images": {"source": source, "count": int(len(images))}}
     try:
         reference = {key: value.numpy() for key, value in module.serving_default(tf.constant(images)).items()}
+        record["inference_graph"] = _graph_record(model, module, images, reference)
         if format in ("savedmodel", "all"):
             record["savedmodel"] = _export_savedmodel(module, staging, labels, image_bytes, images)
         if format in ("onnx", "all"):
-            record["onnx"] = _export_onnx(module, staging, labels, images, reference, opset)
+            record["onnx"] = onnx_export.export_onnx(module.graph, staging, images, reference, opset, PARITY_TOLERANCE)
+            atomic_write_bytes(os.path.join(staging, layout.LABELS_FILE), layout.labels_text(labels))
             if quantize:
-                record["onnx"]["int8"] = _quantize_int8(staging, images, reference, labels_true)
+                record["onnx"]["int8"] = _quantize_int8(staging, config, data_dir, model_config)
         if labels_true is not None:
             record["tf_accuracy_on_parity_images"] = float(np.mean(reference["classes"] == labels_true))
         record["sha256"] = layout.folder_digests(staging)  # last: every artefact is written by now
@@ -179,70 +179,26 @@ def _write_warmup(path: str, image_bytes, images) -> None:
             writer.write(log_record.SerializeToString())
 
 
-def _export_onnx(module: ServingModule, staging: str, labels, images, reference, opset: int) -> Dict:
-    import onnx
-    import tf2onnx
-
-    started = time.perf_counter()
-    path = os.path.join(staging, layout.ONNX_FILE)
-    proto, _ = tf2onnx.convert.from_function(module.serving_default, input_signature=module.serving_default.input_signature,
-                                             opset=opset)
-    # tf2onnx can exit cleanly with a model ORT refuses; every check below must pass before publishing.
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as error:
-        raise UserError(f"the converted ONNX model fails onnx.checker: {str(error).splitlines()[0]}") from None
-    input_names = [graph_input.name for graph_input in proto.graph.input]
-    if input_names != ["images"]:
-        raise UserError(f"the converted ONNX model has inputs {input_names}; expected only 'images' "
-                        f"(a captured constant was not frozen)")
-    atomic_write_bytes(path, proto.SerializeToString())
-    atomic_write_bytes(os.path.join(staging, layout.LABELS_FILE), layout.labels_text(labels))
-    difference = _onnx_parity(path, images, reference)
+def _graph_record(model, module: ServingModule, images, reference) -> Dict:
+    """Prove the folded, unrolled graph computes the model's own inference function (its loop forward)."""
+    expected = tf.nn.softmax(model(tf.constant(images), training=False), axis=-1).numpy()
+    difference = float(np.abs(reference["probabilities"] - expected).max())
     if difference > PARITY_TOLERANCE:
-        raise UserError(f"ONNX Runtime and TensorFlow disagree: max abs probability difference {difference:.3g} "
-                        f"exceeds {PARITY_TOLERANCE:g}; the ONNX model was not written")
-    return {"file": layout.ONNX_FILE, "opset": opset, "max_abs_probability_diff": difference,
-            "tolerance": PARITY_TOLERANCE, "seconds": round(time.perf_counter() - started, 2)}
+        raise UserError(f"the folded inference graph disagrees with the model: max abs probability difference "
+                        f"{difference:.3g} exceeds {PARITY_TOLERANCE:g}; nothing was exported")
+    return {"unrolled_blocks": sum(getattr(stack, "num_blocks", 0) for stack in getattr(model, "stacks", []) if stack),
+            "folded_weights": len(module.graph.weights), "max_abs_probability_diff_vs_model": difference}
 
 
-def _run_onnx(path: str, images) -> Dict[str, np.ndarray]:
-    import onnxruntime
+def _quantize_int8(staging: str, config: Dict, data_dir: Optional[str], model_config) -> Dict:
+    """Calibrate on training images, measure on validation images (disjoint from the calibration set)."""
+    from revnet.serving.dataset import read_image_set
 
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    names = [output.name for output in session.get_outputs()]
-    return dict(zip(names, session.run(None, {"images": images})))
-
-
-def _onnx_parity(path: str, images, reference) -> float:
-    outputs = _run_onnx(path, images)
-    if sorted(outputs) != sorted(layout.OUTPUTS):
-        raise UserError(f"the ONNX model has outputs {sorted(outputs)}; expected {sorted(layout.OUTPUTS)}")
-    return float(np.abs(outputs["probabilities"] - reference["probabilities"]).max())
-
-
-def _quantize_int8(staging: str, images, reference, labels_true) -> Dict:
-    """Dynamic int8 quantization (weights int8, activations quantized at run time), with its cost."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    source, target = os.path.join(staging, layout.ONNX_FILE), os.path.join(staging, layout.ONNX_INT8_FILE)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))  # the quantizer logs one INFO line per tensor on the root logger
-    try:
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8, extra_options={"EnableSubgraph": True})
-    finally:
-        root.setLevel(level)
-    outputs = _run_onnx(target, images)
-    result = {"file": layout.ONNX_INT8_FILE, "method": "onnxruntime dynamic (QInt8 weights)",
-              "max_abs_probability_diff": float(np.abs(outputs["probabilities"] - reference["probabilities"]).max()),
-              "top1_agreement_with_float": float(np.mean(outputs["classes"] == reference["classes"])),
-              "bytes_float": os.path.getsize(source), "bytes_int8": os.path.getsize(target)}
-    if labels_true is not None:
-        result["accuracy_float"] = float(np.mean(reference["classes"] == labels_true))
-        result["accuracy_int8"] = float(np.mean(outputs["classes"] == labels_true))
-        result["accuracy_change"] = result["accuracy_int8"] - result["accuracy_float"]
-    return result
+    data_dir = data_dir or config.get("data", {}).get("dir")
+    size, preprocessing = model_config.input_size, model_config.preprocessing
+    calibration = read_image_set(data_dir, "train", QUANTIZE_CALIBRATION_IMAGES, size, preprocessing, seed=1)
+    evaluation = read_image_set(data_dir, "validation", QUANTIZE_EVALUATION_IMAGES, size, preprocessing, seed=2)
+    return onnx_export.quantize_int8(staging, calibration, evaluation)
 
 
 def check_model_name(name: str) -> str:
