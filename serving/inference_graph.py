@@ -8,8 +8,9 @@ nothing from them, so the export reads the model's variables once and builds a s
   pre-activation BNs (BN -> ReLU -> conv, on a tensor the residual path also uses) cannot fold into
   a convolution (the ReLU sits between, and the input is shared); each is one per-channel affine
   (a multiply-add in NHWC, a depthwise 1x1 convolution with bias in NCHW);
-- the input's division by the pixel std folded into the stem kernel (exact, zero padding included;
-  the mean subtraction is not foldable at the padded borders and stays);
+- the input normalisation's scale (the pixel std, or 1/127.5 for the original's ImageNet [-1, 1]
+  convention) folded into the stem kernel (exact, zero padding included); the mean (per channel, or the
+  original CIFAR code's per-pixel mean image) is not foldable at the padded borders and stays;
 - either layout: NHWC for TensorFlow (its CPU Conv2D refuses NCHW) or NCHW for ONNX, so that tf2onnx
   emits one Transpose at the entry instead of a pair around every convolution.
 
@@ -110,7 +111,7 @@ class Program:
     dense_bias: str
 
     def apply(self, ops: "Ops", images):
-        x = ops.from_nhwc(images) - ops.channel_vector(self.pixel_mean)
+        x = ops.from_nhwc(images) - ops.input_mean(self.pixel_mean)
         x = self.stem.apply(ops, x)
         if self.stem_max_pool:
             x = ops.max_pool(x)
@@ -136,6 +137,13 @@ class Ops:
 
     def from_nhwc(self, images):
         return tf.transpose(images, [0, 3, 1, 2]) if self.layout == "NCHW" else images
+
+    def input_mean(self, name: str):
+        """The subtracted input mean: per channel [3], or a per-pixel image [H, W, 3] (in the program's layout)."""
+        mean = self.weights[name]
+        if self.layout != "NCHW":
+            return mean
+        return tf.reshape(mean, [-1, 1, 1]) if mean.shape.rank == 1 else tf.transpose(mean, [2, 0, 1])
 
     def channel_vector(self, name: str):
         vector = self.weights[name]
@@ -262,16 +270,29 @@ def fold_stack(folder: _Folder, stack, name: str):
     return units
 
 
+def input_affine(model) -> Tuple[np.ndarray, np.ndarray]:
+    """The model's input normalisation as (mean, per-channel scale) with normalised = (x - mean) * scale, in
+    float64: the scale folds into the stem kernel (exact with zero padding: the padded zeros are zeros of
+    the normalised input either way), the mean ([3] or a per-pixel [H, W, 3] image) stays a subtraction."""
+    kind = model.config.input_normalization
+    if kind == "symmetric":  # (x / 255 - 0.5) * 2 == (x - 127.5) / 127.5
+        return np.full(3, 127.5), np.full(3, 1.0 / 127.5)
+    mean = np.asarray(model.pixel_mean.numpy(), np.float64)
+    if kind == "subtract_mean":
+        return mean, np.ones(3)
+    return mean, 1.0 / np.asarray(model.pixel_std.numpy(), np.float64)
+
+
 def fold_model(model) -> Tuple[Program, Dict[str, np.ndarray]]:
     """(program, folded float32 weights) computing `model(images, training=False)`."""
     from revnet.models.resnet import ResNet
     from revnet.models.revnet import RevNet
 
     folder = _Folder()
-    std = np.asarray(model.pixel_std.numpy(), np.float64)
+    mean, scale = input_affine(model)
     stem_fn = model.stem.fn
     stem_values = _module_values(model.stem)
-    stem = folder.conv_bn(stem_values, "stem", "conv", "bn", stem_fn.stride, stem_fn.epsilon, input_scale=1.0 / std)
+    stem = folder.conv_bn(stem_values, "stem", "conv", "bn", stem_fn.stride, stem_fn.epsilon, input_scale=scale)
     units = []
     if isinstance(model, RevNet):
         for stage, (opener, stack) in enumerate(zip(model.openers, model.stacks), start=1):
@@ -291,7 +312,7 @@ def fold_model(model) -> Tuple[Program, Dict[str, np.ndarray]]:
         raise UserError(f"the inference graph cannot fold a {type(model).__name__}; it knows ResNet and RevNet")
     head_values = _module_values(model.head)
     program = Program(
-        pixel_mean=folder.add("pixel_mean", model.pixel_mean.numpy()), stem=stem, stem_max_pool=stem_fn.max_pool,
+        pixel_mean=folder.add("pixel_mean", mean), stem=stem, stem_max_pool=stem_fn.max_pool,
         units=tuple(units), split_channels=isinstance(model, RevNet),
         head_affine=folder.add("head/bn/scale_shift", np.stack(folder.bn_scale_shift(head_values, "bn", model.head.fn.epsilon))),
         dense_kernel=folder.add("head/dense/kernel", head_values("dense/kernel")),

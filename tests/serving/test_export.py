@@ -152,7 +152,7 @@ def test_parity_failure_stops_the_export(serving_env, monkeypatch, tmp_path):
 
 def test_int8_export_records_what_its_artefacts_show(serving_env, tmp_path):
     """Static int8: QDQ ops in model.int8.onnx, and the recorded agreement and accuracy recomputed from disk."""
-    from revnet.serving import export
+    from revnet.serving.exporter import export
     from revnet.serving.dataset import read_image_set
 
     record = export(exp_id="exp1", workdir=serving_env["workdir"], output=str(tmp_path), format="onnx", name="q",

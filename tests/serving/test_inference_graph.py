@@ -12,6 +12,18 @@ SMALL = {
     "resnet-basic": ("resnet-32", dict(units_per_stage=(2, 1, 1), channels_per_stage=(8, 16, 32), stem_channels=8)),
     "resnet-imagenet": ("resnet-50", dict(units_per_stage=(1, 1, 1, 1), channels_per_stage=(4, 4, 8, 8),
                                           stem_channels=8, input_size=32, num_classes=5)),
+    # The original code's input conventions (imported checkpoints): a per-pixel mean image, per-channel
+    # constants, and ImageNet's (x/255 - 0.5) * 2.
+    "revnet-pixel-mean-image": ("revnet-38", dict(units_per_stage=(2, 2, 1), channels_per_stage=(8, 8, 8),
+                                                  stem_channels=8, input_normalization="subtract_mean",
+                                                  pixel_mean=np.random.RandomState(9).uniform(90, 160, (32, 32, 3))
+                                                  .tolist())),
+    "resnet-channel-mean": ("resnet-32", dict(units_per_stage=(1, 1, 1), channels_per_stage=(8, 8, 8),
+                                              stem_channels=8, input_normalization="subtract_mean",
+                                              pixel_mean=[125.3, 123.0, 113.9])),
+    "revnet-imagenet-symmetric": ("revnet-56", dict(units_per_stage=(1, 2, 1, 1), channels_per_stage=(4, 4, 8, 8),
+                                                    stem_channels=8, input_size=32, num_classes=5,
+                                                    input_normalization="symmetric")),
 }
 
 
