@@ -125,6 +125,11 @@ def batch_norm(p: Mapping[str, tf.Tensor], name: str, x, training: bool, epsilon
     return tf.cast(y, x.dtype)
 
 
+def in_compute_dtype(fn, p, x, training: bool, stats: BatchStats, compute_dtype: tf.DType):
+    """fn(x) computed in `compute_dtype` (mixed precision), returned in x's dtype (the residual stream's)."""
+    return tf.cast(fn(p, tf.cast(x, compute_dtype), training, stats), x.dtype)
+
+
 class ResidualFn:
     """A residual function F(x) (pre-activation, as the original code's v2 units).
 

@@ -36,13 +36,25 @@ class Layer(tf.Module):
         with self.name_scope:
             self.params = create_variables(self.param_specs, name, dtype, seeds)
 
-    def __call__(self, x, training: bool):
-        p = {spec.name: self.params[spec.name] for spec in self.param_specs if spec.trainable or not training}
-        p = {name: tf.convert_to_tensor(value) for name, value in p.items()}
-        stats: BatchStats = {}
-        y = self.fn(p, x, training, stats)
-        if training:
-            update_moving_stats(self.params, stats, self.bn_momentum)
+    def __call__(self, x, training: bool, recompute: bool = False):
+        """y = fn(x). `recompute` (training only): keep just x for the backward pass, which re-runs fn."""
+        names = [spec.name for spec in self.param_specs if spec.trainable or not training]
+        values = [tf.convert_to_tensor(self.params[name]) for name in names]
+        if not training:
+            return self.fn(dict(zip(names, values)), x, False, {})
+        flat_x = tf.nest.flatten(x)
+
+        # Weights enter as arguments (read outside), so recompute_grad returns their gradients as input
+        # gradients; the batch statistics leave as outputs and the moving averages are updated below,
+        # once per real forward pass, never by the recomputation.
+        def forward(*tensors):
+            stats: BatchStats = {}
+            y = self.fn(dict(zip(names, tensors[len(flat_x):])),
+                        tf.nest.pack_sequence_as(x, tensors[:len(flat_x)]), True, stats)
+            return y, stats
+
+        y, stats = (tf.recompute_grad(forward) if recompute else forward)(*flat_x, *values)
+        update_moving_stats(self.params, stats, self.bn_momentum)
         return y
 
 
@@ -104,9 +116,12 @@ class Network(tf.Module):
     def body(self, x, training: bool):
         raise NotImplementedError
 
+    def normalize(self, images):
+        """Raw 0..255 RGB to the network's input scale, in the parameter dtype."""
+        return (tf.cast(images, self.param_dtype) - self.pixel_mean) / self.pixel_std
+
     def __call__(self, images, training: bool = False):
-        x = (tf.cast(images, self.param_dtype) - self.pixel_mean) / self.pixel_std
-        x = tf.cast(x, self.compute_dtype)
+        x = tf.cast(self.normalize(images), self.compute_dtype)
         x = self.stem(x, training)
         x = self.body(x, training)
         return tf.cast(self.head(x, training), tf.float32)
