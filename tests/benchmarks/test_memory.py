@@ -10,7 +10,8 @@ import json
 
 import pytest
 
-from revnet.benchmarks.memory import format_rows, run_worker
+from revnet.benchmarks.memory import run_worker
+from revnet.benchmarks.memory_report import format_rows
 
 pytestmark = pytest.mark.slow  # real subprocesses; `-m "not slow"` skips them
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from revnet.benchmarks.memory import max_relative_error
+from revnet.benchmarks.numerics import max_relative_error
 from revnet.models import build_model
 from revnet.models.layers import BasicFn, BottleneckFn, SeedSequence
 from revnet.models.reversible import ReversibleStack
