@@ -38,24 +38,41 @@ class Layer(tf.Module):
 
     def __call__(self, x, training: bool, recompute: bool = False):
         """y = fn(x). `recompute` (training only): keep just x for the backward pass, which re-runs fn."""
-        names = [spec.name for spec in self.param_specs if spec.trainable or not training]
-        values = [tf.convert_to_tensor(self.params[name]) for name in names]
-        if not training:
-            return self.fn(dict(zip(names, values)), x, False, {})
-        flat_x = tf.nest.flatten(x)
+        return call_layers([self], x, training, recompute)
 
-        # Weights enter as arguments (read outside), so recompute_grad returns their gradients as input
-        # gradients; the batch statistics leave as outputs and the moving averages are updated below,
-        # once per real forward pass, never by the recomputation.
-        def forward(*tensors):
+
+def call_layers(steps: List, x, training: bool, recompute: bool = False):
+    """Apply `steps` (Layers, or weightless functions of the activations) in turn. `recompute` (training
+    only): the whole chain keeps just its input x for the backward pass, which re-runs it."""
+    layers = [step for step in steps if isinstance(step, Layer)]
+    names = [[spec.name for spec in layer.param_specs if spec.trainable or not training] for layer in layers]
+    values = [tf.convert_to_tensor(layer.params[name]) for layer, layer_names in zip(layers, names)
+              for name in layer_names]
+    flat_x = tf.nest.flatten(x)
+
+    # Weights enter as arguments (read outside), so recompute_grad returns their gradients as input
+    # gradients; the batch statistics leave as outputs and the moving averages are updated below,
+    # once per real forward pass, never by the recomputation.
+    def forward(*tensors):
+        y = tf.nest.pack_sequence_as(x, tensors[:len(flat_x)])
+        weights = iter(tensors[len(flat_x):])
+        all_stats: List[BatchStats] = []
+        for step in steps:
+            if not isinstance(step, Layer):
+                y = step(y)
+                continue
             stats: BatchStats = {}
-            y = self.fn(dict(zip(names, tensors[len(flat_x):])),
-                        tf.nest.pack_sequence_as(x, tensors[:len(flat_x)]), True, stats)
-            return y, stats
+            layer_names = names[len(all_stats)]
+            y = step.fn({name: next(weights) for name in layer_names}, y, training, stats)
+            all_stats.append(stats)
+        return y, all_stats
 
-        y, stats = (tf.recompute_grad(forward) if recompute else forward)(*flat_x, *values)
-        update_moving_stats(self.params, stats, self.bn_momentum)
-        return y
+    if not training:
+        return forward(*flat_x, *values)[0]
+    y, all_stats = (tf.recompute_grad(forward) if recompute else forward)(*flat_x, *values)
+    for layer, stats in zip(layers, all_stats):
+        update_moving_stats(layer.params, stats, layer.bn_momentum)
+    return y
 
 
 class StemFn(ResidualFn):
@@ -107,6 +124,11 @@ class Network(tf.Module):
         stem_stride, stem_kernel, stem_pool = (2, 7, True) if config.stem == "imagenet" else (1, 3, False)
         self.stem = self._layer(StemFn(config.stem_channels, stem_kernel, stem_stride, stem_pool), "stem")
 
+    @property
+    def recompute_head(self) -> bool:
+        """Whether the head keeps only its input for the backward pass (see RevNet)."""
+        return False
+
     def _layer(self, fn: ResidualFn, name: str) -> Layer:
         return Layer(fn, name, self.param_dtype, self.seeds, self.config.bn_momentum)
 
@@ -114,6 +136,7 @@ class Network(tf.Module):
         self.head = self._layer(HeadFn(channels, self.config.num_classes), "head")
 
     def body(self, x, training: bool):
+        """Stem and stages: normalised input (compute dtype) -> features for the head."""
         raise NotImplementedError
 
     def normalize(self, images):
@@ -121,10 +144,8 @@ class Network(tf.Module):
         return (tf.cast(images, self.param_dtype) - self.pixel_mean) / self.pixel_std
 
     def __call__(self, images, training: bool = False):
-        x = tf.cast(self.normalize(images), self.compute_dtype)
-        x = self.stem(x, training)
-        x = self.body(x, training)
-        return tf.cast(self.head(x, training), tf.float32)
+        x = self.body(tf.cast(self.normalize(images), self.compute_dtype), training)  # the stem included
+        return tf.cast(self.head(x, training, recompute=self.recompute_head), tf.float32)
 
     @property
     def decay_variables(self) -> List[tf.Variable]:

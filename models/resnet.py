@@ -45,6 +45,7 @@ class ResNet(Network):
     def body(self, x, training):
         # "recompute": each unit under tf.recompute_grad, the usual way to trade compute for memory.
         recompute = self.config.mode == "recompute"
+        x = self.stem(x, training)
         for unit in self.units:
             x = unit(x, training, recompute=recompute)
         return x

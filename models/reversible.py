@@ -73,20 +73,23 @@ class ReversibleStack(tf.Module):
         gradients through it (paper, Algorithm 1). Returns (x1, x2, dx1, dx2, {param: gradient})."""
         g_names = [name for name in p if name.startswith("g/")]
         f_names = [name for name in p if name.startswith("f/")]
-        # G's tape is released before F is re-run, so one residual function's activations live at a time.
         with tf.GradientTape() as tape:
             tape.watch([y1] + [p[n] for n in g_names])
             g_out = self._g(p, y1, True, {})
         g_grads = tape.gradient(g_out, [y1] + [p[n] for n in g_names], output_gradients=dy2,
                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        x2 = y2 - g_out
+        # x2 only needs G's output, so without this the executor may start re-running F (a second tape)
+        # while G's backward still holds its own; waiting keeps one residual function's activations alive.
+        with tf.control_dependencies(g_grads):
+            x2 = y2 - g_out
         dz1 = dy1 + g_grads[0]
         with tf.GradientTape() as tape:
             tape.watch([x2] + [p[n] for n in f_names])
             f_out = self._f(p, x2, True, {})
         f_grads = tape.gradient(f_out, [x2] + [p[n] for n in f_names], output_gradients=dz1,
                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        x1 = y1 - f_out
+        with tf.control_dependencies(f_grads):  # likewise: the next block's G waits for F's backward
+            x1 = y1 - f_out
         param_grads = dict(zip(g_names, g_grads[1:]))
         param_grads.update(zip(f_names, f_grads[1:]))
         return x1, x2, dz1, dy2 + f_grads[0], param_grads

@@ -2,8 +2,9 @@
 
 Activations travel as the pair (x1, x2) of channel halves from the stem to the head, always in the
 parameter dtype (float32), while F and G compute in the compute dtype (mixed precision). In
-"reversible" mode the opening units are recomputed in the backward pass from their stored inputs,
-so a training step keeps only each stage's boundary activations.
+"reversible" mode the opening units (the first one together with the stem) and the head are
+recomputed in the backward pass from their stored inputs, so a training step keeps only the input
+images and each later stage's boundary activations.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import tensorflow as tf
 
 from revnet.models.layers import (BatchStats, ResidualFn, Shortcut, in_compute_dtype, prefixed, residual_fn,
                                   sub_params, sub_stats)
-from revnet.models.network import Network
+from revnet.models.network import Network, call_layers
 from revnet.models.reversible import ReversibleStack
 
 
@@ -66,11 +67,24 @@ class RevNet(Network):
             in_channels = out_channels
         self._build_head(in_channels)
 
+    @property
+    def recompute_head(self) -> bool:
+        # In reversible mode nothing but the stage boundaries should stay alive for the backward pass.
+        return self.config.mode == "reversible"
+
+    def _split(self, x):
+        return tuple(tf.split(tf.cast(x, self.param_dtype), 2, axis=-1))
+
     def body(self, x, training):
-        x1, x2 = tf.split(tf.cast(x, self.param_dtype), 2, axis=-1)
+        # Reversible mode recomputes the stem together with the first opening unit from the input
+        # images, so not even the stem's output is kept; the later openers keep their stage's input.
+        reversible = self.config.mode == "reversible"
         recompute = self.config.mode in ("reversible", "recompute")
-        for opener, stack in zip(self.openers, self.stacks):
-            x1, x2 = opener((x1, x2), training, recompute=recompute)
+        x1, x2 = call_layers([self.stem, self._split, self.openers[0]] if reversible else [self.stem, self._split],
+                             x, training, recompute=reversible)
+        for stage, (opener, stack) in enumerate(zip(self.openers, self.stacks)):
+            if stage > 0 or not reversible:
+                x1, x2 = opener((x1, x2), training, recompute=recompute)
             if stack is not None:
                 x1, x2 = stack(x1, x2, training)
         return tf.concat([x1, x2], axis=-1)
@@ -78,8 +92,7 @@ class RevNet(Network):
     def reconstruction_errors(self, images) -> List[float]:
         """Per reversible stack, ||x_rec - x|| / ||x|| of its input rebuilt by the backward pass's inverse
         after one training-mode forward pass (which also moves the batch-norm averages, as a step would)."""
-        x = self.stem(tf.cast(self.normalize(images), self.compute_dtype), True)
-        x1, x2 = tf.split(tf.cast(x, self.param_dtype), 2, axis=-1)
+        x1, x2 = self._split(self.stem(tf.cast(self.normalize(images), self.compute_dtype), True))
         errors = []
         for opener, stack in zip(self.openers, self.stacks):
             x1, x2 = opener((x1, x2), True)
