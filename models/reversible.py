@@ -80,6 +80,8 @@ class ReversibleStack(tf.Module):
                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
         # x2 only needs G's output, so without this the executor may start re-running F (a second tape)
         # while G's backward still holds its own; waiting keeps one residual function's activations alive.
+        # It also ties the reconstruction chain to the gradient chain, a second guard (beside
+        # parallel_iterations=1) against reconstructing blocks ahead of their gradients.
         with tf.control_dependencies(g_grads):
             x2 = y2 - g_out
         dz1 = dy1 + g_grads[0]
@@ -88,8 +90,7 @@ class ReversibleStack(tf.Module):
             f_out = self._f(p, x2, True, {})
         f_grads = tape.gradient(f_out, [x2] + [p[n] for n in f_names], output_gradients=dz1,
                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        with tf.control_dependencies(f_grads):  # likewise: the next block's G waits for F's backward
-            x1 = y1 - f_out
+        x1 = y1 - f_out
         param_grads = dict(zip(g_names, g_grads[1:]))
         param_grads.update(zip(f_names, f_grads[1:]))
         return x1, x2, dz1, dy2 + f_grads[0], param_grads
@@ -181,10 +182,10 @@ class ReversibleStack(tf.Module):
                 arrays = [array.write(index, stats[self.bn_names[k // 2]][k % 2]) for k, array in enumerate(arrays)]
                 return (index + 1, h1, h2, *arrays)
 
-            # parallel_iterations=1 in both loops: the reconstruction chain (h1, h2) does not depend on
-            # the gradients, so with TF's default of 10 the executor runs reconstructions up to ten
-            # blocks ahead and keeps each one's taped activations alive, which is most of what
-            # autodiff would have stored (measured: peak memory grew with depth until this was set).
+            # parallel_iterations=1 in both loops: with TF's default of 10 the executor may run a loop's
+            # iterations ahead of each other, and a reconstruction run ahead keeps its taped activations
+            # alive, which is most of what autodiff would have stored (measured: peak memory grew with
+            # depth until this was set). The control dependency in _block_backward is a second guard.
             _, y1, y2, *arrays = tf.while_loop(lambda index, *_: index < num_blocks, body,
                                                (tf.constant(0), x1, x2, *stats_arrays),
                                                parallel_iterations=1)

@@ -102,6 +102,8 @@ def test_stage_weights_are_stacked_and_backward_is_a_while_loop():
     loops = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
     # one forward and one backward loop per stage, and no accumulators for autodiff through the forward loop
     assert len(loops) == 2 * len(model.stacks)
+    # A loop must not run iterations ahead: a reconstruction run ahead keeps its tape (see test_memory.py).
+    assert all(op.get_attr("parallel_iterations") == 1 for op in loops)
     assert not [op for op in graph.get_operations() if op.type == "TensorListPushBack"]
 
 
