@@ -192,11 +192,17 @@ def run_memory_benchmark(model_names: List[str], batch_sizes: Sequence, steps: i
                         "and --steps at least 1")
     specs = plan(model_names, modes, precisions, batch_sizes, parse_units(units, model_names))
     rows = []
+    numerics_done: Dict[tuple, Dict] = {}
     for index, spec in enumerate(specs, 1):
-        spec.update(steps=steps, numerics=numerics, numerics_batch=numerics_batch)
+        # The numerics use their own fixed batch, so they are measured once per setting, not per batch size.
+        setting = (spec["model"], str(spec["overrides"]), spec["mode"], spec["precision"])
+        spec.update(steps=steps, numerics=numerics and setting not in numerics_done, numerics_batch=numerics_batch)
         log.info("[%d/%d] measuring %s %s (%s, %s), batch %d", index, len(specs), spec["model"],
                  spec["overrides"].get("units_per_stage", ""), spec["mode"], spec["precision"], spec["batch_size"])
-        rows.append(run_worker(spec))
+        row = run_worker(spec)
+        if spec["numerics"]:
+            numerics_done[setting] = {key: row[key] for key in ("grad_rel_err", "recon_rel_err")}
+        rows.append(dict(row, **numerics_done.get(setting, {})))
     if json_path:
         from revnet.common.fileio import atomic_write_json
 
