@@ -1,5 +1,6 @@
-"""What every network shares: a module holding one residual piece's variables, the stem, the head,
-and the `Network` base class (input normalisation, variable lists, the call)."""
+"""What every network shares: a module holding one residual piece's variables, `call_layers` (a chain
+of pieces, optionally recomputed in the backward pass from its input), the stem, the head, and the
+`Network` base class (input normalisation, variable lists, the call)."""
 from __future__ import annotations
 
 from typing import Dict, List

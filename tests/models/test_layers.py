@@ -1,4 +1,4 @@
-"""The fused batch norm (float32/bf16/fp16) computes what the float64 reference ops compute: output,
+"""Batch norm in float32 and bf16 computes what the float64 reference computes: output,
 biased batch moments (the moving averages' input) and gradients, in training and inference mode."""
 import numpy as np
 import pytest
