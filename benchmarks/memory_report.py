@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional
 
-FIELDS = ("model", "units_per_stage", "depth", "mode", "precision", "batch_size", "input_size", "peak_bytes",
+FIELDS = ("model", "architecture", "family", "block", "units_per_stage", "depth", "mode", "precision", "batch_size",
+          "input_size", "peak_bytes",
           "activation_bytes", "activation_bytes_per_image", "batch1_peak_bytes", "peak_rss_bytes", "step_seconds",
           "grad_rel_err", "recon_rel_err")
 
@@ -79,6 +80,7 @@ def comparisons(rows: List[Dict]) -> List[str]:
                              f"{_ratio(row['activation_bytes'], resnet['activation_bytes'])}, per image "
                              f"{row['activation_bytes_per_image'] / MB:.2f} vs "
                              f"{resnet['activation_bytes_per_image'] / MB:.2f} MB")
+    lines += marginal_per_image(rows)
     for row in rows:
         if row["precision"] != "float32":
             base = by_key.get(_key(row, precision="float32"))
@@ -87,6 +89,33 @@ def comparisons(rows: List[Dict]) -> List[str]:
                              f"{row['precision']}/float32 peak {_ratio(row['peak_bytes'], base['peak_bytes'])}, "
                              f"act. {_ratio(row['activation_bytes'], base['activation_bytes'])}, "
                              f"time {_ratio(row['step_seconds'], base['step_seconds'])}")
+    return lines
+
+
+def marginal_per_image(rows: List[Dict]) -> List[str]:
+    """Per setting measured at two or more batch sizes: activation MB per added image between the smallest
+    and the largest batch (what decides the batch that fits), and the reversible row's ratio to its baselines."""
+    grouped: Dict[tuple, List[Dict]] = {}
+    for row in rows:
+        grouped.setdefault(_key(row, batch=None), []).append(row)
+    slopes = {}
+    for key, members in grouped.items():
+        members = sorted(members, key=lambda r: r["batch_size"])
+        small, large = members[0], members[-1]
+        if large["batch_size"] > small["batch_size"]:
+            slopes[key] = ((large["activation_bytes"] - small["activation_bytes"])
+                           / (large["batch_size"] - small["batch_size"]), small, large)
+    lines = []
+    for key, (slope, small, large) in slopes.items():
+        text = (f"{small['model']} [{_units(small)}] {small['mode']} {small['precision']}: {slope / MB:.2f} MB per added "
+                f"image (batch {small['batch_size']} -> {large['batch_size']})")
+        if small["architecture"] == "revnet" and small["mode"] == "reversible":
+            for mode in ("autodiff", "recompute"):
+                resnet = matching_resnet(rows, small, mode)
+                other = slopes.get(_key(resnet, batch=None)) if resnet else None
+                if other:
+                    text += f"; {_ratio(slope, other[0])} {resnet['model']} {mode}"
+        lines.append(text)
     return lines
 
 
@@ -110,8 +139,19 @@ def growth(rows: List[Dict]) -> List[str]:
     return lines
 
 
+def _with_config_fields(row: Dict) -> Dict:
+    """Rows read back from JSON written before these fields were saved get them from the registry."""
+    if "architecture" in row:
+        return row
+    from revnet.models.registry import get_config
+
+    config = get_config(row["model"])
+    return dict(row, architecture=config.architecture, family=config.family, block=config.block)
+
+
 def format_rows(rows: List[Dict]) -> str:
     """The table, then the ratios that matter and the growth with depth."""
+    rows = [_with_config_fields(row) for row in rows]
     lines = format_table(rows)
     compared = comparisons(rows)
     if compared:
