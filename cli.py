@@ -107,20 +107,33 @@ def benchmark_group():
 
 @benchmark_group.command("memory")
 @click.option("--models", "model_names", default="resnet-32,resnet-110,revnet-38,revnet-110,revnet-164",
-              help="Comma-separated model names. RevNets run in both modes; ResNets in autodiff.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Training batch size.")
-@click.option("--steps", type=click.IntRange(min=1), default=3, help="Measured steps per model (after one warm-up step).")
-@click.option("--modes", default="reversible,autodiff", help="RevNet modes to measure.")
+              help="Comma-separated model names (see `cli.py models`).")
+@click.option("--batch-size", "batch_sizes", default="32", help="Comma-separated training batch sizes, e.g. 32,128.")
+@click.option("--steps", type=click.IntRange(min=1), default=3, help="Measured steps per row (after one warm-up step).")
+@click.option("--modes", default="reversible,autodiff,recompute",
+              help="Comma-separated modes: reversible (RevNets only), autodiff, recompute (tf.recompute_grad "
+                   "around every unit).")
+@click.option("--precision", "precisions", default="float32",
+              help="Comma-separated precisions: float32, bf16, fp16 (F and G compute in it; the RevNet stream stays "
+                   "float32).")
+@click.option("--units", multiple=True,
+              help="Units per stage for a deeper or shallower variant, A,B,C for every listed model or "
+                   "MODEL=A,B,C for one; repeat for a depth sweep (e.g. --units revnet-38=100,100,100).")
+@click.option("--numerics/--no-numerics", default=True,
+              help="Also measure the gradient error against float64 autodiff and the reconstruction error.")
+@click.option("--numerics-batch", type=click.IntRange(min=2), default=8, help="Batch size for the numerics.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the rows as JSON here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Write a PNG of peak memory against depth here.")
-def benchmark_memory_command(model_names, batch_size, steps, modes, json_path, plot_path):
-    """Peak memory and step time of a full training step (inside tf.function), each model and mode
-    in a fresh subprocess, with the reversible-vs-autodiff gradient error for RevNets."""
-    from revnet.benchmarks.memory import format_rows, run_memory_benchmark
+              help="Write a PNG of peak and activation memory against depth here.")
+def benchmark_memory_command(model_names, batch_sizes, steps, modes, precisions, units, numerics, numerics_batch,
+                             json_path, plot_path):
+    """Peak memory, step time and numerics of a full training step (inside tf.function), each row in a
+    fresh subprocess; prints the table, the reversible-vs-baseline ratios and the growth with depth."""
+    from revnet.benchmarks.memory import run_memory_benchmark
+    from revnet.benchmarks.memory_report import format_rows
 
-    rows = run_memory_benchmark(model_names.split(","), batch_size, steps, modes.split(","),
-                                json_path=json_path, plot_path=plot_path)
+    rows = run_memory_benchmark(model_names.split(","), batch_sizes.split(","), steps, modes.split(","), precisions.split(","),
+                                units, numerics, numerics_batch, json_path=json_path, plot_path=plot_path)
     click.echo(format_rows(rows))
 
 

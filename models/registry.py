@@ -12,7 +12,11 @@ from typing import Dict, List, Optional, Tuple
 from revnet.common.errors import UserError, choose
 from revnet.models.normalization import as_nested_tuple, check_input_normalization
 
-MODES = ("reversible", "autodiff")
+# How a training step keeps what back-propagation needs. "reversible": RevNet stacks rebuild their
+# activations in the backward pass and every other unit is recomputed from its stored input (a ResNet
+# has no reversible blocks and runs as "autodiff"); "autodiff": everything is stored;
+# "recompute": every unit under tf.recompute_grad (stores each unit's input), the usual alternative.
+MODES = ("reversible", "autodiff", "recompute")
 DTYPES = ("float32", "float64")
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
 # "inception": the original code's ImageNet evaluation (central 87.5% crop, then TF1's bilinear resize).
@@ -31,9 +35,11 @@ class ModelConfig:
     strides: Tuple[int, ...]
     num_classes: int
     input_size: int
-    mode: str = "reversible"          # RevNet only: "reversible" (custom backward) or "autodiff"
+    mode: str = "reversible"          # one of MODES (see above)
     param_dtype: str = "float32"
-    compute_dtype: Optional[str] = None  # bfloat16 / float16 for mixed precision; None = param_dtype
+    # bfloat16 / float16 for mixed precision; None = param_dtype. Convolutions run in it; batch-norm
+    # statistics and a RevNet's residual stream (x1, x2) stay in param_dtype.
+    compute_dtype: Optional[str] = None
     bn_momentum: float = 0.99
     seed: int = 0
     # Evaluation/serving preprocessing of decoded images (preprocess.input_pipeline.eval_preprocess):
@@ -60,8 +66,12 @@ class ModelConfig:
         return tuple(factor * c for c in self.channels_per_stage)
 
     @property
-    def num_blocks(self) -> int:
-        return sum(self.units_per_stage)
+    def depth(self) -> int:
+        """Layers with weights, counted as the paper names its models (revnet-110: 9-9-9 basic units)."""
+        convs_per_unit = 2 if self.block == "basic" else 3
+        if self.architecture == "revnet":
+            convs_per_unit *= 2  # F and G
+        return convs_per_unit * sum(self.units_per_stage) + 2
 
     def to_json(self) -> Dict:
         return dataclasses.asdict(self)
@@ -118,6 +128,10 @@ def get_config(name: str, **overrides) -> ModelConfig:
     choose("compute dtype", config.compute_dtype, COMPUTE_DTYPES)
     choose("preprocessing", config.preprocessing, PREPROCESSING)
     check_input_normalization(config)
+    units, channels = tuple(config.units_per_stage), tuple(config.channels_per_stage)
+    if len(units) != len(channels) or not all(isinstance(u, int) and u >= 1 for u in units):
+        raise UserError(f"units_per_stage must be {len(channels)} integers >= 1 (one per stage of {config.name}), "
+                        f"got {units}")
     if not isinstance(config.num_classes, int) or config.num_classes < 2:
         raise UserError(f"num_classes must be an integer >= 2, got {config.num_classes!r}")
     return config
