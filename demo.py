@@ -36,12 +36,12 @@ def _stage(number: int, total: int, title: str) -> None:
 
 def _write_raw_data(raw_dir: str, num_train: int, num_val: int, seed: int) -> str:
     from revnet.preprocess.cifar import write_cifar10_archive
-    from revnet.preprocess.synthetic import LABEL_NAMES, make_dataset
+    from revnet.preprocess.fake_data import PATTERN_LABEL_NAMES, pattern_dataset
 
-    train_images, train_labels = make_dataset(num_train, seed)
-    val_images, val_labels = make_dataset(num_val, seed + 1)
+    train_images, train_labels = pattern_dataset(num_train, seed)
+    val_images, val_labels = pattern_dataset(num_val, seed + 1)
     path = os.path.join(raw_dir, "cifar-10-python.tar.gz")
-    return write_cifar10_archive(path, train_images, train_labels, val_images, val_labels, LABEL_NAMES)
+    return write_cifar10_archive(path, train_images, train_labels, val_images, val_labels, PATTERN_LABEL_NAMES)
 
 
 def _validation_pngs(data_dir: str, count: int):

@@ -56,7 +56,7 @@ def python_loop(input_dir: str, output_dir: str) -> Dict[str, int]:
 def run_preprocess_benchmark(num_images: int = 300, worker_counts="1,2", seed: int = 0) -> List[Dict]:
     """Rows of {method, mode, workers, images, written, rejected, seconds, images_per_second, vs_loop}."""
     from revnet.pipeline import run_preprocess
-    from revnet.preprocess.fake_imagenet import write_imagenet_tree
+    from revnet.preprocess.fake_data import write_imagenet_tree
 
     counts = _parse_workers(worker_counts)
     if num_images < NUM_CLASSES:

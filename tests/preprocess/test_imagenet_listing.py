@@ -5,7 +5,7 @@ import pytest
 
 from revnet.common.errors import UserError
 from revnet.preprocess import imagenet
-from revnet.preprocess.fake_imagenet import write_imagenet_tree
+from revnet.preprocess.fake_data import write_imagenet_tree
 
 
 @pytest.fixture(scope="module")

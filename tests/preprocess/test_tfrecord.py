@@ -6,12 +6,6 @@ import tensorflow as tf
 from revnet.preprocess import schema, tfrecord
 
 
-def test_feature_keys_are_the_schema_keys():
-    for name in ("ENCODED", "FORMAT", "HEIGHT", "WIDTH", "CHANNELS", "COLORSPACE", "FILENAME", "LABEL", "SYNSET",
-                 "TEXT", "COARSE_LABEL"):
-        assert getattr(tfrecord, name) == getattr(schema, name)
-
-
 def test_examples_are_byte_identical_to_tensorflow():
     cases = [(b"\x89PNG" + bytes(range(256)) * 3, "PNG", 32, 32, "cat_s_000001.png", 7, "cat", None, 3),
              (b"\xff\xd8\xff", "JPEG", 375, 500, "n01440764_10026.JPEG", 1000, "tench, Tinca tinca", "n01440764",
