@@ -82,17 +82,3 @@ def write_record(handle: BinaryIO, record: bytes) -> None:
     """One TFRecord: length, masked CRC32C of the length, data, masked CRC32C of the data."""
     length = struct.pack("<Q", len(record))
     handle.write(length + struct.pack("<I", _masked_crc(length)) + record + struct.pack("<I", _masked_crc(record)))
-
-
-def count_records(handle: BinaryIO) -> int:
-    """Records in a TFRecord file, by skipping from header to header (the data is not read)."""
-    count = 0
-    while True:
-        header = handle.read(12)
-        if not header:
-            return count
-        if len(header) < 12:
-            raise ValueError("truncated TFRecord header")
-        (length,) = struct.unpack("<Q", header[:8])
-        handle.seek(length + 4, 1)
-        count += 1

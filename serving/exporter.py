@@ -242,12 +242,7 @@ def _quantize_int8(staging: str, images, reference, labels_true) -> Dict:
 
 def _publish(staging: str, version_dir: str) -> None:
     """Rename the finished staging folder into place; an old version folder is replaced only at the end."""
-    old = None
-    if os.path.exists(version_dir):
-        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(version_dir))
-        os.rmdir(old)
-        os.replace(version_dir, old)
-    os.chmod(staging, 0o755)
-    os.replace(staging, version_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    from revnet.common.storage import publish_folder
+
+    os.chmod(staging, 0o755)  # mkdtemp made it private
+    publish_folder(staging, version_dir)

@@ -75,12 +75,19 @@ def test_missing_archive_is_a_one_line_error(tmp_path):
 
 
 def test_benchmark_rows_compare_the_loop_and_beam(tmp_path):
-    rows = run_preprocess_benchmark(num_images=25, worker_counts="1", seed=0)
-    assert [(r["method"], r["workers"]) for r in rows] == [("python loop", 1), ("beam DirectRunner", 1)]
+    rows = run_preprocess_benchmark(num_images=25, worker_counts="1,2", seed=0, runners="direct")
+    assert [(r["method"], r["workers"]) for r in rows] == \
+        [("python loop", 1), ("beam DirectRunner", 1), ("beam DirectRunner", 2)]
     for row in rows:
         assert row["images"] == row["written"] + row["rejected"] and row["rejected"] == 2
-        assert row["images_per_second"] > 0
-    assert rows[0]["vs_loop"] == 1.0
+        assert row["images_per_second"] == pytest.approx(row["images"] / row["seconds"], rel=0.01)
+        # Each ratio is the loop's time over this row's time (not a row divided by itself).
+        assert row["vs_loop"] == pytest.approx(rows[0]["seconds"] / row["seconds"], rel=0.01)
+        assert row["cpu_main"] > 0
+    assert rows[1]["seconds"] != rows[0]["seconds"] and rows[1]["vs_loop"] != 1.0
+    assert rows[2]["cpu_children"] > 0  # the shards were written by forked worker processes
     assert "images/s" in format_rows(rows)
     with pytest.raises(UserError, match="comma-separated integers"):
         run_preprocess_benchmark(25, "1,two")
+    with pytest.raises(UserError, match="--runners takes"):
+        run_preprocess_benchmark(25, "1", runners="spark")
