@@ -53,7 +53,7 @@ def _debug_requested() -> bool:
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("absl", "tensorflow", "apache_beam", "tf2onnx", "h5py", "distributed"):
+    for noisy in ("absl", "tensorflow", "apache_beam", "tf2onnx", "h5py"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

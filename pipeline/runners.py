@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
+import warnings
 from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence
 
@@ -82,6 +83,8 @@ def _import_dask_runner() -> None:
     except ImportError as error:
         raise UserError(f"the Dask runner needs Beam's dask extra ({error}); install it with "
                         f"pip install 'revnet-pipeline[dask]'") from None
+    # Importing distributed sets its loggers to INFO (every scheduler event); its warnings still show.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
 
 
 class _Capture(logging.Handler):
@@ -95,6 +98,8 @@ class _Capture(logging.Handler):
 
 def refuse_unknown_beam_args(args: Sequence[str]) -> None:
     """Beam only logs and drops arguments it does not know; a mistyped option must not vanish silently."""
+    if not args:
+        return  # parsing every registered Beam option costs tens of milliseconds
     from apache_beam.options.pipeline_options import PipelineOptions
 
     capture, beam_log = _Capture(), logging.getLogger("apache_beam.options.pipeline_options")
@@ -173,8 +178,13 @@ def _dask(choice: RunnerChoice, workers: int, num_tasks: int) -> Iterator[Execut
         import distributed
 
         # Beam would start a default LocalCluster (dashboard on, every interface); ours is loopback-only.
-        cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, host="127.0.0.1")
+        with warnings.catch_warnings():
+            # Without a dashboard the scheduler still serves /health on 127.0.0.1, by default on port
+            # 8787, and warns when another cluster holds that port before taking a free one.
+            warnings.filterwarnings("ignore", message="Port 8787 is already in use")
+            # preload: our package's import filters Beam's import-time GCP notice out of worker stderr.
+            cluster = distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                               dashboard_address=None, host="127.0.0.1", preload=["revnet.pipeline"])
         address = cluster.scheduler_address
         log.info("started a local Dask cluster of %d worker process(es) at %s", workers, address)
     if address:
@@ -223,7 +233,8 @@ def run_to_completion(pipeline, choice: RunnerChoice) -> None:
     except Exception as error:  # noqa: BLE001 - re-raised with what the user needs to know
         if choice.kind != "dask":
             raise
-        detail = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        detail = " ".join(str(error).split())  # Dask's messages span lines; the CLI shows only the first
+        detail = detail if len(detail) <= 400 else detail[:400] + "..."
         raise RuntimeError(f"the Dask job failed ({type(error).__name__}: {detail}); nothing was published") \
             from error
     finally:

@@ -39,9 +39,22 @@ def test_multiprocess_direct_runner_end_to_end_with_beam_args(cifar10_archive, t
     assert {s: (c["read"], c["written"], c["rejected"]) for s, c in metadata["splits"].items()} == \
         {"train": (250, 250, 0), "validation": (60, 60, 0)}
     assert len(read_records(str(output), "train")) == 250
+    assert "preprocess: 4/4 shards, 310/310 images" in result.stderr  # the progress line
+    assert "Traceback" not in result.stderr
     # The same finished dataset again: a one-line error, nothing touched.
     _one_line_error(run_cli("preprocess", "cifar-10", "--input", cifar10_archive, "--output", str(output)),
                     "already holds a finished dataset; pass --overwrite")
+
+
+def test_a_local_run_does_not_import_ipython_or_tensorflow(cifar10_archive, tmp_path):
+    """Beam's "are we in IPython?" probe imports IPython (about 0.15 s of CPU per run); the pipeline
+    answers it without the import. TensorFlow is never needed to write records."""
+    code = ("import sys; from revnet.pipeline import run_preprocess; "
+            f"run_preprocess('cifar-10', {cifar10_archive!r}, {str(tmp_path / 'out')!r}, train_shards=2, val_shards=1, "
+            "workers=2); print(sorted(m for m in ('IPython', 'tensorflow') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
 
 
 def test_hostile_archive_is_refused_on_the_command_line(tmp_path):
