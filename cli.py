@@ -75,7 +75,9 @@ def cli(debug, verbose):
     if debug:
         os.environ["REVNET_DEBUG"] = "1"
     _setup_logging(verbose)
-    if not debug and not any(arg in ("-h", "--help") for arg in sys.argv):
+    # preprocess never imports TensorFlow (its workers write records without it): skip the 2-6 s start.
+    needs_tensorflow = click.get_current_context().invoked_subcommand != "preprocess"
+    if not debug and needs_tensorflow and not any(arg in ("-h", "--help") for arg in sys.argv):
         from revnet.common.devices import quiet_tensorflow
 
         quiet_tensorflow()
@@ -163,26 +165,38 @@ def benchmark_memory_command(model_names, batch_sizes, steps, modes, precisions,
 @click.option("--max-reject-fraction", type=click.FloatRange(0, 1), default=0.001,
               help="Fail (naming the rejects file) if a split rejects more than this fraction of its inputs.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Local DirectRunner worker processes (multi_processing when > 1) [default: CPU count].")
+              help="Parallel shard writers: forked processes on the local runner, or the size of the Dask "
+                   "LocalCluster started by --runner dask without --dask-address [default: CPU count, the "
+                   "fastest setting measured by `benchmark preprocess`].")
+@click.option("--runner", type=click.Choice(["direct", "dask"]), default="direct",
+              help="direct: Beam's local runner. dask: Beam's Dask runner on --dask-address, or on a local "
+                   "cluster of --workers processes (127.0.0.1) started and stopped here. Other Beam runners: "
+                   "after `--`, e.g. -- --runner=DataflowRunner.")
+@click.option("--dask-address", default=None,
+              help="HOST:PORT (or tcp://HOST:PORT) of a running dask.distributed scheduler, for --runner dask.")
 @click.option("--download-dir", type=click.Path(file_okay=False), default=None,
               help="Where a downloaded CIFAR archive is kept [default: ~/.cache/revnet].")
-@click.option("--overwrite", is_flag=True, help="Replace a finished dataset already in --output.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a dataset written by preprocess in --output (a folder holding anything else is refused).")
 @click.option("--json", "as_json", is_flag=True, help="Print metadata.json instead of a summary table.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def preprocess_command(dataset, input_path, output_dir, train_shards, val_shards, seed, label, val_labels,
-                       label_offset, class_names, max_reject_fraction, workers, download_dir, overwrite, as_json,
-                       beam_args):
+                       label_offset, class_names, max_reject_fraction, workers, runner, dask_address, download_dir,
+                       overwrite, as_json, beam_args):
     """Turn a raw DATASET (cifar-10, cifar-100, imagenet) into sharded TFRecords with an Apache Beam pipeline.
 
     Beam pipeline options go after `--`, e.g. `-- --runner=DataflowRunner --project=P --region=R
-    --temp_location=gs://B/tmp`. Without them the pipeline runs locally with --workers processes.
+    --temp_location=gs://B/tmp` (our code is shipped to such workers as a wheel, without TensorFlow) or
+    `-- --runner=DaskRunner --dask_client_address=tcp://HOST:PORT`. Without them the pipeline runs
+    locally with --workers processes. Progress (shards done, images/s, ETA) goes to stderr.
     """
     from revnet.pipeline import format_summary, run_preprocess
 
     metadata = run_preprocess(dataset, input_path, output_dir, train_shards=train_shards, val_shards=val_shards,
                               seed=seed, label=label, val_labels=val_labels, label_offset=label_offset,
                               class_names=class_names, max_reject_fraction=max_reject_fraction, workers=workers,
-                              overwrite=overwrite, beam_args=beam_args, download_dir=download_dir)
+                              overwrite=overwrite, beam_args=beam_args, download_dir=download_dir, runner=runner,
+                              dask_address=dask_address)
     if as_json:
         _print_json(metadata)
     else:
@@ -192,15 +206,21 @@ def preprocess_command(dataset, input_path, output_dir, train_shards, val_shards
 @benchmark_group.command("preprocess")
 @click.option("--images", "num_images", type=click.IntRange(min=10), default=300,
               help="Synthetic ImageNet-style JPEGs to generate (some grayscale, CMYK and PNG-named-JPEG).")
-@click.option("--workers", "worker_counts", default="1,2", help="Comma-separated DirectRunner worker counts.")
+@click.option("--workers", "worker_counts", default="1,2",
+              help="Comma-separated worker counts (forked shard workers, Beam SDK harnesses or Dask processes).")
+@click.option("--runners", default="direct,multi_processing,dask",
+              help="Comma-separated runners: direct (in-process, shards in forked workers), multi_processing "
+                   "(Beam's own worker processes), dask (a LocalCluster on 127.0.0.1).")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, help="Runs per row; the median is shown.")
 @click.option("--seed", type=int, default=0, help="Seed of the synthetic images.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
-def benchmark_preprocess_command(num_images, worker_counts, seed, as_json):
+def benchmark_preprocess_command(num_images, worker_counts, runners, repeats, seed, as_json):
     """Images per second on the ImageNet path: a plain single-process Python loop against the Beam
-    pipeline with 1 and 2 DirectRunner workers, measured in one run on the same generated JPEG tree."""
+    pipeline on each runner with each worker count, measured in one run on the same generated JPEG
+    tree, each row in a fresh process, with the CPU seconds of the process and of its children."""
     from revnet.benchmarks.preprocess import format_rows, run_preprocess_benchmark
 
-    rows = run_preprocess_benchmark(num_images, worker_counts, seed)
+    rows = run_preprocess_benchmark(num_images, worker_counts, seed, runners, repeats)
     if as_json:
         _print_json(rows)
     else:

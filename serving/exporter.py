@@ -258,15 +258,10 @@ def _release_reservation(version_dir: str, reserved: bool) -> None:
 def _publish(staging: str, version_dir: str) -> None:
     """Rename the finished staging folder into place; an old version folder is replaced only at the end,
     and only if it is still empty or an export (checked again here: it may have changed meanwhile)."""
-    old = None
-    if os.path.lexists(version_dir):
-        if not _is_replaceable(version_dir):
-            raise UserError(f"refusing to overwrite {version_dir}: it changed during the export and is no longer "
-                            f"empty or an export written by `export`")
-        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(version_dir))
-        os.rmdir(old)
-        os.replace(version_dir, old)
-    os.chmod(staging, 0o755)
-    os.replace(staging, version_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    from revnet.common.storage import publish_folder
+
+    if os.path.lexists(version_dir) and not _is_replaceable(version_dir):
+        raise UserError(f"refusing to overwrite {version_dir}: it changed during the export and is no longer "
+                        f"empty or an export written by `export`")
+    os.chmod(staging, 0o755)  # mkdtemp made it private
+    publish_folder(staging, version_dir)

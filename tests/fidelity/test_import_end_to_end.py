@@ -49,7 +49,7 @@ def test_imported_revnet104_exports_and_serves_the_originals_logits(tmp_path):
 
 
 def test_imported_cifar_model_exports_fine_tunes_and_evaluates(tmp_path):
-    from revnet.train.toydata import write_toy_dataset
+    from revnet.preprocess.fake_data import write_toy_dataset
 
     data = str(tmp_path / "data")
     write_toy_dataset(data, num_train=32, num_validation=16, num_classes=10, num_shards=1)

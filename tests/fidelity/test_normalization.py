@@ -82,7 +82,7 @@ def test_training_normalization_follows_the_original(caplog):
 
 def test_a_new_training_run_takes_the_datasets_mean(tmp_path):
     """trainer.resolve_config (the one hook): a dataset that records its mean gives the original's convention."""
-    from revnet.train.toydata import write_toy_dataset
+    from revnet.preprocess.fake_data import write_toy_dataset
     from revnet.train.trainer import resolve_config
 
     data = str(tmp_path / "toy")

@@ -11,7 +11,7 @@ import tensorflow as tf
 from revnet.models import build_model
 from revnet.train.optimizer import DynamicLossScale, MomentumSGD
 from revnet.train.steps import make_train_step
-from revnet.train.toydata import toy_images
+from revnet.preprocess.fake_data import toy_images
 
 TINY = dict(units_per_stage=(3, 2, 2), num_classes=4)
 BATCH = 16

@@ -177,7 +177,7 @@ def test_concurrent_version_claims_never_collide(tmp_path):
 
 def test_preprocess_rejects_a_decompression_bomb_into_rejects_jsonl(tmp_path):
     from revnet.pipeline import run_preprocess
-    from revnet.preprocess.fake_imagenet import write_imagenet_tree
+    from revnet.preprocess.fake_data import write_imagenet_tree
 
     root = str(tmp_path / "imagenet")
     info = write_imagenet_tree(root, num_classes=2, train_per_class=3, val_per_class=1, specials=False, seed=3)
