@@ -75,7 +75,9 @@ def cli(debug, verbose):
     if debug:
         os.environ["REVNET_DEBUG"] = "1"
     _setup_logging(verbose)
-    if not debug and not any(arg in ("-h", "--help") for arg in sys.argv):
+    # preprocess never imports TensorFlow (its workers write records without it): skip the 2-6 s start.
+    needs_tensorflow = click.get_current_context().invoked_subcommand != "preprocess"
+    if not debug and needs_tensorflow and not any(arg in ("-h", "--help") for arg in sys.argv):
         from revnet.common.devices import quiet_tensorflow
 
         quiet_tensorflow()
@@ -107,25 +109,38 @@ def benchmark_group():
 
 @benchmark_group.command("memory")
 @click.option("--models", "model_names", default="resnet-32,resnet-110,revnet-38,revnet-110,revnet-164",
-              help="Comma-separated model names. RevNets run in both modes; ResNets in autodiff.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Training batch size.")
-@click.option("--steps", type=click.IntRange(min=1), default=3, help="Measured steps per model (after one warm-up step).")
-@click.option("--modes", default="reversible,autodiff", help="RevNet modes to measure.")
+              help="Comma-separated model names (see `cli.py models`).")
+@click.option("--batch-size", "batch_sizes", default="32", help="Comma-separated training batch sizes, e.g. 32,128.")
+@click.option("--steps", type=click.IntRange(min=1), default=3, help="Measured steps per row (after one warm-up step).")
+@click.option("--modes", default="reversible,autodiff,recompute",
+              help="Comma-separated modes: reversible (RevNets only), autodiff, recompute (tf.recompute_grad "
+                   "around every unit).")
+@click.option("--precision", "precisions", default="float32",
+              help="Comma-separated precisions: float32, bf16, fp16 (F and G compute in it; the RevNet stream stays "
+                   "float32).")
+@click.option("--units", multiple=True,
+              help="Units per stage for a deeper or shallower variant, A,B,C for every listed model or "
+                   "MODEL=A,B,C for one; repeat for a depth sweep (e.g. --units revnet-38=100,100,100).")
+@click.option("--numerics/--no-numerics", default=True,
+              help="Also measure the gradient error against float64 autodiff and the reconstruction error.")
+@click.option("--numerics-batch", type=click.IntRange(min=2), default=8, help="Batch size for the numerics.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the rows as JSON here.")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Write a PNG of peak memory against depth here.")
-def benchmark_memory_command(model_names, batch_size, steps, modes, json_path, plot_path):
-    """Peak memory and step time of a full training step (inside tf.function), each model and mode
-    in a fresh subprocess, with the reversible-vs-autodiff gradient error for RevNets."""
-    from revnet.benchmarks.memory import format_rows, run_memory_benchmark
+              help="Write a PNG of peak and activation memory against depth here.")
+def benchmark_memory_command(model_names, batch_sizes, steps, modes, precisions, units, numerics, numerics_batch,
+                             json_path, plot_path):
+    """Peak memory, step time and numerics of a full training step (inside tf.function), each row in a
+    fresh subprocess; prints the table, the reversible-vs-baseline ratios and the growth with depth."""
+    from revnet.benchmarks.memory import run_memory_benchmark
+    from revnet.benchmarks.memory_report import format_rows
 
-    rows = run_memory_benchmark(model_names.split(","), batch_size, steps, modes.split(","),
-                                json_path=json_path, plot_path=plot_path)
+    rows = run_memory_benchmark(model_names.split(","), batch_sizes.split(","), steps, modes.split(","), precisions.split(","),
+                                units, numerics, numerics_batch, json_path=json_path, plot_path=plot_path)
     click.echo(format_rows(rows))
 
 
 # ---------------------------------------------------------------------------------------------------
-# preprocess (issue: Beam preprocessing)
+# preprocess
 # ---------------------------------------------------------------------------------------------------
 @cli.command("preprocess", context_settings={"ignore_unknown_options": True})
 @click.argument("dataset", type=click.Choice(["cifar-10", "cifar-100", "imagenet"]))
@@ -150,26 +165,38 @@ def benchmark_memory_command(model_names, batch_size, steps, modes, json_path, p
 @click.option("--max-reject-fraction", type=click.FloatRange(0, 1), default=0.001,
               help="Fail (naming the rejects file) if a split rejects more than this fraction of its inputs.")
 @click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Local DirectRunner worker processes (multi_processing when > 1) [default: CPU count].")
+              help="Parallel shard writers: forked processes on the local runner, or the size of the Dask "
+                   "LocalCluster started by --runner dask without --dask-address [default: CPU count, the "
+                   "fastest setting measured by `benchmark preprocess`].")
+@click.option("--runner", type=click.Choice(["direct", "dask"]), default="direct",
+              help="direct: Beam's local runner. dask: Beam's Dask runner on --dask-address, or on a local "
+                   "cluster of --workers processes (127.0.0.1) started and stopped here. Other Beam runners: "
+                   "after `--`, e.g. -- --runner=DataflowRunner.")
+@click.option("--dask-address", default=None,
+              help="HOST:PORT (or tcp://HOST:PORT) of a running dask.distributed scheduler, for --runner dask.")
 @click.option("--download-dir", type=click.Path(file_okay=False), default=None,
               help="Where a downloaded CIFAR archive is kept [default: ~/.cache/revnet].")
-@click.option("--overwrite", is_flag=True, help="Replace a finished dataset already in --output.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace a dataset written by preprocess in --output (a folder holding anything else is refused).")
 @click.option("--json", "as_json", is_flag=True, help="Print metadata.json instead of a summary table.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def preprocess_command(dataset, input_path, output_dir, train_shards, val_shards, seed, label, val_labels,
-                       label_offset, class_names, max_reject_fraction, workers, download_dir, overwrite, as_json,
-                       beam_args):
+                       label_offset, class_names, max_reject_fraction, workers, runner, dask_address, download_dir,
+                       overwrite, as_json, beam_args):
     """Turn a raw DATASET (cifar-10, cifar-100, imagenet) into sharded TFRecords with an Apache Beam pipeline.
 
     Beam pipeline options go after `--`, e.g. `-- --runner=DataflowRunner --project=P --region=R
-    --temp_location=gs://B/tmp`. Without them the pipeline runs locally with --workers processes.
+    --temp_location=gs://B/tmp` (our code is shipped to such workers as a wheel, without TensorFlow) or
+    `-- --runner=DaskRunner --dask_client_address=tcp://HOST:PORT`. Without them the pipeline runs
+    locally with --workers processes. Progress (shards done, images/s, ETA) goes to stderr.
     """
     from revnet.pipeline import format_summary, run_preprocess
 
     metadata = run_preprocess(dataset, input_path, output_dir, train_shards=train_shards, val_shards=val_shards,
                               seed=seed, label=label, val_labels=val_labels, label_offset=label_offset,
                               class_names=class_names, max_reject_fraction=max_reject_fraction, workers=workers,
-                              overwrite=overwrite, beam_args=beam_args, download_dir=download_dir)
+                              overwrite=overwrite, beam_args=beam_args, download_dir=download_dir, runner=runner,
+                              dask_address=dask_address)
     if as_json:
         _print_json(metadata)
     else:
@@ -179,15 +206,21 @@ def preprocess_command(dataset, input_path, output_dir, train_shards, val_shards
 @benchmark_group.command("preprocess")
 @click.option("--images", "num_images", type=click.IntRange(min=10), default=300,
               help="Synthetic ImageNet-style JPEGs to generate (some grayscale, CMYK and PNG-named-JPEG).")
-@click.option("--workers", "worker_counts", default="1,2", help="Comma-separated DirectRunner worker counts.")
+@click.option("--workers", "worker_counts", default="1,2",
+              help="Comma-separated worker counts (forked shard workers, Beam SDK harnesses or Dask processes).")
+@click.option("--runners", default="direct,multi_processing,dask",
+              help="Comma-separated runners: direct (in-process, shards in forked workers), multi_processing "
+                   "(Beam's own worker processes), dask (a LocalCluster on 127.0.0.1).")
+@click.option("--repeats", type=click.IntRange(min=1), default=1, help="Runs per row; the median is shown.")
 @click.option("--seed", type=int, default=0, help="Seed of the synthetic images.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
-def benchmark_preprocess_command(num_images, worker_counts, seed, as_json):
+def benchmark_preprocess_command(num_images, worker_counts, runners, repeats, seed, as_json):
     """Images per second on the ImageNet path: a plain single-process Python loop against the Beam
-    pipeline with 1 and 2 DirectRunner workers, measured in one run on the same generated JPEG tree."""
+    pipeline on each runner with each worker count, measured in one run on the same generated JPEG
+    tree, each row in a fresh process, with the CPU seconds of the process and of its children."""
     from revnet.benchmarks.preprocess import format_rows, run_preprocess_benchmark
 
-    rows = run_preprocess_benchmark(num_images, worker_counts, seed)
+    rows = run_preprocess_benchmark(num_images, worker_counts, seed, runners, repeats)
     if as_json:
         _print_json(rows)
     else:
@@ -195,7 +228,7 @@ def benchmark_preprocess_command(num_images, worker_counts, seed, as_json):
 
 
 # ---------------------------------------------------------------------------------------------------
-# train / eval (issue: distributed trainer)
+# train / eval
 # ---------------------------------------------------------------------------------------------------
 def _train_config_options(command):
     """One flag per TrainConfig field (revnet.train.config), so a training option is spelled only there."""
@@ -319,6 +352,50 @@ def data_service_worker_command(dispatcher, port, host, connect_timeout_seconds)
     run_worker(dispatcher=dispatcher, port=port, host=host, connect_timeout_seconds=connect_timeout_seconds)
 
 
+@cli.command("import-weights")
+@click.option("--checkpoint", required=True,
+              help="The original code's checkpoint: a prefix (PREFIX.index exists), a folder with a 'checkpoint' "
+                   "state file, or the released .tar.gz (its checkpoint files are unpacked into a temporary folder).")
+@click.option("--model", required=True,
+              help="Architecture (see `cli.py models`): ResNet or RevNet, block and units per stage. Widths and the "
+                   "class count are read from the checkpoint, so narrower or wider variants import too.")
+@click.option("--id", "exp_id", required=True, help="Experiment id to create (must not exist yet).")
+@click.option("--workdir", default=DEFAULT_WORKDIR, help="Folder that holds the experiment folders.")
+@click.option("--data", default=None,
+              help="Dataset folder from `cli.py preprocess`: used by eval/train --id, its class names for exports, "
+                   "and for CIFAR its recorded training-split per-pixel mean.")
+@click.option("--pixel-mean", default=None,
+              help="CIFAR: per-channel means R,G,B (0..255) subtracted from raw pixels, e.g. 125.3,123.0,113.9 "
+                   "(instead of the --data dataset's recorded mean image).")
+@click.option("--labels", default=None, type=click.Path(dir_okay=False),
+              help="Class names for exports, one per line (line k names logit k) [default: the dataset's].")
+@click.option("--preprocessing", type=click.Choice(["cifar", "imagenet", "inception"]), default=None,
+              help="Evaluation/serving preprocessing [default: the original's: cifar, or inception (central 87.5% "
+                   "crop, then resize) for ImageNet].")
+@click.option("--units", default=None,
+              help="Units per stage when the checkpoint's differ from --model's, e.g. 9-9-9 with --model resnet-32 "
+                   "for a ResNet-56 [default: the registry model's].")
+@click.option("--json", "as_json", is_flag=True, help="Print the import report as JSON.")
+def import_weights_command(checkpoint, model, exp_id, workdir, data, pixel_mean, labels, preprocessing, units,
+                           as_json):
+    """Import a checkpoint of the original TF1 code (renmengye/revnet-public, e.g. the pretrained RevNet-104)
+    as an experiment that `eval --id`, `export --id` and `train --id` (fine-tuning) use unchanged.
+
+    Every model weight and moving statistic must map onto the model exactly once with equal shapes;
+    optimizer slots, counters and the learning rate are ignored and counted. On any misfit nothing
+    is written. The model applies the original's input normalisation itself (CIFAR: minus the mean
+    image; ImageNet: (x/255 - 0.5) * 2), so it still takes raw 0..255 pixels.
+    """
+    from revnet.train.import_weights import format_report, import_weights
+
+    report = import_weights(checkpoint=checkpoint, model=model, id=exp_id, workdir=workdir, data=data,
+                            pixel_mean=pixel_mean, labels=labels, preprocessing=preprocessing, units=units)
+    if as_json:
+        _print_json(report)
+    else:
+        click.echo(format_report(report))
+
+
 @benchmark_group.command("train")
 @click.option("--models", default="resnet-32,resnet-110,revnet-38", help="Comma-separated CIFAR models.")
 @click.option("--batch-sizes", default="32,128", help="Comma-separated global batch sizes (even: 2 replicas split them).")
@@ -333,10 +410,9 @@ def benchmark_train_command(models, batch_sizes, steps, jit_steps, imagenet, as_
     """Training throughput, one fresh process per row: the bare compiled step, the trainer on TFRecords
     (1 and 2 CPU replicas), Keras model.fit of the same ResNet, --jit on and off, and the input
     pipelines alone (CIFAR PNGs; ImageNet-size JPEGs locally and through 2 tf.data service workers)."""
-    from revnet.benchmarks.train import format_rows, run_train_benchmark
+    from revnet.benchmarks.train import format_rows, parse_batch_sizes, run_train_benchmark
 
-    rows = run_train_benchmark(models.split(","), [int(b) for b in batch_sizes.split(",")], steps, jit_steps,
-                               imagenet)
+    rows = run_train_benchmark(models.split(","), parse_batch_sizes(batch_sizes), steps, jit_steps, imagenet)
     if as_json:
         _print_json(rows)
     else:
@@ -344,7 +420,7 @@ def benchmark_train_command(models, batch_sizes, steps, jit_steps, imagenet, as_
 
 
 # ---------------------------------------------------------------------------------------------------
-# export / serve / predict (issue: serving)
+# export / serve / predict
 # ---------------------------------------------------------------------------------------------------
 @cli.command("export")
 @click.option("--id", "exp_id", required=True, help="Experiment id (folder under --workdir).")
@@ -352,14 +428,20 @@ def benchmark_train_command(models, batch_sizes, steps, jit_steps, imagenet, as_
 @click.option("--format", "export_format", type=click.Choice(["savedmodel", "onnx", "all"]), default="all",
               help="SavedModel (TF-Serving layout), ONNX, or both in the same version folder.")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Export root; writes OUTPUT/NAME/VERSION/.")
-@click.option("--name", default=None, help="Model name (folder under --output). Default: the experiment id.")
-@click.option("--version", type=int, default=None, help="Version number. Default: the next free number.")
+@click.option("--name", default=None,
+              help="Model name: one folder name under --output (no '/', no leading '.'). Default: the experiment id.")
+@click.option("--version", type=int, default=None,
+              help="Version number. Default: the next free number, claimed atomically (safe with concurrent exports).")
 @click.option("--checkpoint", default="latest", help="'latest', 'best' or a checkpoint path prefix.")
 @click.option("--opset", type=int, default=17, help="ONNX opset for tf2onnx (7..18).")
 @click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Also write model.int8.onnx (ONNX Runtime dynamic quantization) and report the accuracy change.")
-@click.option("--data-dir", default=None, help="Dataset for the parity check images. Default: the experiment's data dir.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing version folder.")
+              help="Also write model.int8.onnx (static QDQ int8, calibrated on training images) and report its "
+                   "speed, top-1 agreement and accuracy change on validation images.")
+@click.option("--data-dir", default=None,
+              help="Dataset for the parity, calibration and int8 evaluation images. Default: the experiment's data dir.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing version folder, but only an earlier export (it holds export.json) or an "
+                   "empty folder; anything else is refused and left untouched.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full export.json record.")
 def export_command(exp_id, workdir, export_format, output, name, version, checkpoint, opset, quantize, data_dir,
                    overwrite, as_json):
@@ -367,14 +449,19 @@ def export_command(exp_id, workdir, export_format, output, name, version, checkp
     from revnet.serving.exporter import export
 
     record = export(exp_id=exp_id, workdir=workdir, format=export_format, output=output, name=name,
-                            version=version, checkpoint=checkpoint, opset=opset, quantize=quantize,
-                            data_dir=data_dir, overwrite=overwrite)
+                    version=version, checkpoint=checkpoint, opset=opset, quantize=quantize, data_dir=data_dir,
+                    overwrite=overwrite)
     if as_json:
         _print_json(record)
     else:
         click.echo(f"exported {record['name']} version {record['version']} to {record['path']}")
         if "onnx" in record:
             click.echo(f"onnx max abs probability difference vs TF: {record['onnx']['max_abs_probability_diff']:.3g}")
+        int8 = record.get("onnx", {}).get("int8")
+        if int8:
+            click.echo(f"int8: top-1 agreement {int8['top1_agreement_with_float']:.4f} on "
+                       f"{int8['evaluation_images']['count']} {int8['evaluation_images']['source']} images, "
+                       f"{int8['speedup']:.2f}x float images/s at batch {int8['speed_batch']}")
 
 
 @cli.command("serve")
@@ -385,7 +472,18 @@ def export_command(exp_id, workdir, export_format, output, name, version, checkp
 @click.option("--rest-port", type=click.IntRange(min=-1), default=8501,
               help="REST and /metrics port (0 = any free port, -1 = off).")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=32,
-              help="Rows per dynamic batch, and the largest batch one request may send.")
+              help="Rows per backend run (dynamic batch); a larger request runs as chunks of this size.")
+@click.option("--max-request-rows", type=click.IntRange(min=1), default=1024,
+              help="Most rows (images) one request may carry; more is INVALID_ARGUMENT (REST 400).")
+@click.option("--max-image-pixels", type=click.IntRange(min=1), default=40_000_000,
+              help="Refuse a JPEG/PNG whose header declares more pixels (width*height), before decoding it.")
+@click.option("--decode-workers", type=click.IntRange(min=1), default=2, help="Threads decoding JPEG/PNG requests.")
+@click.option("--decode-queue", type=click.IntRange(min=0), default=64,
+              help="Image requests that may wait for a decode thread; one more is RESOURCE_EXHAUSTED (REST 503).")
+@click.option("--rest-timeout-seconds", type=click.FloatRange(min=0.1), default=10.0,
+              help="Time a REST client has to send a request's headers and body (then 408 and the connection closes).")
+@click.option("--rest-max-connections", type=click.IntRange(min=1), default=64,
+              help="Open REST connections; one more is answered 503 and closed.")
 @click.option("--batch-timeout-ms", type=click.FloatRange(min=0), default=2.0,
               help="Wait this long for more requests to batch; 0 turns dynamic batching off.")
 @click.option("--workers", type=click.IntRange(min=1), default=16, help="gRPC worker threads.")
@@ -394,15 +492,23 @@ def export_command(exp_id, workdir, export_format, output, name, version, checkp
 @click.option("--max-message-mb", type=click.IntRange(min=1), default=64, help="Largest gRPC message in MiB.")
 @click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=2.0, help="How often to look for new versions.")
 @click.option("--onnx-file", default="model.onnx", help="ONNX file in each version folder (e.g. model.int8.onnx).")
-def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, batch_timeout_ms, workers, tls_cert,
-                  tls_key, max_message_mb, poll_seconds, onnx_file):
-    """Serve the newest version over TF Serving's gRPC API (plus REST, health and Prometheus metrics)."""
+@click.option("--intra-op-threads", type=click.IntRange(min=0), default=0,
+              help="ONNX Runtime intra-op threads; 0 = every core, less one kept for the gRPC threads where "
+                   "there are more than 2.")
+def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, max_request_rows, max_image_pixels,
+                  decode_workers, decode_queue, rest_timeout_seconds, rest_max_connections, batch_timeout_ms, workers,
+                  tls_cert, tls_key, max_message_mb, poll_seconds, onnx_file, intra_op_threads):
+    """Serve the highest version that verifies and loads over TF Serving's gRPC API (plus REST, health and
+    Prometheus metrics)."""
     from revnet.serving.server import serve
 
     serve(model_dir=model_dir, backend=backend, host=host, port=port,
-                  rest_port=None if rest_port < 0 else rest_port, max_batch_size=max_batch_size,
-                  batch_timeout_ms=batch_timeout_ms, workers=workers, tls_cert=tls_cert, tls_key=tls_key,
-                  max_message_mb=max_message_mb, poll_seconds=poll_seconds, onnx_file=onnx_file)
+          rest_port=None if rest_port < 0 else rest_port, max_batch_size=max_batch_size,
+          batch_timeout_ms=batch_timeout_ms, workers=workers, tls_cert=tls_cert, tls_key=tls_key,
+          max_message_mb=max_message_mb, poll_seconds=poll_seconds, onnx_file=onnx_file,
+          max_request_rows=max_request_rows, max_image_pixels=max_image_pixels, decode_workers=decode_workers,
+          decode_queue=decode_queue, rest_timeout_seconds=rest_timeout_seconds,
+          rest_max_connections=rest_max_connections, intra_op_threads=intra_op_threads)
 
 
 @cli.command("predict")
@@ -427,31 +533,42 @@ def predict_command(images, server, model, top_k, timeout_seconds, tls_ca, as_js
 
 @benchmark_group.command("serve")
 @click.option("--model-dir", default=None, type=click.Path(file_okay=False),
-              help="OUTPUT/NAME with both formats; default: export a randomly initialised revnet-38 to a temp folder.")
+              help="OUTPUT/NAME of an export with both formats (and model.int8.onnx for the int8 rows).")
+@click.option("--experiment", default=None,
+              help="Export this trained experiment (with --quantize int8) instead; default: a random revnet-38.")
+@click.option("--workdir", default="./experiments", help="Folder that holds --experiment.")
 @click.option("--requests-per-client", type=click.IntRange(min=1), default=None,
-              help="Requests each client sends (default: enough for about 64-200 per configuration).")
+              help="Requests each client sends (default: enough for about 192 per configuration).")
 @click.option("--concurrency", default="1,8,32", help="Comma-separated client counts.")
 @click.option("--backends", default="onnx,tf", help="Comma-separated backends.")
 @click.option("--max-batch-size", type=click.IntRange(min=1), default=32, help="Dynamic batching limit.")
 @click.option("--batch-timeout-ms", type=click.FloatRange(min=0.1), default=5.0, help="Dynamic batching timeout.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON rows instead of a table.")
-def benchmark_serve_command(model_dir, requests_per_client, concurrency, backends, max_batch_size, batch_timeout_ms,
-                            as_json):
-    """Requests/s and p50/p99 latency at batch 1 over loopback gRPC, with and without dynamic batching, both
-    backends, next to raw in-process ONNX Runtime and TensorFlow throughput."""
-    from revnet.benchmarks.serve import format_rows, run_serve_benchmark
+@click.option("--intra-op-threads", type=click.IntRange(min=0), default=0,
+              help="The server's ONNX Runtime threads (0 = as `serve`: every core, less one for the gRPC "
+                   "threads where there are more than 2).")
+@click.option("--in-process-seconds", type=click.FloatRange(min=0.1), default=3.0,
+              help="Time spent on each in-process (backend, batch) measurement.")
+@click.option("--profile", is_flag=True, help="Add ONNX Runtime's per-operator times at batch 32 (fp32 and int8).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (rows, targets, profile, export) instead of tables.")
+def benchmark_serve_command(model_dir, experiment, workdir, requests_per_client, concurrency, backends, max_batch_size,
+                            batch_timeout_ms, intra_op_threads, in_process_seconds, profile, as_json):
+    """In-process ONNX Runtime (fp32, int8) and TensorFlow at batch 1 and 32; loopback gRPC at batch 1 with
+    each client count, dynamic batching off and on, both backends; the server's overhead; the targets."""
+    from revnet.benchmarks.serve import format_report, run_serve_benchmark
 
-    rows = run_serve_benchmark(model_dir=model_dir, concurrency=[int(c) for c in concurrency.split(",")],
-                               backends=backends.split(","), requests_per_client=requests_per_client,
-                               max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms)
+    report = run_serve_benchmark(model_dir=model_dir, concurrency=[int(c) for c in concurrency.split(",")],
+                                 backends=backends.split(","), requests_per_client=requests_per_client,
+                                 max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
+                                 in_process_seconds=in_process_seconds, intra_op_threads=intra_op_threads,
+                                 experiment=experiment, workdir=workdir if experiment else None, profile=profile)
     if as_json:
-        _print_json(rows)
+        _print_json(report)
     else:
-        click.echo(format_rows(rows))
+        click.echo(format_report(report))
 
 
 # ---------------------------------------------------------------------------------------------------
-# demo (issue: end to end)
+# demo
 # ---------------------------------------------------------------------------------------------------
 @cli.command("demo")
 @click.option("--workdir", default="./demo", help="Folder for every artifact: raw archive, TFRecords, experiment, exports.")

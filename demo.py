@@ -36,12 +36,12 @@ def _stage(number: int, total: int, title: str) -> None:
 
 def _write_raw_data(raw_dir: str, num_train: int, num_val: int, seed: int) -> str:
     from revnet.preprocess.cifar import write_cifar10_archive
-    from revnet.preprocess.synthetic import LABEL_NAMES, make_dataset
+    from revnet.preprocess.fake_data import PATTERN_LABEL_NAMES, pattern_dataset
 
-    train_images, train_labels = make_dataset(num_train, seed)
-    val_images, val_labels = make_dataset(num_val, seed + 1)
+    train_images, train_labels = pattern_dataset(num_train, seed)
+    val_images, val_labels = pattern_dataset(num_val, seed + 1)
     path = os.path.join(raw_dir, "cifar-10-python.tar.gz")
-    return write_cifar10_archive(path, train_images, train_labels, val_images, val_labels, LABEL_NAMES)
+    return write_cifar10_archive(path, train_images, train_labels, val_images, val_labels, PATTERN_LABEL_NAMES)
 
 
 def _validation_pngs(data_dir: str, count: int):
@@ -97,6 +97,24 @@ def _memory(model: str, batch_size: int) -> Dict:
             "autodiff_activation_bytes": rows["autodiff"]["activation_bytes"]}
 
 
+DEMO_ENTRIES = ("raw", "data", "experiments", "exports", "summary.json")
+
+
+def _check_workdir(workdir: str, overwrite: bool) -> None:
+    """A new or empty folder, or with --overwrite one holding only what a demo writes (the same rule as
+    `preprocess --overwrite`): a folder holding anything else is refused and left untouched."""
+    if os.path.isfile(workdir):
+        raise UserError(f"--workdir {workdir} is a file; expected a folder")
+    names = sorted(os.listdir(workdir)) if os.path.isdir(workdir) else []
+    foreign = [name for name in names if name not in DEMO_ENTRIES]
+    if foreign:
+        raise UserError(f"--workdir {workdir} holds {foreign[0]!r}, which the demo does not write; choose a new or "
+                        f"empty folder (--overwrite replaces only a demo's own files)")
+    if names and not overwrite:
+        state = "a finished" if "summary.json" in names else "an unfinished"
+        raise UserError(f"{workdir} already holds {state} demo; pass --overwrite or choose another --workdir")
+
+
 def run_demo(workdir: str = "./demo", model: str = "revnet-38", steps: int = 300, num_train: int = 3000,
              num_val: int = 600, batch_size: int = 32, cpu_replicas: int = 2, learning_rate: float = 0.05,
              predict_requests: int = 100, min_accuracy: float = 0.5, seed: int = 0, overwrite: bool = False,
@@ -114,8 +132,7 @@ def run_demo(workdir: str = "./demo", model: str = "revnet-38", steps: int = 300
     if batch_size % cpu_replicas:
         raise UserError(f"--batch-size {batch_size} must be divisible by --cpu-replicas {cpu_replicas}")
     workdir = os.path.abspath(workdir)
-    if os.path.exists(os.path.join(workdir, "summary.json")) and not overwrite:
-        raise UserError(f"{workdir} already holds a finished demo; pass --overwrite or choose another --workdir")
+    _check_workdir(workdir, overwrite)
     paths = {name: os.path.join(workdir, name) for name in ("raw", "data", "experiments", "exports")}
     started = time.perf_counter()
     timings: Dict[str, float] = {}

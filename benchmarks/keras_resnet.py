@@ -11,10 +11,11 @@ def build_keras_resnet(config, weight_decay: float = 2e-4):
     import keras
     from keras import layers
 
-    from revnet.models.network import PIXEL_STATS
+    from revnet.models.normalization import PIXEL_STATS
 
-    if config.architecture != "resnet" or config.block != "basic":
-        raise ValueError(f"the Keras baseline covers the basic-block CIFAR ResNets, not {config.name}")
+    if config.architecture != "resnet" or config.block != "basic" or config.input_normalization != "standardize":
+        raise ValueError(f"the Keras baseline covers the basic-block CIFAR ResNets with per-channel "
+                         f"standardisation, not {config.name} ({config.input_normalization})")
     # Our optimizer adds weight_decay * w to each kernel's gradient: an L2 penalty of weight_decay / 2.
     regularizer = keras.regularizers.L2(weight_decay / 2)
 

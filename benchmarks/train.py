@@ -32,7 +32,7 @@ from revnet.common.errors import UserError
 log = logging.getLogger(__name__)
 
 DEFAULT_MODELS = ("resnet-32", "resnet-110", "revnet-38")
-CIFAR_RECORDS, IMAGENET_RECORDS = 2560, 2048
+CIFAR_RECORDS, IMAGENET_BATCH = 2560, 32
 BFC = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
 
 
@@ -220,22 +220,37 @@ def _start_service(num_workers: int) -> Dict:
 
     port = free_port()
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    # The servers must not outlive this row's process, whatever ends it (a timeout kills it with SIGKILL).
+    spawn = {"env": env, "stdout": subprocess.DEVNULL, "preexec_fn": _die_with_parent()}
     command = [sys.executable, "-m", "revnet.cli", "data-service"]
     dispatcher_log = tempfile.NamedTemporaryFile("w+", suffix=".log")
-    processes = [subprocess.Popen(command + ["dispatcher", "--port", str(port)], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=dispatcher_log)]
-    wait_until_reachable(f"127.0.0.1:{port}", 60)
-    for _ in range(num_workers):
-        processes.append(subprocess.Popen(command + ["worker", "--dispatcher", f"127.0.0.1:{port}", "--port",
-                                                     str(free_port())], env=env, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL))
-    deadline = time.monotonic() + 120
-    while f"workers registered: {num_workers}" not in open(dispatcher_log.name).read():
-        if time.monotonic() > deadline:
-            _stop_service({"processes": processes})
-            raise RuntimeError(f"{num_workers} tf.data service workers did not register within 120 s")
-        time.sleep(0.2)
-    return {"address": f"grpc://127.0.0.1:{port}", "processes": processes, "log": dispatcher_log}
+    processes = [subprocess.Popen(command + ["dispatcher", "--port", str(port)], stderr=dispatcher_log, **spawn)]
+    servers = {"address": f"grpc://127.0.0.1:{port}", "processes": processes, "log": dispatcher_log}
+    try:
+        wait_until_reachable(f"127.0.0.1:{port}", 60)
+        for _ in range(num_workers):
+            processes.append(subprocess.Popen(command + ["worker", "--dispatcher", f"127.0.0.1:{port}", "--port",
+                                                         str(free_port())], stderr=subprocess.DEVNULL, **spawn))
+        deadline = time.monotonic() + 120
+        while f"workers registered: {num_workers}" not in open(dispatcher_log.name).read():
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{num_workers} tf.data service workers did not register within 120 s")
+            time.sleep(0.2)
+    except BaseException:
+        _stop_service(servers)
+        raise
+    return servers
+
+
+def _die_with_parent():
+    """A preexec_fn: in the child, before exec, ask Linux to SIGTERM it when its parent ends
+    (prctl PR_SET_PDEATHSIG). Loaded here, so the forked child imports nothing (TensorFlow's threads
+    may hold Python locks at fork time)."""
+    import ctypes
+    import signal
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    return lambda: prctl(1, int(signal.SIGTERM))
 
 
 def _stop_service(servers: Dict) -> None:
@@ -253,7 +268,7 @@ def _stop_service(servers: Dict) -> None:
 # --------------------------------------------------------------------------------------------------
 # Driver side: data, plan, table
 # --------------------------------------------------------------------------------------------------
-def write_imagenet_size_records(out_dir: str, count: int = IMAGENET_RECORDS, seed: int = 0) -> Dict:
+def write_imagenet_size_records(out_dir: str, count: int = 2048, seed: int = 0) -> Dict:
     """`count` ImageNet-size JPEGs (500x375, 375x500 or 500x333, quality 90, about 100 KB each: random
     crops of a real photograph, resized, with sensor-like noise) as training TFRecords + metadata.json."""
     import numpy as np
@@ -262,7 +277,7 @@ def write_imagenet_size_records(out_dir: str, count: int = IMAGENET_RECORDS, see
 
     from revnet.common.fileio import atomic_write_json
     from revnet.preprocess import schema
-    from revnet.train.toydata import matplotlib_photos
+    from revnet.preprocess.fake_data import matplotlib_photos
 
     rng = np.random.default_rng(seed)
     photo = Image.open(matplotlib_photos()[0]).convert("RGB")
@@ -292,7 +307,7 @@ def write_imagenet_size_records(out_dir: str, count: int = IMAGENET_RECORDS, see
 
 
 def plan(models: List[str], batch_sizes: List[int], steps: int, jit_steps: int, cifar_dir: str,
-         imagenet_dir: Optional[str]) -> List[Dict]:
+         imagenet_dir: Optional[str], imagenet_batches: int = 40) -> List[Dict]:
     """The rows, in table order."""
     from revnet.models.registry import get_config
 
@@ -319,31 +334,56 @@ def plan(models: List[str], batch_sizes: List[int], steps: int, jit_steps: int, 
         specs.append({"kind": "pipeline", "model": "cifar input", "data": cifar_dir, "augmentation": "cifar",
                       "image_size": 32, "batch_size": batch, "steps": steps, "warmup": 5})
     if imagenet_dir:
-        # 40 batches of 32 stay inside one epoch of the 2048 images (each epoch is a new service job).
+        # Warm-up and timed batches stay inside one epoch (each epoch is a new service job).
         base = {"kind": "pipeline", "model": "imagenet input", "data": imagenet_dir, "augmentation": "imagenet",
-                "image_size": 224, "batch_size": 32, "steps": 40, "warmup": 10}
+                "image_size": 224, "batch_size": IMAGENET_BATCH, "steps": imagenet_batches,
+                "warmup": max(1, imagenet_batches // 4)}
         specs += [dict(base, full_decode=True), dict(base, threads=1), dict(base), dict(base, service_workers=2)]
     return specs
 
 
+def parse_batch_sizes(text: str) -> List[int]:
+    """"32,128" -> [32, 128]; every size even (2 replicas split it), else a UserError."""
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or any(size < 2 or size % 2 for size in sizes):
+        raise UserError(f"--batch-sizes {text!r}: expected comma-separated even numbers >= 2, e.g. 32,128 "
+                        f"(the 2-replica rows split each batch in two)")
+    return sizes
+
+
 def run_train_benchmark(models: List[str] = DEFAULT_MODELS, batch_sizes: List[int] = (32, 128), steps: int = 20,
-                        jit_steps: int = 5, imagenet: bool = True, timeout_seconds: float = 3600) -> List[Dict]:
-    """Measure every row of `plan` in a fresh subprocess, one after another."""
+                        jit_steps: int = 5, imagenet: bool = True, timeout_seconds: float = 3600,
+                        cifar_records: int = CIFAR_RECORDS, imagenet_batches: int = 40) -> List[Dict]:
+    """Measure every row of `plan` in a fresh subprocess, one after another (each row's processes end
+    with it: a row over `timeout_seconds` is killed and the benchmark fails naming it)."""
     from revnet.benchmarks.worker import run_worker
     from revnet.models.registry import get_config
-    from revnet.train.toydata import write_toy_dataset
+    from revnet.preprocess.fake_data import write_toy_dataset
 
-    if steps < 2 or jit_steps < 1 or not batch_sizes or any(b < 2 or b % 2 for b in batch_sizes):
-        raise UserError("--steps must be >= 2, --jit-steps >= 1 and every batch size even (split over 2 replicas)")
+    if steps < 2 or jit_steps < 1 or imagenet_batches < 2:
+        raise UserError("--steps must be >= 2, --jit-steps >= 1 and the ImageNet batches >= 2")
+    parse_batch_sizes(",".join(map(str, batch_sizes)))
     models = [get_config(name).name for name in models]
+    unknown = sorted(set(models) - set(DEFAULT_MODELS))
+    if unknown:
+        raise UserError(f"benchmark train covers {', '.join(DEFAULT_MODELS)} (the Keras baseline and the "
+                        f"CIFAR data), not {', '.join(unknown)}")
+    # Warm-up (a quarter) and timed batches fit in one epoch: 40 batches -> 2048 images.
+    imagenet_records = imagenet_batches * IMAGENET_BATCH * 8 // 5
     rows = []
     with tempfile.TemporaryDirectory() as root:
         cifar_dir, imagenet_dir = os.path.join(root, "cifar"), os.path.join(root, "imagenet")
-        write_toy_dataset(cifar_dir, num_train=CIFAR_RECORDS, num_validation=10, num_classes=10, num_shards=10)
-        mean_jpeg_bytes = write_imagenet_size_records(imagenet_dir)["mean_jpeg_bytes"] if imagenet else None
-        specs = plan(models, batch_sizes, steps, jit_steps, cifar_dir, imagenet_dir if imagenet else None)
+        write_toy_dataset(cifar_dir, num_train=cifar_records, num_validation=10, num_classes=10, num_shards=10)
+        mean_jpeg_bytes = None
+        if imagenet:
+            mean_jpeg_bytes = write_imagenet_size_records(imagenet_dir, imagenet_records)["mean_jpeg_bytes"]
+        specs = plan(models, batch_sizes, steps, jit_steps, cifar_dir, imagenet_dir if imagenet else None,
+                     imagenet_batches)
         for index, spec in enumerate(specs, 1):
-            log.info("[%d/%d] %s", index, len(specs), describe(spec))
+            log.info("[%d/%d] %s %s batch %d", index, len(specs), spec["model"], describe(spec), spec["batch_size"])
             row = run_worker("revnet.benchmarks.train", spec, f"train benchmark row {describe(spec)}", BFC,
                              timeout_seconds)
             row.pop("data", None)
@@ -394,7 +434,8 @@ def format_rows(rows: List[Dict]) -> str:
             ratio = f"{_ratio(row, plain)} of no jit"
         elif row["kind"] == "trainer" and row["replicas"] == 1:
             keras = find(model, batch, kind="keras", keras_jit=False)
-            ratio = f"{_ratio(row, find(model, batch, kind='bare', mode=bare_mode, jit=None))} of bare step"
+            bare = find(model, batch, kind="bare", mode=bare_mode, jit=None, overrides=None)
+            ratio = f"{_ratio(row, bare)} of bare step"
             ratio += f", {_ratio(row, keras)} of keras fit" if keras else ""
         elif row["kind"] == "trainer":
             ratio = f"{_ratio(row, find(model, batch, kind='trainer', replicas=1))} of 1 replica"

@@ -1,5 +1,6 @@
-"""What every network shares: a module holding one residual piece's variables, the stem, the head,
-and the `Network` base class (input normalisation, variable lists, the call)."""
+"""What every network shares: a module holding one residual piece's variables, `call_layers` (a chain
+of pieces, optionally recomputed in the backward pass from its input), the stem, the head, and the
+`Network` base class (input normalisation, variable lists, the call)."""
 from __future__ import annotations
 
 from typing import Dict, List
@@ -8,14 +9,7 @@ import tensorflow as tf
 
 from revnet.models.layers import (DECAY_KINDS, BatchStats, Param, ResidualFn, SeedSequence, batch_norm, bn_params,
                            conv2d, conv_param, create_variables)
-
-# Per-channel pixel statistics (0..1 scale) per dataset family; the model normalises its own input so
-# that training, evaluation and every exported signature take raw 0..255 RGB.
-PIXEL_STATS = {
-    "cifar": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
-
+from revnet.models.normalization import normalization_constants, normalize
 
 def update_moving_stats(variables: Dict[str, tf.Variable], stats: BatchStats, momentum: float) -> None:
     """moving = momentum * moving + (1 - momentum) * batch, once per real forward pass."""
@@ -36,14 +30,43 @@ class Layer(tf.Module):
         with self.name_scope:
             self.params = create_variables(self.param_specs, name, dtype, seeds)
 
-    def __call__(self, x, training: bool):
-        p = {spec.name: self.params[spec.name] for spec in self.param_specs if spec.trainable or not training}
-        p = {name: tf.convert_to_tensor(value) for name, value in p.items()}
-        stats: BatchStats = {}
-        y = self.fn(p, x, training, stats)
-        if training:
-            update_moving_stats(self.params, stats, self.bn_momentum)
-        return y
+    def __call__(self, x, training: bool, recompute: bool = False):
+        """y = fn(x). `recompute` (training only): keep just x for the backward pass, which re-runs fn."""
+        return call_layers([self], x, training, recompute)
+
+
+def call_layers(steps: List, x, training: bool, recompute: bool = False):
+    """Apply `steps` (Layers, or weightless functions of the activations) in turn. `recompute` (training
+    only): the whole chain keeps just its input x for the backward pass, which re-runs it."""
+    layers = [step for step in steps if isinstance(step, Layer)]
+    names = [[spec.name for spec in layer.param_specs if spec.trainable or not training] for layer in layers]
+    values = [tf.convert_to_tensor(layer.params[name]) for layer, layer_names in zip(layers, names)
+              for name in layer_names]
+    flat_x = tf.nest.flatten(x)
+
+    # Weights enter as arguments (read outside), so recompute_grad returns their gradients as input
+    # gradients; the batch statistics leave as outputs and the moving averages are updated below,
+    # once per real forward pass, never by the recomputation.
+    def forward(*tensors):
+        y = tf.nest.pack_sequence_as(x, tensors[:len(flat_x)])
+        weights = iter(tensors[len(flat_x):])
+        all_stats: List[BatchStats] = []
+        for step in steps:
+            if not isinstance(step, Layer):
+                y = step(y)
+                continue
+            stats: BatchStats = {}
+            layer_names = names[len(all_stats)]
+            y = step.fn({name: next(weights) for name in layer_names}, y, training, stats)
+            all_stats.append(stats)
+        return y, all_stats
+
+    if not training:
+        return forward(*flat_x, *values)[0]
+    y, all_stats = (tf.recompute_grad(forward) if recompute else forward)(*flat_x, *values)
+    for layer, stats in zip(layers, all_stats):
+        update_moving_stats(layer.params, stats, layer.bn_momentum)
+    return y
 
 
 class StemFn(ResidualFn):
@@ -89,11 +112,15 @@ class Network(tf.Module):
         self.param_dtype = tf.as_dtype(config.param_dtype)
         self.compute_dtype = tf.as_dtype(config.compute_dtype or config.param_dtype)
         self.seeds = SeedSequence(config.seed)
-        mean, std = PIXEL_STATS[config.family]
-        self.pixel_mean = tf.constant([255.0 * m for m in mean], self.param_dtype)
-        self.pixel_std = tf.constant([255.0 * s for s in std], self.param_dtype)
+        # Normalisation constants live here (not in the data pipeline), so exports take raw pixels.
+        self.pixel_mean, self.pixel_std = normalization_constants(config, self.param_dtype)
         stem_stride, stem_kernel, stem_pool = (2, 7, True) if config.stem == "imagenet" else (1, 3, False)
         self.stem = self._layer(StemFn(config.stem_channels, stem_kernel, stem_stride, stem_pool), "stem")
+
+    @property
+    def recompute_head(self) -> bool:
+        """Whether the head keeps only its input for the backward pass (see RevNet)."""
+        return False
 
     def _layer(self, fn: ResidualFn, name: str) -> Layer:
         return Layer(fn, name, self.param_dtype, self.seeds, self.config.bn_momentum)
@@ -102,14 +129,16 @@ class Network(tf.Module):
         self.head = self._layer(HeadFn(channels, self.config.num_classes), "head")
 
     def body(self, x, training: bool):
+        """Stem and stages: normalised input (compute dtype) -> features for the head."""
         raise NotImplementedError
 
+    def normalize(self, images):
+        """Raw 0..255 RGB to the network's input scale (the config's input_normalization), in the parameter dtype."""
+        return normalize(images, self.config.input_normalization, self.pixel_mean, self.pixel_std, self.param_dtype)
+
     def __call__(self, images, training: bool = False):
-        x = (tf.cast(images, self.param_dtype) - self.pixel_mean) / self.pixel_std
-        x = tf.cast(x, self.compute_dtype)
-        x = self.stem(x, training)
-        x = self.body(x, training)
-        return tf.cast(self.head(x, training), tf.float32)
+        x = self.body(tf.cast(self.normalize(images), self.compute_dtype), training)  # the stem included
+        return tf.cast(self.head(x, training, recompute=self.recompute_head), tf.float32)
 
     @property
     def decay_variables(self) -> List[tf.Variable]:

@@ -10,11 +10,17 @@ import dataclasses
 from typing import Dict, List, Optional, Tuple
 
 from revnet.common.errors import UserError, choose
+from revnet.models.normalization import as_nested_tuple, check_input_normalization
 
-MODES = ("reversible", "autodiff")
+# How a training step keeps what back-propagation needs. "reversible": RevNet stacks rebuild their
+# activations in the backward pass and every other unit is recomputed from its stored input (a ResNet
+# has no reversible blocks and runs as "autodiff"); "autodiff": everything is stored;
+# "recompute": every unit under tf.recompute_grad (stores each unit's input), the usual alternative.
+MODES = ("reversible", "autodiff", "recompute")
 DTYPES = ("float32", "float64")
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
-PREPROCESSING = ("cifar", "imagenet")
+# "inception": the original code's ImageNet evaluation (central 87.5% crop, then TF1's bilinear resize).
+PREPROCESSING = ("cifar", "imagenet", "inception")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,14 +35,26 @@ class ModelConfig:
     strides: Tuple[int, ...]
     num_classes: int
     input_size: int
-    mode: str = "reversible"          # RevNet only: "reversible" (custom backward) or "autodiff"
+    mode: str = "reversible"          # one of MODES (see above)
     param_dtype: str = "float32"
-    compute_dtype: Optional[str] = None  # bfloat16 / float16 for mixed precision; None = param_dtype
+    # bfloat16 / float16 for mixed precision; None = param_dtype. Convolutions run in it; batch-norm
+    # statistics and a RevNet's residual stream (x1, x2) stay in param_dtype.
+    compute_dtype: Optional[str] = None
     bn_momentum: float = 0.99
     seed: int = 0
     # Evaluation/serving preprocessing of decoded images (preprocess.input_pipeline.eval_preprocess):
-    # "cifar" (resize only if needed) or "imagenet" (shorter side to 256/224 of the input, centre crop).
+    # "cifar" (resize only if needed), "imagenet" (shorter side to 256/224 of the input, centre crop) or
+    # "inception" (the original code's: central 87.5% crop, bilinear resize without half-pixel centres).
     preprocessing: str = "cifar"
+    # How the model turns raw 0..255 pixels into its input (models/normalization.py): "standardize"
+    # (per-channel mean/std, the default of configs saved before this field), "subtract_mean" (minus
+    # `pixel_mean`, the original code's CIFAR convention) or "symmetric" ((x/255 - 0.5) * 2, its ImageNet one).
+    input_normalization: str = "standardize"
+    pixel_mean: Optional[Tuple] = None  # 0..255 scale: [3] per channel or [H][W][3] per pixel
+
+    def __post_init__(self):
+        # JSON gives nested lists; keep the config hashable and its JSON unchanged.
+        object.__setattr__(self, "pixel_mean", as_nested_tuple(self.pixel_mean))
 
     @property
     def stem(self) -> str:
@@ -48,8 +66,12 @@ class ModelConfig:
         return tuple(factor * c for c in self.channels_per_stage)
 
     @property
-    def num_blocks(self) -> int:
-        return sum(self.units_per_stage)
+    def depth(self) -> int:
+        """Layers with weights, counted as the paper names its models (revnet-110: 9-9-9 basic units)."""
+        convs_per_unit = 2 if self.block == "basic" else 3
+        if self.architecture == "revnet":
+            convs_per_unit *= 2  # F and G
+        return convs_per_unit * sum(self.units_per_stage) + 2
 
     def to_json(self) -> Dict:
         return dataclasses.asdict(self)
@@ -105,6 +127,11 @@ def get_config(name: str, **overrides) -> ModelConfig:
     choose("parameter dtype", config.param_dtype, DTYPES)
     choose("compute dtype", config.compute_dtype, COMPUTE_DTYPES)
     choose("preprocessing", config.preprocessing, PREPROCESSING)
+    check_input_normalization(config)
+    units, channels = tuple(config.units_per_stage), tuple(config.channels_per_stage)
+    if len(units) != len(channels) or not all(isinstance(u, int) and u >= 1 for u in units):
+        raise UserError(f"units_per_stage must be {len(channels)} integers >= 1 (one per stage of {config.name}), "
+                        f"got {units}")
     if not isinstance(config.num_classes, int) or config.num_classes < 2:
         raise UserError(f"num_classes must be an integer >= 2, got {config.num_classes!r}")
     return config

@@ -1,4 +1,8 @@
-"""Pre-activation ResNet (the paper's baseline), built from the shared residual pieces."""
+"""Pre-activation ResNet (the paper's baseline), built from the shared residual pieces.
+
+Modes "autodiff" and "reversible" (a ResNet has no reversible blocks) store every activation;
+"recompute" keeps only each unit's input and re-runs the unit in the backward pass.
+"""
 from __future__ import annotations
 
 from revnet.models.layers import BatchStats, ResidualFn, Shortcut, prefixed, residual_fn, sub_params, sub_stats
@@ -39,6 +43,9 @@ class ResNet(Network):
         self._build_head(in_channels)
 
     def body(self, x, training):
+        # "recompute": each unit under tf.recompute_grad, the usual way to trade compute for memory.
+        recompute = self.config.mode == "recompute"
+        x = self.stem(x, training)
         for unit in self.units:
-            x = unit(x, training)
+            x = unit(x, training, recompute=recompute)
         return x

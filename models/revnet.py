@@ -1,25 +1,35 @@
 """RevNet: each stage is an ordinary opening unit (it may change shape) followed by a reversible stack.
 
-Activations travel as the pair (x1, x2) of channel halves from the stem to the head.
+Activations travel as the pair (x1, x2) of channel halves from the stem to the head, always in the
+parameter dtype (float32), while F and G compute in the compute dtype (mixed precision). In
+"reversible" mode the opening units (the first one together with the stem) and the head are
+recomputed in the backward pass from their stored inputs, so a training step keeps only the input
+images and each later stage's boundary activations.
 """
 from __future__ import annotations
 
+from typing import List
+
+import numpy as np
 import tensorflow as tf
 
-from revnet.models.layers import BatchStats, ResidualFn, Shortcut, prefixed, residual_fn, sub_params, sub_stats
-from revnet.models.network import Network
+from revnet.models.layers import (BatchStats, ResidualFn, Shortcut, in_compute_dtype, prefixed, residual_fn,
+                                  sub_params, sub_stats)
+from revnet.models.network import Network, call_layers
 from revnet.models.reversible import ReversibleStack
 
 
 class RevNetUnitFn(ResidualFn):
-    """The opening unit of a stage: y1 = F(x2) + s1(x1); y2 = G(y1) + s2(x2), stored as usual."""
+    """The opening unit of a stage: y1 = F(x2) + s1(x1); y2 = G(y1) + s2(x2)."""
 
-    def __init__(self, block: str, in_channels: int, out_channels: int, stride: int, preactivate: bool):
+    def __init__(self, block: str, in_channels: int, out_channels: int, stride: int, preactivate: bool,
+                 compute_dtype: tf.DType):
         half_in, half_out = in_channels // 2, out_channels // 2
         self.f = residual_fn(block, half_in, half_out, stride, preactivate)
         self.g = residual_fn(block, half_out, half_out, 1)
         self.shortcut1 = Shortcut(block, half_in, half_out, stride, name="shortcut1")
         self.shortcut2 = Shortcut(block, half_in, half_out, stride, name="shortcut2")
+        self.compute_dtype = compute_dtype
 
     def params(self):
         return (prefixed("f", self.f.params()) + prefixed("g", self.g.params())
@@ -29,8 +39,10 @@ class RevNetUnitFn(ResidualFn):
         x1, x2 = x
         f_stats: BatchStats = {}
         g_stats: BatchStats = {}
-        y1 = self.f(sub_params(p, "f"), x2, training, f_stats) + self.shortcut1(p, x1)
-        y2 = self.g(sub_params(p, "g"), y1, training, g_stats) + self.shortcut2(p, x2)
+        y1 = in_compute_dtype(self.f, sub_params(p, "f"), x2, training, f_stats, self.compute_dtype) \
+            + self.shortcut1(p, x1)
+        y2 = in_compute_dtype(self.g, sub_params(p, "g"), y1, training, g_stats, self.compute_dtype) \
+            + self.shortcut2(p, x2)
         sub_stats(stats, "f", f_stats)
         sub_stats(stats, "g", g_stats)
         return y1, y2
@@ -44,20 +56,52 @@ class RevNet(Network):
         self.openers, self.stacks = [], []
         for stage, (num_units, out_channels, stride) in enumerate(
                 zip(config.units_per_stage, widths, config.strides)):
-            fn = RevNetUnitFn(config.block, in_channels, out_channels, stride, preactivate=stage != 0)
+            fn = RevNetUnitFn(config.block, in_channels, out_channels, stride, preactivate=stage != 0,
+                              compute_dtype=self.compute_dtype)
             self.openers.append(self._layer(fn, f"stage{stage + 1}/unit1"))
             half = out_channels // 2
             self.stacks.append(ReversibleStack(
                 residual_fn(config.block, half, half), residual_fn(config.block, half, half),
                 num_units - 1, f"stage{stage + 1}/reversible", self.param_dtype, self.seeds,
-                config.bn_momentum, config.mode) if num_units > 1 else None)
+                config.bn_momentum, config.mode, self.compute_dtype) if num_units > 1 else None)
             in_channels = out_channels
         self._build_head(in_channels)
 
+    @property
+    def recompute_head(self) -> bool:
+        # In reversible mode nothing but the stage boundaries should stay alive for the backward pass.
+        return self.config.mode == "reversible"
+
+    def _split(self, x):
+        return tuple(tf.split(tf.cast(x, self.param_dtype), 2, axis=-1))
+
     def body(self, x, training):
-        x1, x2 = tf.split(x, 2, axis=-1)
-        for opener, stack in zip(self.openers, self.stacks):
-            x1, x2 = opener((x1, x2), training)
+        # Reversible mode recomputes the stem together with the first opening unit from the input
+        # images, so not even the stem's output is kept; the later openers keep their stage's input.
+        reversible = self.config.mode == "reversible"
+        recompute = self.config.mode in ("reversible", "recompute")
+        x1, x2 = call_layers([self.stem, self._split, self.openers[0]] if reversible else [self.stem, self._split],
+                             x, training, recompute=reversible)
+        for stage, (opener, stack) in enumerate(zip(self.openers, self.stacks)):
+            if stage > 0 or not reversible:
+                x1, x2 = opener((x1, x2), training, recompute=recompute)
             if stack is not None:
                 x1, x2 = stack(x1, x2, training)
         return tf.concat([x1, x2], axis=-1)
+
+    def reconstruction_errors(self, images) -> List[float]:
+        """Per reversible stack, ||x_rec - x|| / ||x|| of its input rebuilt by the backward pass's inverse
+        after one training-mode forward pass (which also moves the batch-norm averages, as a step would)."""
+        x1, x2 = self._split(self.stem(tf.cast(self.normalize(images), self.compute_dtype), True))
+        errors = []
+        for opener, stack in zip(self.openers, self.stacks):
+            x1, x2 = opener((x1, x2), True)
+            if stack is None:
+                continue
+            y1, y2 = stack(x1, x2, True)
+            r1, r2 = stack.reconstruct(y1, y2)
+            truth = np.concatenate([x1.numpy(), x2.numpy()], axis=-1).astype(np.float64)
+            rebuilt = np.concatenate([r1.numpy(), r2.numpy()], axis=-1).astype(np.float64)
+            errors.append(float(np.linalg.norm(rebuilt - truth) / max(np.linalg.norm(truth), 1e-300)))
+            x1, x2 = y1, y2
+        return errors

@@ -1,4 +1,16 @@
 """Apache Beam preprocessing: raw CIFAR-10/100 and ImageNet into sharded TFRecords (`run_preprocess`)."""
-from revnet.pipeline.run import DATASETS, DEFAULT_SHARDS, format_summary, run_preprocess
+import logging
 
-__all__ = ["DATASETS", "DEFAULT_SHARDS", "format_summary", "run_preprocess"]
+
+class _DropApitoolsNotice(logging.Filter):
+    # Beam's GCP module logs this on the root logger when apache_beam is first imported, whether or not
+    # GCP is ever used; every path into apache_beam from here passes this package's import first.
+    def filter(self, record):
+        return "apitools not found" not in str(record.msg)
+
+
+logging.getLogger().addFilter(_DropApitoolsNotice())
+
+from revnet.pipeline.run import DATASETS, DEFAULT_SHARDS, default_workers, format_summary, run_preprocess  # noqa: E402
+
+__all__ = ["DATASETS", "DEFAULT_SHARDS", "default_workers", "format_summary", "run_preprocess"]

@@ -1,252 +1,95 @@
-"""The Beam graph: manifest -> decode/check/encode -> deterministic shards -> TFRecord files.
+"""The Beam graph: one element per output shard, one step that writes it.
 
-    ReadFromText(_manifest.jsonl) -> Expand (a CIFAR batch file -> its rows) -> AssignShard
-        -> GroupByKey (split, shard) -> EncodeShard -> shard record counts -> _shards.json
-                                                    -> rejects {path, split, reason} -> rejects.jsonl
+    Create(task names) -> [Reshuffle, inside Create] -> EncodeShards (read, decode, check, encode, write
+                                                        one whole shard; its summary goes to _done/)
 
-The driver (pipeline/run.py) lists the inputs into the manifest and fixes the shard boundaries, so the
-graph holds no data and runs unchanged on any runner that can read the manifest's folder. Every record
-has a key: a hash of (seed, split, source id) for training, the source id for validation. A record's
-shard is found by bisecting the boundaries, and records are written in key order within a shard, so
-re-runs give byte-identical files whatever order the runner processes them in.
+The driver (pipeline/plan.py) has already fixed every record's shard and order, so the graph carries
+only task names and needs no GroupByKey, side input, tagged output or file source: the subset of Beam
+that every runner executes the same way, Beam's Dask runner included (which, in Beam 2.77, turns
+file sources into nothing, computes only the last leaf of a graph, mixes tagged outputs and drops what
+finish_bundle emits; see pipeline/runners.py).
+
+On the in-process local runner, EncodeShards can fan the bundle's shards out to forked worker
+processes: Beam's own multi_processing mode starts a full SDK harness per worker (about 0.8 s of CPU
+each here) and moves every element through gRPC, which costs more than it saves below ~10^4 images.
 """
 from __future__ import annotations
 
-import bisect
-import hashlib
-import json
-import os
-import posixpath
+import functools
+import multiprocessing
 import sys
-import time
-from typing import Dict, List, Sequence, Tuple
+from typing import Iterator, List, Sequence
 
-import logging
+import apache_beam as beam
+from apache_beam.utils import interactive_utils
 
-
-class _DropApitoolsNotice(logging.Filter):
-    # Beam's GCP module logs this on the root logger at import time whether or not GCP is ever used.
-    def filter(self, record):
-        return "apitools not found" not in str(record.msg)
+from revnet.pipeline import shards
 
 
-logging.getLogger().addFilter(_DropApitoolsNotice())
+def _answer_the_ipython_probe_without_importing_it() -> None:
+    """Beam asks "are we in IPython?" by importing IPython (with prompt_toolkit, jedi and traitlets:
+    about 0.15 s of CPU, half of a local job's fixed cost) when a pipeline is built and run. A process
+    that has not imported IPython is not an IPython session, so answer that without the import; the
+    modules that bound Beam's probe by name get the same answer."""
+    probe = interactive_utils.is_in_ipython
 
-import apache_beam as beam  # noqa: E402 - after the filter above
-from apache_beam.metrics import Metrics  # noqa: E402
+    def is_in_ipython() -> bool:
+        return "IPython" in sys.modules and probe()
 
-MANIFEST_FILE = "_manifest.jsonl"
-SHARDS_FILE = "_shards.json"
-METRICS_NAMESPACE = "preprocess"
-
-
-def order_key(seed: int, split: str, source_id: str) -> Tuple[str, str]:
-    """Sort key of one record: training records are shuffled by a seeded hash, validation keeps input order."""
-    if split == "train":
-        digest = hashlib.sha256(f"{seed}\x00{split}\x00{source_id}".encode("utf-8")).hexdigest()[:32]
-        return (digest, source_id)
-    return ("", source_id)
+    for module in list(sys.modules.values()):
+        if getattr(module, "is_in_ipython", None) is probe:
+            module.is_in_ipython = is_in_ipython
 
 
-def shard_boundaries(keys: Sequence[Tuple[str, str]], num_shards: int) -> List[Tuple[str, str]]:
-    """The first key of shards 1..S-1 so that the record of rank r lands in shard floor(r * S / N)."""
-    ordered = sorted(keys)
-    count = len(ordered)
-    bounds = []
-    for shard in range(1, num_shards):
-        first_rank = -(-shard * count // num_shards)  # ceil(shard * N / S)
-        bounds.append(ordered[first_rank] if first_rank < count else (chr(0x10FFFF), ""))
-    return bounds
+_answer_the_ipython_probe_without_importing_it()
 
 
-def shard_of(boundaries: Sequence[Tuple[str, str]], key: Tuple[str, str]) -> int:
-    return bisect.bisect_right(boundaries, tuple(key))
+def _fork_context():
+    # fork starts a worker in milliseconds with everything already imported; elsewhere fall back to spawn.
+    return multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
 
 
-def _read_bytes(path: str) -> bytes:
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems
-
-        with FileSystems.open(path, compression_type="uncompressed") as handle:
-            return handle.read()
-    with open(path, "rb") as handle:
-        return handle.read()
+def encode_in_processes(work_dir: str, names: Sequence[str], processes: int) -> Iterator[dict]:
+    """Summaries of the given tasks, written by `processes` forked workers taking one shard at a time."""
+    with _fork_context().Pool(min(processes, len(names))) as pool:
+        yield from pool.imap_unordered(functools.partial(shards.encode_shard, work_dir), names, chunksize=1)
 
 
-def _create(path: str):
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems
+class EncodeShards(beam.DoFn):
+    """A task name -> its shard file and summary (which is also emitted, for runners that want a sink).
 
-        return FileSystems.create(path, compression_type="uncompressed")
-    return open(path, "wb")
-
-
-def _write_bytes(path: str, data: bytes) -> None:
-    with _create(path) as handle:
-        handle.write(data)
-
-
-class _Progress:
-    """Records processed and rate on stderr, at most once a second, only when stderr is a terminal."""
-
-    def __init__(self):
-        self.count = self.rejected = 0
-        self.start = self.last = time.monotonic()
-        self.enabled = sys.stderr.isatty()
-
-    def tick(self, rejected: bool) -> None:
-        self.count += 1
-        self.rejected += int(rejected)
-        if self.enabled and time.monotonic() - self.last >= 1.0:
-            self._show("")
-
-    def finish(self) -> None:
-        if self.enabled and self.count:
-            self._show("\n")
-
-    def _show(self, end: str) -> None:
-        self.last = now = time.monotonic()
-        rate = self.count / max(now - self.start, 1e-9)
-        sys.stderr.write(f"\rpreprocess [worker {os.getpid()}]: {self.count} records "
-                         f"({self.rejected} rejected), {rate:.0f} records/s {end}")
-        sys.stderr.flush()
-
-
-class ExpandInputs(beam.DoFn):
-    """A manifest line -> input rows: a CIFAR batch file becomes one row per image; image files pass through."""
-
-    def __init__(self, dataset: str, input_path: str):
-        self.dataset, self.input_path = dataset, input_path
-
-    def process(self, line: str):
-        item = json.loads(line)
-        if item["kind"] == "file":
-            yield item
-            return
-        from revnet.preprocess import cifar
-
-        spec = cifar.SPECS[self.dataset]
-        member = item["member"]
-        data = cifar.read_members(self.input_path, spec, [member])[member]
-        batch = cifar.parse_batch(data, spec, member, item["num_classes"])
-        for index, filename, _, labels in cifar.iter_batch(batch):
-            yield {"kind": "cifar", "split": item["split"], "source_id": f"{member}:{index:06d}",
-                   "filename": filename, "pixels": batch["data"][index].tobytes(), "labels": labels}
-
-
-def assign_shard(item: dict, seed: int, boundaries: Dict[str, list]):
-    """((split, shard), (key, item)): only the small input description travels through the shuffle."""
-    key = order_key(seed, item["split"], item["source_id"])
-    return (item["split"], shard_of(boundaries[item["split"]], key)), (key, item)
-
-
-class EncodeShard(beam.DoFn):
-    """Decode, check and encode the inputs of one shard in key order, straight into its TFRecord file.
-
-    Encoding after the shuffle keeps image bytes inside one worker (read, encode, write) instead of
-    sending every encoded image through the runner. Emits the shard's record count, and one reject
-    {path, split, reason} per input that is not an image.
+    With `local_processes` > 1 the tasks of a bundle are collected and written by that many forked
+    processes when the bundle finishes; use it only on the in-process local runner (one bundle holds
+    every task there; Beam's Dask runner drops output emitted by finish_bundle).
     """
 
-    REJECTS = "rejects"
+    def __init__(self, work_dir: str, local_processes: int = 1):
+        self.work_dir, self.local_processes = work_dir, local_processes
 
-    def __init__(self, output_dir: str, shard_files: Dict[str, List[str]], label_key: str,
-                 label_names: Dict[str, List[str]], label_offset: int = 0):
-        self.output_dir, self.shard_files = output_dir, shard_files
-        self.label_key, self.label_names, self.label_offset = label_key, label_names, label_offset
+    def start_bundle(self):
+        self.pending: List[str] = []
 
-    def setup(self):
-        self.progress = _Progress()
-        self.counters = {}
+    def process(self, name: str):
+        if self.local_processes > 1:
+            self.pending.append(name)
+            return
+        yield shards.encode_shard(self.work_dir, name)
 
-    def teardown(self):
-        if getattr(self, "progress", None) is not None:
-            self.progress.finish()
+    def finish_bundle(self):
+        if not self.pending:
+            return
+        from apache_beam.transforms.window import GlobalWindow
+        from apache_beam.utils.timestamp import MIN_TIMESTAMP
+        from apache_beam.utils.windowed_value import WindowedValue
 
-    def _count(self, split: str, what: str, amount: int = 1) -> None:
-        name = f"{split}_{what}"
-        if name not in self.counters:
-            self.counters[name] = Metrics.counter(METRICS_NAMESPACE, name)
-        self.counters[name].inc(amount)
-
-    def process(self, element):
-        from revnet.preprocess import images, tfrecord
-
-        (split, shard), keyed_items = element
-        name = self.shard_files[split][shard]
-        written = 0
-        # Rewriting the whole file makes a retried bundle harmless (the output is the same bytes).
-        with _create(posixpath.join(self.output_dir, name) if "://" in self.output_dir
-                     else os.path.join(self.output_dir, name)) as handle:
-            for _, item in sorted(keyed_items, key=lambda keyed: keyed[0]):
-                self._count(split, "read")
-                try:
-                    if item["kind"] == "cifar":
-                        example = self._cifar_example(item, images, tfrecord)
-                    else:
-                        example, action = self._image_example(item, images, tfrecord)
-                        if action != "kept":
-                            self._count(split, f"converted_{action}")
-                except images.ImageRejected as error:
-                    self._count(split, "rejected")
-                    self.progress.tick(rejected=True)
-                    yield beam.pvalue.TaggedOutput(self.REJECTS, {"path": item.get("path", item["source_id"]),
-                                                                  "split": split, "reason": str(error)})
-                    continue
-                tfrecord.write_record(handle, example)
-                written += 1
-                self.progress.tick(rejected=False)
-        self._count(split, "written", written)
-        yield {"split": split, "shard": shard, "file": name, "records": written}
-
-    def _cifar_example(self, item, images, tfrecord):
-        import numpy as np
-
-        from revnet.preprocess.cifar import IMAGE_SIZE, planar_to_hwc
-
-        pixels = planar_to_hwc(np.frombuffer(item["pixels"], dtype=np.uint8)[None])[0]
-        labels = item["labels"]
-        label = labels[self.label_key]
-        return tfrecord.image_example(images.encode_png(np.ascontiguousarray(pixels)), "PNG", IMAGE_SIZE, IMAGE_SIZE,
-                                      item["filename"], label + self.label_offset,
-                                      self.label_names[self.label_key][label], coarse_label=labels.get("coarse_labels"))
-
-    def _image_example(self, item, images, tfrecord):
-        try:
-            data = _read_bytes(item["path"])
-        except OSError as error:
-            raise images.ImageRejected(f"cannot read file: {error}") from None
-        encoded = images.to_rgb_jpeg(data)
-        example = tfrecord.image_example(encoded.encoded, encoded.image_format, encoded.height, encoded.width,
-                                         posixpath.basename(item["path"]), item["label"], item["text"],
-                                         synset=item["synset"])
-        return example, encoded.action
+        for summary in encode_in_processes(self.work_dir, self.pending, self.local_processes):
+            yield WindowedValue(summary, MIN_TIMESTAMP, [GlobalWindow()])
+        self.pending = []
 
 
-def _write_shard_list(shards, path: str):
-    _write_bytes(path, json.dumps(sorted(shards, key=lambda s: s["file"])).encode())
-
-
-def _write_rejects(rejects, path: str):
-    lines = sorted(json.dumps(r, sort_keys=True) for r in rejects)
-    _write_bytes(path, "".join(line + "\n" for line in lines).encode("utf-8"))
-
-
-def build(pipeline: beam.Pipeline, *, dataset: str, input_path: str, work_dir: str, seed: int,
-          boundaries: Dict[str, list], shard_files: Dict[str, List[str]], label_key: str,
-          label_names: Dict[str, List[str]], label_offset: int = 0, rejects_file: str = "rejects.jsonl") -> None:
-    join = posixpath.join if "://" in work_dir else os.path.join
-    results = (pipeline
-               | "ReadManifest" >> beam.io.ReadFromText(join(work_dir, MANIFEST_FILE))
-               | "Expand" >> beam.ParDo(ExpandInputs(dataset, input_path))
-               | "AssignShard" >> beam.Map(assign_shard, seed, boundaries)
-               | "GroupShards" >> beam.GroupByKey()
-               | "EncodeShards" >> beam.ParDo(EncodeShard(work_dir, shard_files, label_key, label_names,
-                                                          label_offset)).with_outputs(EncodeShard.REJECTS,
-                                                                                      main="shards"))
-    (results.shards
-     | "ListShards" >> beam.combiners.ToList()
-     | "WriteShardList" >> beam.Map(_write_shard_list, join(work_dir, SHARDS_FILE)))
-    (results[EncodeShard.REJECTS]
-     | "ListRejects" >> beam.combiners.ToList()
-     | "WriteRejects" >> beam.Map(_write_rejects, join(work_dir, rejects_file)))
+def build(pipeline: beam.Pipeline, work_dir: str, task_names: Sequence[str], local_processes: int = 1,
+          distribute: bool = True) -> None:
+    """`distribute`: let Create reshuffle the tasks over the runner's workers (pointless in-process)."""
+    (pipeline
+     | "ShardTasks" >> beam.Create(list(task_names), reshuffle=distribute)
+     | "EncodeShards" >> beam.ParDo(EncodeShards(work_dir, local_processes)))

@@ -6,6 +6,7 @@ those files hold, so a hostile archive is refused before anything in it runs.
 """
 from __future__ import annotations
 
+import _compat_pickle
 import hashlib
 import io
 import logging
@@ -19,6 +20,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from revnet.common import storage
 from revnet.common.errors import UserError
 from revnet.common.fileio import atomic_write_bytes
 
@@ -71,6 +73,10 @@ _ALLOWED_GLOBALS = {
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
+        # Protocol-2 pickles name Python 2 modules (an empty bytes is `__builtin__.bytes()`); map them the
+        # way pickle itself would before checking, so the check sees the names that would be loaded.
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name), (module, name))
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
         if (module, name) in _ALLOWED_GLOBALS:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
@@ -89,40 +95,27 @@ def safe_loads(data: bytes, source: str):
 # ------------------------------------------------------------------------------------------------
 # Reading an archive or its extracted folder
 # ------------------------------------------------------------------------------------------------
-def _open_binary(path: str):
-    if "://" in path:
-        from apache_beam.io.filesystems import FileSystems  # gs://, s3://... on distributed runners
-
-        return FileSystems.open(path, compression_type="uncompressed")
-    return open(path, "rb")
-
-
-def _is_dir(path: str) -> bool:
-    return "://" not in path and os.path.isdir(path)
-
-
 def _folder_root(input_path: str, spec: CifarSpec) -> str:
-    nested = os.path.join(input_path, spec.folder)
-    return nested if os.path.isdir(nested) else input_path
+    nested = storage.join(input_path, spec.folder)
+    return nested if storage.is_dir(nested) else input_path
 
 
 def read_members(input_path: str, spec: CifarSpec, names: Sequence[str]) -> Dict[str, bytes]:
     """The raw bytes of the named files, from the .tar.gz archive or its extracted folder."""
     wanted = set(names)
     found: Dict[str, bytes] = {}
-    if _is_dir(input_path):
+    if storage.is_dir(input_path):
         root = _folder_root(input_path, spec)
         for name in names:
-            path = os.path.join(root, name)
-            if os.path.isfile(path):
-                with open(path, "rb") as handle:
-                    found[name] = handle.read()
+            path = storage.join(root, name)
+            if storage.is_file(path):
+                found[name] = storage.read_bytes(path)
     else:
-        if "://" not in input_path and not os.path.exists(input_path):
+        if not storage.is_remote(input_path) and not os.path.exists(input_path):
             raise UserError(f"input {input_path!r} does not exist; expected the official {spec.archive} "
                             f"or its extracted {spec.folder}/ folder")
         try:
-            with _open_binary(input_path) as raw, tarfile.open(fileobj=raw, mode="r|*") as archive:
+            with storage.open_read(input_path) as raw, tarfile.open(fileobj=raw, mode="r|*") as archive:
                 for member in archive:
                     base = member.name.rsplit("/", 1)[-1]
                     if member.isfile() and base in wanted and member.name.startswith(spec.folder + "/"):
@@ -150,20 +143,39 @@ def parse_batch(data: bytes, spec: CifarSpec, source: str, num_classes: Dict[str
         raise UserError(f"{source}: b'data' has shape {pixels.shape} and dtype {pixels.dtype}; "
                         f"expected uint8 N x {ROW_BYTES} (channel-planar 32x32 RGB)")
     count = pixels.shape[0]
+    if count == 0:
+        raise UserError(f"{source} holds 0 images; every batch of the official archive holds images, so the "
+                        f"archive is truncated or was built wrongly")
     result: Dict[str, object] = {"data": pixels}
     for key in spec.label_keys:
         labels = batch.get(key.encode())
         if labels is None or len(labels) != count:
             raise UserError(f"{source}: b'{key}' is missing or does not have {count} entries")
-        labels = np.asarray(labels, dtype=np.int64)
-        if count and (labels.min() < 0 or labels.max() >= num_classes[key]):
-            raise UserError(f"{source}: b'{key}' holds values outside 0..{num_classes[key] - 1}")
-        result[key] = labels
+        result[key] = _integer_labels(labels, source, key, num_classes[key])
     filenames = batch.get(b"filenames")
     if filenames is None or len(filenames) != count:
         raise UserError(f"{source}: b'filenames' is missing or does not have {count} entries")
     result["filenames"] = [f.decode("utf-8", "replace") if isinstance(f, bytes) else str(f) for f in filenames]
     return result
+
+
+def _integer_labels(labels, source: str, key: str, num_classes: int) -> np.ndarray:
+    """The labels as int64, refusing anything that is not an integer in 0..num_classes-1 (1.9 or "3"
+    would otherwise be cast silently to 1 or 3)."""
+    array = np.asarray(labels, dtype=object if not isinstance(labels, np.ndarray) else None)
+    if array.ndim != 1:
+        raise UserError(f"{source}: b'{key}' must be a flat list of integer labels, got shape {array.shape}")
+    if array.dtype == object:
+        bad = [value for value in array.tolist()
+               if isinstance(value, bool) or not isinstance(value, (int, np.integer))]
+    else:
+        bad = array[:1].tolist() if array.dtype.kind not in "iu" else []
+    if bad:
+        raise UserError(f"{source}: b'{key}' holds {bad[0]!r} ({type(bad[0]).__name__}); labels must be integers "
+                        f"in 0..{num_classes - 1}")
+    if min(array.tolist()) < 0 or max(array.tolist()) >= num_classes:
+        raise UserError(f"{source}: b'{key}' holds values outside 0..{num_classes - 1}")
+    return array.astype(np.int64)
 
 
 def parse_meta(data: bytes, spec: CifarSpec, source: str) -> Dict[str, List[str]]:

@@ -7,17 +7,24 @@
 FILE is the Kaggle LOC_val_solution.csv (ImageId,PredictionString; the first token is the synset)
 or a text file with one synset per line, in sorted file-name order. Labels are 0..N-1 in sorted synset
 order, plus `label_offset` (1 gives the 1..1000 convention of the classic TF ImageNet scripts).
+
+Label and class-name files are UTF-8 (a byte-order mark is allowed); anything else is a UserError. A file
+or folder whose name is not valid UTF-8 cannot be named in a record: it is listed as a reject, not a
+crash. A training class folder without images is refused (it would add a class with no examples).
 """
 from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
-import posixpath
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence
 
+from revnet.common import storage
 from revnet.common.errors import UserError
+
+log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 CLASS_TEXT_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")
@@ -33,103 +40,106 @@ class ImageItem:
     text: str
 
 
-# Local folders use os; gs:// and other Beam file systems are listed with FileSystems.match, where a
-# "folder" is a name prefix and `*` does not cross "/".
-def _remote(path: str) -> bool:
-    return "://" in path
+@dataclass(frozen=True)
+class ListingReject:
+    """An input refused while listing (its name cannot be written into a record)."""
+    split: str
+    path: str  # undecodable bytes shown as \xNN escapes
+    reason: str
 
 
-def _join(folder: str, name: str) -> str:
-    return posixpath.join(folder, name) if _remote(folder) else os.path.join(folder, name)
+class Listing(NamedTuple):
+    synsets: List[str]
+    texts: List[str]
+    items: Dict[str, List[ImageItem]]
+    rejects: List[ListingReject]
 
 
-def _remote_children(folder: str):
-    """(file names, subfolder names) directly inside a remote folder."""
-    from apache_beam.io.filesystems import FileSystems
-
-    prefix = folder.rstrip("/") + "/"
-    files, folders = set(), set()
-    for pattern, target in ((prefix + "*", files), (prefix + "*/*", folders)):
-        for match in FileSystems.match([pattern])[0].metadata_list:
-            target.add(match.path[len(prefix):].split("/", 1)[0])
-    return sorted(files), sorted(folders)
+# Local folders and gs:// alike go through common.storage; on object stores a "folder" is a name prefix.
+def _is_utf8(name: str) -> bool:
+    """False for names the OS could not decode (os.listdir turns their bytes into lone surrogates)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
-def _is_dir(folder: str) -> bool:
-    if not _remote(folder):
-        return os.path.isdir(folder)
-    files, folders = _remote_children(folder)
-    return bool(files or folders)
+def _printable(path: str) -> str:
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def _image_files(folder: str) -> List[str]:
-    names = _remote_children(folder)[0] if _remote(folder) else [
-        name for name in os.listdir(folder) if os.path.isfile(os.path.join(folder, name))]
-    return sorted(name for name in names if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS))
+    return [name for name in storage.children(folder)[0]
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
 
 
 def _subfolders(folder: str) -> List[str]:
-    names = _remote_children(folder)[1] if _remote(folder) else [
-        name for name in os.listdir(folder) if os.path.isdir(os.path.join(folder, name))]
-    return sorted(name for name in names if not name.startswith("."))
+    return [name for name in storage.children(folder)[1] if not name.startswith(".")]
 
 
-def _is_file(path: str) -> bool:
-    if not _remote(path):
-        return os.path.isfile(path)
-    from apache_beam.io.filesystems import FileSystems
-
-    return FileSystems.exists(path)
-
-
-def _open_text(path: str):
-    if not _remote(path):
-        return open(path, "r", encoding="utf-8")
-    from apache_beam.io.filesystems import FileSystems
-
-    with FileSystems.open(path, compression_type="uncompressed") as handle:
-        return io.StringIO(handle.read().decode("utf-8"))
+def _read_text_file(path: str, what: str) -> str:
+    """A label or class-name file as text: UTF-8, with or without a byte-order mark."""
+    data = storage.read_bytes(path)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UserError(f"{what} {path!r} is not UTF-8 text (byte {error.start}: {data[error.start:error.start + 1]!r}); "
+                        f"save it as UTF-8") from None
 
 
 def read_class_texts(input_dir: str, class_names_file: Optional[str] = None) -> Dict[str, str]:
     """synset -> human-readable class text, from LOC_synset_mapping.txt / synset_words.txt if present."""
-    candidates = [class_names_file] if class_names_file else [_join(input_dir, n) for n in CLASS_TEXT_FILES]
+    candidates = [class_names_file] if class_names_file else [storage.join(input_dir, n) for n in CLASS_TEXT_FILES]
     for path in candidates:
-        if path and _is_file(path):
+        if path and storage.is_file(path):
             texts = {}
-            with _open_text(path) as handle:
-                for line in handle:
-                    synset, _, text = line.strip().partition(" ")
-                    if synset:
-                        texts[synset] = text.strip() or synset
+            for line in _read_text_file(path, "class-name file").splitlines():
+                synset, _, text = line.strip().partition(" ")
+                if synset:
+                    texts[synset] = text.strip() or synset
             return texts
         if class_names_file:
             raise UserError(f"--class-names file {path!r} does not exist")
     return {}
 
 
+def _csv_synsets(path: str, text: str) -> Dict[str, str]:
+    """ImageId -> synset from LOC_val_solution.csv; a conflicting duplicate is an error, an exact one a warning."""
+    by_id: Dict[str, str] = {}
+    duplicates = 0
+    for row in csv.DictReader(io.StringIO(text)):
+        tokens = (row.get("PredictionString") or "").split()
+        if not tokens:
+            continue
+        image_id = (row.get("ImageId") or "").strip()
+        if image_id in by_id:
+            if by_id[image_id] != tokens[0]:
+                raise UserError(f"{path} labels validation image {image_id} twice, as {by_id[image_id]} and "
+                                f"{tokens[0]}; expected one synset per ImageId")
+            duplicates += 1
+        by_id[image_id] = tokens[0]
+    if duplicates:
+        log.warning("%s repeats %d ImageId row(s) with the same synset; using each once", path, duplicates)
+    return by_id
+
+
 def read_val_labels(path: str, filenames: Sequence[str]) -> List[str]:
     """The synset of each validation file (in the order given), from either label file format."""
-    if not _is_file(path):
+    if not storage.is_file(path):
         raise UserError(f"--val-labels file {path!r} does not exist; expected LOC_val_solution.csv or a text "
                         f"file with one synset per line")
-    with _open_text(path) as handle:
-        first = handle.readline()
-        handle.seek(0)
-        if first.replace(" ", "").startswith("ImageId,PredictionString"):
-            by_id = {}
-            for row in csv.DictReader(handle):
-                tokens = (row.get("PredictionString") or "").split()
-                if tokens:
-                    by_id[row["ImageId"].strip()] = tokens[0]
-            synsets = []
-            for name in filenames:
-                image_id = os.path.splitext(name)[0]
-                if image_id not in by_id:
-                    raise UserError(f"{path} has no label for validation image {image_id}")
-                synsets.append(by_id[image_id])
-            return synsets
-        lines = [line.strip().split()[0] for line in handle if line.strip()]
+    text = _read_text_file(path, "--val-labels file")
+    if text.split("\n", 1)[0].replace(" ", "").startswith("ImageId,PredictionString"):
+        by_id = _csv_synsets(path, text)
+        synsets = []
+        for name in filenames:
+            image_id = os.path.splitext(name)[0]
+            if image_id not in by_id:
+                raise UserError(f"{path} has no label for validation image {image_id}")
+            synsets.append(by_id[image_id])
+        return synsets
+    lines = [line.strip().split()[0] for line in text.splitlines() if line.strip()]
     if len(lines) != len(filenames):
         raise UserError(f"{path} has {len(lines)} synsets but val/ holds {len(filenames)} images; expected one "
                         f"synset per line for every validation image in sorted file-name order")
@@ -137,14 +147,39 @@ def read_val_labels(path: str, filenames: Sequence[str]) -> List[str]:
 
 
 def list_imagenet(input_dir: str, val_labels: Optional[str] = None, label_offset: int = 0,
-                  class_names_file: Optional[str] = None):
-    """(synsets, class texts, {split: [ImageItem]}) for an extracted ILSVRC2012 folder."""
-    train_dir, val_dir = _join(input_dir, "train"), _join(input_dir, "val")
-    if not _is_dir(input_dir):
+                  class_names_file: Optional[str] = None) -> Listing:
+    """The classes, their texts, every image per split, and the inputs refused while listing."""
+    join = storage.join
+    train_dir, val_dir = join(input_dir, "train"), join(input_dir, "val")
+    if not storage.is_dir(input_dir):
         raise UserError(f"ImageNet input {input_dir!r} does not exist; expected a folder with train/<synset>/*.JPEG")
-    if not _is_dir(train_dir):
+    if not storage.is_dir(train_dir):
         raise UserError(f"{input_dir!r} has no train/ folder; expected train/<synset>/*.JPEG")
-    synsets = _subfolders(train_dir)
+    rejects: List[ListingReject] = []
+
+    def usable(split, folder, names):
+        """The names that are valid UTF-8; the others become rejects (a record stores the name as UTF-8)."""
+        for name in names:
+            if not _is_utf8(name):
+                rejects.append(ListingReject(split, _printable(join(folder, name)), "file name is not valid UTF-8"))
+        return [name for name in names if _is_utf8(name)]
+
+    def reject_folder(split, folder, names):
+        for name in names:
+            rejects.append(ListingReject(split, _printable(join(folder, name)), "folder name is not valid UTF-8"))
+
+    class_files: Dict[str, List[str]] = {}
+    for synset in _subfolders(train_dir):
+        names = _image_files(join(train_dir, synset))
+        if not _is_utf8(synset):
+            reject_folder("train", join(train_dir, synset), names)
+        elif not names:
+            raise UserError(f"training class folder {join(train_dir, synset)!r} holds no images "
+                            f"({', '.join(IMAGE_EXTENSIONS)}); remove it or fill it: it would add a class "
+                            f"with no examples")
+        else:
+            class_files[synset] = names
+    synsets = list(class_files)
     if not synsets:
         raise UserError(f"{train_dir} has no synset folders; expected train/<synset>/*.JPEG")
     label_of = {synset: index + label_offset for index, synset in enumerate(synsets)}
@@ -152,25 +187,29 @@ def list_imagenet(input_dir: str, val_labels: Optional[str] = None, label_offset
     items: Dict[str, List[ImageItem]] = {"train": [], "validation": []}
 
     def add(split, relative_folder, name, synset):
-        path = _join(_join(input_dir, relative_folder), name)
+        path = join(join(input_dir, relative_folder), name)
         items[split].append(ImageItem(split, os.path.join(relative_folder, name), path, label_of[synset], synset,
                                       texts.get(synset, synset)))
 
     for synset in synsets:
-        for name in _image_files(_join(train_dir, synset)):
+        for name in usable("train", join(train_dir, synset), class_files[synset]):
             add("train", os.path.join("train", synset), name, synset)
-    if not _is_dir(val_dir):
+    if not storage.is_dir(val_dir):
         raise UserError(f"{input_dir!r} has no val/ folder; expected val/<synset>/*.JPEG or flat "
                         f"val/*.JPEG with --val-labels")
     val_synsets = _subfolders(val_dir)
     if val_synsets:
         for synset in val_synsets:
+            folder = join(val_dir, synset)
+            if not _is_utf8(synset):
+                reject_folder("validation", folder, _image_files(folder))
+                continue
             if synset not in label_of:
                 raise UserError(f"validation synset {synset} (val/{synset}/) has no training folder train/{synset}/")
-            for name in _image_files(_join(val_dir, synset)):
+            for name in usable("validation", folder, _image_files(folder)):
                 add("validation", os.path.join("val", synset), name, synset)
     else:
-        names = _image_files(val_dir)
+        names = usable("validation", val_dir, _image_files(val_dir))
         if names and not val_labels:
             raise UserError("val/ holds flat ILSVRC2012_val_*.JPEG files; pass --val-labels with "
                             "LOC_val_solution.csv or a file with one synset per line")
@@ -178,4 +217,4 @@ def list_imagenet(input_dir: str, val_labels: Optional[str] = None, label_offset
             if synset not in label_of:
                 raise UserError(f"validation label {synset} (for {name}) has no training folder train/{synset}/")
             add("validation", "val", name, synset)
-    return synsets, [texts.get(s, s) for s in synsets], items
+    return Listing(synsets, [texts.get(s, s) for s in synsets], items, rejects)

@@ -32,8 +32,10 @@ from revnet.preprocess import schema
 
 AUGMENTATIONS = ("cifar", "imagenet")
 # Evaluation preprocessing (model config field `preprocessing`): "cifar" resizes to the square input only
-# when the size differs; "imagenet" resizes the shorter side to size * 256/224, then centre-crops.
-EVAL_PREPROCESSING = ("cifar", "imagenet")
+# when the size differs; "imagenet" resizes the shorter side to size * 256/224, then centre-crops;
+# "inception" is the original code's ImageNet evaluation: the central 87.5%, resized to the input.
+EVAL_PREPROCESSING = ("cifar", "imagenet", "inception")
+INCEPTION_CENTRAL_FRACTION = 0.875
 CIFAR_PAD = 4
 IMAGENET_RESIZE, IMAGENET_CROP = 256, 224
 SHUFFLE_BUFFER = 10_000
@@ -123,6 +125,15 @@ def _imagenet_eval(image, size: int):
     return tf.image.resize_with_crop_or_pad(image, size, size)
 
 
+def _inception_eval(image, size: int):
+    """The original code's `eval_image` (from TF's Inception scripts): `central_crop(0.875)`, then TF1's
+    `resize_bilinear` (align_corners=False and no half-pixel centres, unlike tf.image.resize)."""
+    image = tf.image.central_crop(image, INCEPTION_CENTRAL_FRACTION)
+    resized = tf.raw_ops.ResizeBilinear(images=image[tf.newaxis], size=[size, size], align_corners=False,
+                                        half_pixel_centers=False)
+    return resized[0]
+
+
 def _finish(image, size: int):
     image = tf.clip_by_value(image, 0.0, 255.0)
     image.set_shape([size, size, 3])
@@ -140,6 +151,8 @@ def eval_preprocess(image, preprocessing: str, size: int):
     the exported `predict_images` signature, and (re-implemented in numpy) the server."""
     if preprocessing == "cifar":
         return _finish(_resize_if_needed(image, size), size)
+    if preprocessing == "inception":
+        return _finish(_inception_eval(image, size), size)
     return _finish(_imagenet_eval(image, size), size)
 
 

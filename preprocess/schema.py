@@ -1,15 +1,25 @@
 """The TFRecord schema (the one TF's own ImageNet tooling uses) and the dataset folder layout.
 
-A dataset folder written by `pipeline/` holds:
+A dataset folder written by `pipeline/` holds exactly:
     train-SSSSS-of-NNNNN.tfrecord, validation-SSSSS-of-NNNNN.tfrecord
-    metadata.json   {"dataset": "cifar-10" | "cifar-100" | "imagenet",
-                     "num_classes": int, "label_names": [str], "synsets": [str] | null,
-                     "label_offset": int, "label": "fine" | "coarse" | null,
-                     "splits": {"train": {"read": int, "written": int, "rejected": int,
-                                          "shards": [{"file": str, "records": int}]},
-                                "validation": {...}},
-                     "options": {...}, "complete": true}
-    rejects.jsonl   one {"path", "split", "reason"} per rejected input
+    rejects.jsonl   one {"path", "split", "reason"} per rejected input, sorted
+    metadata.json   written last; its presence with "complete": true marks a finished dataset:
+        {"dataset": "cifar-10" | "cifar-100" | "imagenet",
+         "num_classes": int, "label_names": [str], "synsets": [str] | null (ImageNet only),
+         "coarse_label_names": [str] (cifar-100 only), "label_offset": int,
+         "label": "fine" | "coarse" | null (cifar-100 only),
+         "image_format": "PNG" | "JPEG", "image_size": 32 | null (ImageNet sizes vary),
+         "pixel_mean": [32][32][3] floats | null: CIFAR only, the mean raw 0..255 value of each pixel and
+                       channel over the written training records (float64 arithmetic),
+         "splits": {"train": {"read": int, "written": int, "rejected": int,
+                              "converted": {"cmyk" | "grayscale" | "png" | ...: int},
+                              "shards": [{"file": str, "records": int}]},
+                    "validation": {...}},   read = written + rejected
+         "options": {"input", "train_shards", "val_shards", "seed", "label_offset",
+                     "max_reject_fraction", "workers", "runner", "beam_args"},
+         "seconds": float (pipeline wall time), "complete": true}
+
+The feature keys and folder names are defined in preprocess/tfrecord.py (TensorFlow-free, for workers).
 """
 from __future__ import annotations
 
@@ -20,26 +30,9 @@ import tensorflow as tf
 
 from revnet.common.errors import UserError
 from revnet.common.fileio import read_json
-
-SPLITS = ("train", "validation")
-METADATA_FILE = "metadata.json"
-REJECTS_FILE = "rejects.jsonl"
-
-ENCODED = "image/encoded"
-FORMAT = "image/format"
-HEIGHT = "image/height"
-WIDTH = "image/width"
-CHANNELS = "image/channels"
-COLORSPACE = "image/colorspace"
-FILENAME = "image/filename"
-LABEL = "image/class/label"
-SYNSET = "image/class/synset"
-TEXT = "image/class/text"
-COARSE_LABEL = "image/class/coarse_label"
-
-
-def shard_name(split: str, index: int, num_shards: int) -> str:
-    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
+from revnet.preprocess.tfrecord import (  # noqa: F401 - the keys and names are defined once, there
+    CHANNELS, COARSE_LABEL, COLORSPACE, ENCODED, FILENAME, FORMAT, HEIGHT, LABEL, METADATA_FILE, REJECTS_FILE,
+    SPLITS, SYNSET, TEXT, WIDTH, shard_name)
 
 
 def _bytes(value: bytes) -> tf.train.Feature:

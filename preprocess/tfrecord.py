@@ -1,9 +1,10 @@
-"""tf.train.Example encoding and TFRecord writing without importing TensorFlow.
+"""The record format without TensorFlow: feature keys, dataset folder names, Example encoding, TFRecords.
 
 Beam worker processes only decode and encode images; importing TensorFlow in each of them costs
 several seconds per worker and about 600 MB of memory. The bytes produced here are identical to
 `schema.make_example(...).SerializeToString(deterministic=True)` written by `tf.io.TFRecordWriter`
-(tests/preprocess/test_tfrecord.py checks both), and the feature keys are schema.py's.
+(tests/preprocess/test_tfrecord.py checks both). The keys and names are defined here once;
+preprocess/schema.py (the TensorFlow side) imports them.
 """
 from __future__ import annotations
 
@@ -12,11 +13,18 @@ from typing import BinaryIO, Dict, Optional, Union
 
 import google_crc32c
 
-# The same strings as preprocess/schema.py (which imports TensorFlow); a test keeps them equal.
+SPLITS = ("train", "validation")
+METADATA_FILE = "metadata.json"
+REJECTS_FILE = "rejects.jsonl"
+
 ENCODED, FORMAT, HEIGHT, WIDTH = "image/encoded", "image/format", "image/height", "image/width"
 CHANNELS, COLORSPACE, FILENAME = "image/channels", "image/colorspace", "image/filename"
 LABEL, SYNSET, TEXT, COARSE_LABEL = "image/class/label", "image/class/synset", "image/class/text", \
     "image/class/coarse_label"
+
+
+def shard_name(split: str, index: int, num_shards: int) -> str:
+    return f"{split}-{index:05d}-of-{num_shards:05d}.tfrecord"
 
 
 def _varint(value: int) -> bytes:
@@ -74,17 +82,3 @@ def write_record(handle: BinaryIO, record: bytes) -> None:
     """One TFRecord: length, masked CRC32C of the length, data, masked CRC32C of the data."""
     length = struct.pack("<Q", len(record))
     handle.write(length + struct.pack("<I", _masked_crc(length)) + record + struct.pack("<I", _masked_crc(record)))
-
-
-def count_records(handle: BinaryIO) -> int:
-    """Records in a TFRecord file, by skipping from header to header (the data is not read)."""
-    count = 0
-    while True:
-        header = handle.read(12)
-        if not header:
-            return count
-        if len(header) < 12:
-            raise ValueError("truncated TFRecord header")
-        (length,) = struct.unpack("<Q", header[:8])
-        handle.seek(length + 4, 1)
-        count += 1

@@ -1,10 +1,16 @@
-"""Model backends (ONNX Runtime, TensorFlow SavedModel) and the version repository with hot reload."""
+"""Model backends (ONNX Runtime, TensorFlow SavedModel) and the version repository with hot reload.
+
+A version is loaded only after the files its backend reads match the SHA-256 digests that `export`
+recorded in export.json. The repository serves the highest version that loads: a broken version is
+logged once and skipped (until its files change), lower good versions stay or get served, and newer
+good versions are still picked up.
+"""
 from __future__ import annotations
 
 import logging
 import os
 import threading
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -35,22 +41,23 @@ class Servable:
 
 
 class OnnxServable(Servable):
-    def __init__(self, *args, onnx_file: str = layout.ONNX_FILE, intra_op_threads: int = 0):
+    def __init__(self, *args, onnx_file: str = layout.ONNX_FILE, intra_op_threads: int = 0, session_config=None):
         super().__init__(*args)
         import onnxruntime
 
-        options = onnxruntime.SessionOptions()
-        # ORT's worker threads spin while idle by default; in a server they compete for the same cores
-        # as the gRPC threads and the batcher, which measurably slowed every request on 2 cores.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
+        from revnet.serving.ort_session import SessionConfig, create_session
+
         available = onnxruntime.get_available_providers()
         wanted = [p for p in GPU_PROVIDERS if p in available] + ["CPUExecutionProvider"]
-        self.session = onnxruntime.InferenceSession(os.path.join(self.path, onnx_file), options, providers=wanted)
+        # The serving session options (ort_session.py): full graph optimisation, the cached optimised
+        # model when it was made for this CPU and ORT, intra-op threads = cores left after the gRPC threads.
+        config = session_config or SessionConfig(intra_op_threads=intra_op_threads)
+        self.session, self.session_record = create_session(os.path.join(self.path, onnx_file), config, providers=wanted)
         # ORT silently drops a provider it cannot initialise, so log what the session really uses.
         self.providers = self.session.get_providers()
-        log.info("onnx backend: %s v%d on providers %s (available: %s)", self.name, self.version, self.providers, available)
+        log.info("onnx backend: %s v%d (%s) on providers %s (available: %s); intra-op threads %d, optimised model %s",
+                 self.name, self.version, onnx_file, self.providers, available,
+                 self.session_record["intra_op_num_threads"], self.session_record["cache"])
         self.output_names = [output.name for output in self.session.get_outputs()]
 
     def run(self, images):
@@ -78,22 +85,60 @@ def _has_artifact(version_dir: str, backend: str, onnx_file: str) -> bool:
     return os.path.exists(os.path.join(version_dir, name))
 
 
+def _verified_files(path: str, backend: str, onnx_file: str, recorded: Dict[str, str]) -> List[str]:
+    """The files of a version folder that the backend reads (relative paths)."""
+    if backend == "onnx":
+        labels = [layout.LABELS_FILE] if os.path.exists(os.path.join(path, layout.LABELS_FILE)) else []
+        return [onnx_file] + labels
+    onnx_side = (".onnx", ".ort")
+    names = {name for name in recorded if not name.endswith(onnx_side) and name != layout.LABELS_FILE}
+    return sorted(names | {layout.SAVED_MODEL_FILE})
+
+
+def verify_version(path: str, record: Dict, backend: str, onnx_file: str = layout.ONNX_FILE) -> None:
+    """UserError unless the backend's files match export.json's SHA-256 record."""
+    recorded = record.get("sha256")
+    if recorded is None:
+        log.warning("%s has no SHA-256 record (exported before they were written); its files cannot be verified",
+                    path)
+        return
+    bad = layout.mismatched_files(path, recorded, _verified_files(path, backend, onnx_file, recorded))
+    if bad:
+        raise UserError(f"{path}: {', '.join(bad)} missing or not matching the SHA-256 recorded in "
+                        f"{layout.EXPORT_FILE} (corrupted or changed after export); refusing to serve it")
+
+
 def load_servable(model_dir: str, version: int, backend: str, onnx_file: str = layout.ONNX_FILE,
-                  intra_op_threads: int = 0) -> Servable:
+                  intra_op_threads: int = 0, session_config=None) -> Servable:
+    """One version's servable; `session_config` (an ort_session.SessionConfig) overrides intra_op_threads."""
     name = os.path.basename(os.path.normpath(model_dir))
     path = os.path.join(model_dir, str(version))
     record = read_json(os.path.join(path, layout.EXPORT_FILE))
+    verify_version(path, record, backend, onnx_file)
     labels_path = os.path.join(path, layout.LABELS_FILE if backend == "onnx" else os.path.join("assets", layout.LABELS_FILE))
     labels = layout.read_labels(labels_path) if os.path.exists(labels_path) else record["labels"]
     # Exports made before the `preprocessing` field chose it by the model family.
     args = (name, version, path, labels, int(record["input_size"]), record.get("preprocessing", record["family"]))
     if backend == "onnx":
-        return OnnxServable(*args, onnx_file=onnx_file, intra_op_threads=intra_op_threads)
+        return OnnxServable(*args, onnx_file=onnx_file, intra_op_threads=intra_op_threads, session_config=session_config)
     return TfServable(*args)
 
 
+def _folder_state(path: str) -> Tuple:
+    """Names, sizes and modification times of a version folder's files: a broken version is retried when it changes."""
+    state = []
+    for root, _, files in os.walk(path):
+        for file_name in files:
+            try:
+                stat = os.stat(os.path.join(root, file_name))
+            except OSError:
+                continue
+            state.append((os.path.relpath(os.path.join(root, file_name), path), stat.st_size, stat.st_mtime_ns))
+    return tuple(sorted(state))
+
+
 class ModelRepository:
-    """Serves the highest version of DIR/NAME that holds the backend's artifact; `poll()` picks up new ones."""
+    """Serves the highest version of DIR/NAME that loads; `poll()` picks up newer ones."""
 
     def __init__(self, model_dir: str, backend: str, onnx_file: str = layout.ONNX_FILE, intra_op_threads: int = 0):
         choose("backend", backend, BACKENDS)
@@ -104,30 +149,42 @@ class ModelRepository:
         self.name = os.path.basename(os.path.normpath(model_dir))
         self._lock = threading.Lock()
         self._current: Optional[Servable] = None
+        self._broken: Dict[int, Tuple[Tuple, str]] = {}  # version -> (folder state when it failed, reason)
         self.listeners = []  # called with the new servable after each load
         if not self.poll():
-            raise UserError(f"{model_dir!r} has no version folder with a {backend} model "
-                            f"({onnx_file if backend == 'onnx' else layout.SAVED_MODEL_FILE}); run `cli.py export`")
+            artifact = onnx_file if backend == "onnx" else layout.SAVED_MODEL_FILE
+            reasons = "; ".join(f"version {v}: {reason}" for v, (_, reason) in sorted(self._broken.items(), reverse=True))
+            raise UserError(f"{model_dir!r} has no version folder with a {backend} model ({artifact}) that loads"
+                            + (f" ({reasons})" if reasons else "; run `cli.py export`"))
 
     def available_versions(self) -> List[int]:
         return [v for v in layout.list_versions(self.model_dir)
                 if _has_artifact(os.path.join(self.model_dir, str(v)), self.backend, self.onnx_file)]
 
     def poll(self) -> bool:
-        """Load the newest version if it is newer than the served one; True when something is served."""
-        versions = self.available_versions()
+        """Serve the highest version newer than the served one that loads; True when something is served."""
         current = self._current
-        if versions and (current is None or versions[-1] > current.version):
+        for version in reversed(self.available_versions()):
+            if current is not None and version <= current.version:
+                break
+            state = _folder_state(os.path.join(self.model_dir, str(version)))
+            if version in self._broken and self._broken[version][0] == state:
+                continue  # already logged; retried only once its files change
             try:
-                servable = load_servable(self.model_dir, versions[-1], self.backend, self.onnx_file, self.intra_op_threads)
-            except Exception as error:  # noqa: BLE001 - a broken new version must not take the server down
-                log.error("cannot load %s version %d: %s", self.name, versions[-1], error)
-                return current is not None
+                servable = load_servable(self.model_dir, version, self.backend, self.onnx_file, self.intra_op_threads)
+            except Exception as error:  # noqa: BLE001 - a broken version must not take the server down
+                reason = " ".join(f"{type(error).__name__}: {error}".split())[:1000]
+                self._broken[version] = (state, reason)
+                log.error("cannot load %s version %d, skipping it until its files change: %s", self.name, version, reason)
+                log.debug("loading %s version %d failed", self.name, version, exc_info=True)
+                continue
+            self._broken.pop(version, None)
             with self._lock:
                 self._current = servable
             log.info("serving %s version %d (%s)", self.name, servable.version, self.backend)
             for listener in self.listeners:
                 listener(servable)
+            break
         return self._current is not None
 
     def current(self) -> Servable:

@@ -1,5 +1,8 @@
 """Server-side dynamic batching: concurrent requests are merged up to `max_batch_size` rows or
-`batch_timeout_ms` after the first one arrives, run once, and each caller gets back only its own rows."""
+`batch_timeout_ms` after the first one arrives, run once, and each caller gets back only its own rows.
+
+A request whose client is gone or late (its `check_alive` raises) is dropped when it is taken from the
+queue, before it joins a batch. A batch of one request runs on the caller's array as it is (no copy)."""
 from __future__ import annotations
 
 import logging
@@ -7,18 +10,31 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
+
+from revnet.serving.limits import ServerStopping
 
 log = logging.getLogger(__name__)
 
 
 class _Item:
-    __slots__ = ("servable", "images", "future")
+    __slots__ = ("servable", "images", "future", "check_alive")
 
-    def __init__(self, servable, images, future):
-        self.servable, self.images, self.future = servable, images, future
+    def __init__(self, servable, images, future, check_alive):
+        self.servable, self.images, self.future, self.check_alive = servable, images, future, check_alive
+
+    def abandoned(self) -> bool:
+        """True (and the caller told) when the client is gone or late."""
+        if self.check_alive is None:
+            return False
+        try:
+            self.check_alive()
+        except Exception as error:  # noqa: BLE001 - RequestAbandoned, or whatever the check raised
+            self.future.set_exception(error)
+            return True
+        return False
 
 
 class DynamicBatcher:
@@ -32,23 +48,40 @@ class DynamicBatcher:
         self._thread = threading.Thread(target=self._loop, name="dynamic-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, servable, images: np.ndarray) -> Future:
+    def submit(self, servable, images: np.ndarray, check_alive: Optional[Callable[[], None]] = None) -> Future:
+        if self._stopped.is_set():
+            raise ServerStopping("the server is shutting down")
         future = Future()
-        self._queue.put(_Item(servable, images, future))
+        self._queue.put(_Item(servable, images, future, check_alive))
         return future
 
-    def run(self, servable, images: np.ndarray) -> Dict[str, np.ndarray]:
-        return self.submit(servable, images).result()
+    def run(self, servable, images: np.ndarray, check_alive: Optional[Callable[[], None]] = None) -> Dict[str, np.ndarray]:
+        return self.submit(servable, images, check_alive).result()
 
     def stop(self) -> None:
+        """Stop the loop; requests still queued fail with ServerStopping rather than wait forever."""
         self._stopped.set()
         self._thread.join(timeout=5)
+        left = [self._pending] if self._pending is not None else []
+        self._pending = None
+        while True:
+            try:
+                left.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        for item in left:
+            item.future.set_exception(ServerStopping("the server is shutting down"))
 
     def _next(self, timeout):
         if self._pending is not None:
             item, self._pending = self._pending, None
-            return item
-        return self._queue.get(timeout=timeout)
+            if not item.abandoned():
+                return item
+        deadline = time.monotonic() + timeout
+        while True:
+            item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.0))
+            if not item.abandoned():
+                return item
 
     def _collect(self) -> List[_Item]:
         first = self._next(timeout=0.1)
@@ -79,7 +112,8 @@ class DynamicBatcher:
                 continue
             sizes = [len(item.images) for item in items]
             try:
-                outputs = items[0].servable.run(np.concatenate([item.images for item in items]))
+                images = items[0].images if len(items) == 1 else np.concatenate([item.images for item in items])
+                outputs = items[0].servable.run(images)
             except Exception as error:  # noqa: BLE001 - the callers get the error; the batcher lives on
                 for item in items:
                     item.future.set_exception(error)

@@ -43,6 +43,8 @@ def predict(server: str, images: List[str], model: str = "", top_k: int = 5, tim
         except grpc.RpcError as error:
             if error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND):
                 raise UserError(f"server rejected the request: {error.details()}") from None
+            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                raise UserError(f"the model server at {server} is busy ({error.details()}); retry later") from None
             if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise UserError(f"cannot reach a model server at {server} ({error.code().name})") from None
             raise

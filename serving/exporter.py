@@ -1,7 +1,13 @@
 """Export a trained experiment as a TF-Serving SavedModel and/or an ONNX model, checked for parity.
 
-Inference-only: the model is called with training=False, so batch norm uses its moving statistics,
-no custom gradient is traced, and reversible stages run their forward-only tf.while_loop.
+Both formats serve the inference graph of `serving/inference_graph.py` (reversible stages unrolled,
+batch norm folded into the convolutions, moving statistics), NHWC in the SavedModel and NCHW in ONNX
+(`serving/onnx_export.py`). The export fails, publishing nothing, unless that graph matches the
+model's own inference function and ONNX Runtime matches TensorFlow on the parity images.
+
+Safety of the output: the model name is one folder name; a version folder is claimed by creating it
+exclusively (concurrent exports take different numbers); --overwrite replaces only an empty folder or
+an earlier export (it holds export.json); export.json records the SHA-256 of every artefact.
 """
 from __future__ import annotations
 
@@ -16,9 +22,10 @@ import numpy as np
 import tensorflow as tf
 
 from revnet.common.errors import UserError, choose
-from revnet.common.fileio import atomic_write_bytes, atomic_write_json
-from revnet.serving import layout
+from revnet.common.fileio import atomic_write_bytes, atomic_write_json, read_json
+from revnet.serving import layout, onnx_export
 from revnet.serving.images import decode_image_tf, decode_images_numpy
+from revnet.serving.inference_graph import InferenceGraph, outputs_from_logits
 
 log = logging.getLogger(__name__)
 
@@ -26,22 +33,19 @@ FORMATS = ("savedmodel", "onnx", "all")
 DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
 PARITY_IMAGES = 16
+QUANTIZE_CALIBRATION_IMAGES = 256
+QUANTIZE_EVALUATION_IMAGES = 1000
 WARMUP_REQUESTS = 3
 
 
 class ServingModule(tf.Module):
-    """The inference graph: the restored model behind the two serving signatures."""
+    """The two serving signatures over the folded, unrolled inference graph (NHWC, run by TensorFlow)."""
 
     def __init__(self, model, input_size: int, preprocessing: str):
         super().__init__(name="serving")
-        # tf2onnx turns eagerly created constants captured by a tf.function into extra graph inputs
-        # (the model's pixel mean/std), which ORT then demands at run time. Variables are frozen
-        # into constants instead, so wrap them.
-        for attribute in ("pixel_mean", "pixel_std"):
-            value = getattr(model, attribute, None)
-            if value is not None and not isinstance(value, tf.Variable):
-                setattr(model, attribute, tf.Variable(value, trainable=False, name=attribute))
-        self.model = model
+        # The graph holds its own folded copies of the weights as variables (which tf2onnx freezes into
+        # constants, so nothing captured becomes an extra ONNX input); the model is only read.
+        self.graph = InferenceGraph(model)
         self.input_size = input_size
         self.preprocessing = preprocessing
         spec = tf.TensorSpec([None, input_size, input_size, 3], tf.float32, name="images")
@@ -50,9 +54,7 @@ class ServingModule(tf.Module):
                                           input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
 
     def _predict(self, images):
-        logits = self.model(images, training=False)
-        return {"probabilities": tf.nn.softmax(logits, axis=-1), "classes": tf.argmax(logits, axis=-1, output_type=tf.int64),
-                "logits": logits}
+        return outputs_from_logits(self.graph.logits(images, "NHWC"))
 
     def _predict_bytes(self, image_bytes):
         images = tf.map_fn(lambda data: decode_image_tf(data, self.input_size, self.preprocessing), image_bytes,
@@ -73,39 +75,42 @@ def export(exp_id: str, output: str, format: str = "all", workdir: Optional[str]
             raise UserError("--quantize int8 applies to ONNX; use --format onnx or all")
     if not 7 <= opset <= 18:
         raise UserError(f"--opset {opset} is not supported by tf2onnx 1.17; expected 7..18")
+    name = check_model_name(name or exp_id)
+    if version is not None and version < 1:
+        raise UserError(f"--version must be a positive integer, got {version}")
     model, config, checkpoint_path = restore_model(workdir, exp_id, checkpoint)
     model_config = model.config
     labels = _labels(config, model_config.num_classes)
-    name = name or exp_id
     model_dir = os.path.join(output, name)
-    version = version if version is not None else layout.next_version(model_dir)
-    if version < 1:
-        raise UserError(f"--version must be a positive integer, got {version}")
-    version_dir = os.path.join(model_dir, str(version))
-    if os.path.exists(version_dir) and not overwrite:
-        raise UserError(f"{version_dir} already exists; pass --overwrite to replace it or choose another --version")
-
-    module = ServingModule(model, model_config.input_size, model_config.preprocessing)
-    images, labels_true, image_bytes, source = _parity_batch(config, data_dir, model_config)
-    os.makedirs(model_dir, exist_ok=True)
+    version, version_dir, reserved = reserve_version(model_dir, version, overwrite)
+    try:
+        module = ServingModule(model, model_config.input_size, model_config.preprocessing)
+        images, labels_true, image_bytes, source = _parity_batch(config, data_dir, model_config)
+    except BaseException:
+        _release_reservation(version_dir, reserved)
+        raise
     staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
     record = {"experiment": exp_id, "checkpoint": checkpoint_path, "model": model_config.to_json(), "name": name,
               "version": version, "format": format, "labels": labels, "input_size": model_config.input_size,
               "family": model_config.family, "preprocessing": model_config.preprocessing, "parity_images": {"source": source, "count": int(len(images))}}
     try:
         reference = {key: value.numpy() for key, value in module.serving_default(tf.constant(images)).items()}
+        record["inference_graph"] = _graph_record(model, module, images, reference)
         if format in ("savedmodel", "all"):
             record["savedmodel"] = _export_savedmodel(module, staging, labels, image_bytes, images)
         if format in ("onnx", "all"):
-            record["onnx"] = _export_onnx(module, staging, labels, images, reference, opset)
+            record["onnx"] = onnx_export.export_onnx(module.graph, staging, images, reference, opset, PARITY_TOLERANCE)
+            atomic_write_bytes(os.path.join(staging, layout.LABELS_FILE), layout.labels_text(labels))
             if quantize:
-                record["onnx"]["int8"] = _quantize_int8(staging, images, reference, labels_true)
+                record["onnx"]["int8"] = _quantize_int8(staging, config, data_dir, model_config)
         if labels_true is not None:
             record["tf_accuracy_on_parity_images"] = float(np.mean(reference["classes"] == labels_true))
+        record["sha256"] = layout.folder_digests(staging)  # last: every artefact is written by now
         atomic_write_json(os.path.join(staging, layout.EXPORT_FILE), record)
         _publish(staging, version_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        _release_reservation(version_dir, reserved)  # a no-op once published
     record["path"] = version_dir
     log.info("exported %s version %d to %s", name, version, version_dir)
     return record
@@ -174,80 +179,89 @@ def _write_warmup(path: str, image_bytes, images) -> None:
             writer.write(log_record.SerializeToString())
 
 
-def _export_onnx(module: ServingModule, staging: str, labels, images, reference, opset: int) -> Dict:
-    import onnx
-    import tf2onnx
-
-    started = time.perf_counter()
-    path = os.path.join(staging, layout.ONNX_FILE)
-    proto, _ = tf2onnx.convert.from_function(module.serving_default, input_signature=module.serving_default.input_signature,
-                                             opset=opset)
-    # tf2onnx can exit cleanly with a model ORT refuses; every check below must pass before publishing.
-    try:
-        onnx.checker.check_model(proto)
-    except onnx.checker.ValidationError as error:
-        raise UserError(f"the converted ONNX model fails onnx.checker: {str(error).splitlines()[0]}") from None
-    input_names = [graph_input.name for graph_input in proto.graph.input]
-    if input_names != ["images"]:
-        raise UserError(f"the converted ONNX model has inputs {input_names}; expected only 'images' "
-                        f"(a captured constant was not frozen)")
-    atomic_write_bytes(path, proto.SerializeToString())
-    atomic_write_bytes(os.path.join(staging, layout.LABELS_FILE), layout.labels_text(labels))
-    difference = _onnx_parity(path, images, reference)
+def _graph_record(model, module: ServingModule, images, reference) -> Dict:
+    """Prove the folded, unrolled graph computes the model's own inference function (its loop forward)."""
+    expected = tf.nn.softmax(model(tf.constant(images), training=False), axis=-1).numpy()
+    difference = float(np.abs(reference["probabilities"] - expected).max())
     if difference > PARITY_TOLERANCE:
-        raise UserError(f"ONNX Runtime and TensorFlow disagree: max abs probability difference {difference:.3g} "
-                        f"exceeds {PARITY_TOLERANCE:g}; the ONNX model was not written")
-    return {"file": layout.ONNX_FILE, "opset": opset, "max_abs_probability_diff": difference,
-            "tolerance": PARITY_TOLERANCE, "seconds": round(time.perf_counter() - started, 2)}
+        raise UserError(f"the folded inference graph disagrees with the model: max abs probability difference "
+                        f"{difference:.3g} exceeds {PARITY_TOLERANCE:g}; nothing was exported")
+    return {"unrolled_blocks": sum(getattr(stack, "num_blocks", 0) for stack in getattr(model, "stacks", []) if stack),
+            "folded_weights": len(module.graph.weights), "max_abs_probability_diff_vs_model": difference}
 
 
-def _run_onnx(path: str, images) -> Dict[str, np.ndarray]:
-    import onnxruntime
+def _quantize_int8(staging: str, config: Dict, data_dir: Optional[str], model_config) -> Dict:
+    """Calibrate on training images, measure on validation images (disjoint from the calibration set)."""
+    from revnet.serving.dataset import read_image_set
 
-    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
-    names = [output.name for output in session.get_outputs()]
-    return dict(zip(names, session.run(None, {"images": images})))
-
-
-def _onnx_parity(path: str, images, reference) -> float:
-    outputs = _run_onnx(path, images)
-    if sorted(outputs) != sorted(layout.OUTPUTS):
-        raise UserError(f"the ONNX model has outputs {sorted(outputs)}; expected {sorted(layout.OUTPUTS)}")
-    return float(np.abs(outputs["probabilities"] - reference["probabilities"]).max())
+    data_dir = data_dir or config.get("data", {}).get("dir")
+    size, preprocessing = model_config.input_size, model_config.preprocessing
+    calibration = read_image_set(data_dir, "train", QUANTIZE_CALIBRATION_IMAGES, size, preprocessing, seed=1)
+    evaluation = read_image_set(data_dir, "validation", QUANTIZE_EVALUATION_IMAGES, size, preprocessing, seed=2)
+    return onnx_export.quantize_int8(staging, calibration, evaluation)
 
 
-def _quantize_int8(staging: str, images, reference, labels_true) -> Dict:
-    """Dynamic int8 quantization (weights int8, activations quantized at run time), with its cost."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def check_model_name(name: str) -> str:
+    """`name` if it is one plain path component (the model folder under --output), else a UserError."""
+    if not name or name.startswith(".") or any(character in name for character in ("/", "\\", "\0")):
+        raise UserError(f"model name {name!r} must be a single folder name (no '/', '\\', NUL or leading '.'); "
+                        f"choose another --name")
+    return name
 
-    source, target = os.path.join(staging, layout.ONNX_FILE), os.path.join(staging, layout.ONNX_INT8_FILE)
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.WARNING))  # the quantizer logs one INFO line per tensor on the root logger
+
+def _is_replaceable(version_dir: str) -> bool:
+    """True for an empty folder or one holding an export written by `export` (its export.json)."""
+    if not os.path.isdir(version_dir) or os.path.islink(version_dir):
+        return False
+    entries = os.listdir(version_dir)
+    if not entries:
+        return True
     try:
-        quantize_dynamic(source, target, weight_type=QuantType.QInt8, extra_options={"EnableSubgraph": True})
-    finally:
-        root.setLevel(level)
-    outputs = _run_onnx(target, images)
-    result = {"file": layout.ONNX_INT8_FILE, "method": "onnxruntime dynamic (QInt8 weights)",
-              "max_abs_probability_diff": float(np.abs(outputs["probabilities"] - reference["probabilities"]).max()),
-              "top1_agreement_with_float": float(np.mean(outputs["classes"] == reference["classes"])),
-              "bytes_float": os.path.getsize(source), "bytes_int8": os.path.getsize(target)}
-    if labels_true is not None:
-        result["accuracy_float"] = float(np.mean(reference["classes"] == labels_true))
-        result["accuracy_int8"] = float(np.mean(outputs["classes"] == labels_true))
-        result["accuracy_change"] = result["accuracy_int8"] - result["accuracy_float"]
-    return result
+        record = read_json(os.path.join(version_dir, layout.EXPORT_FILE))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and {"experiment", "version", "format"} <= set(record)
+
+
+def reserve_version(model_dir: str, version: Optional[int], overwrite: bool):
+    """(version, version_dir, reserved): the version folder, created here (reserved=True) or, with --overwrite,
+    an existing export to replace. Without a version the next free number is claimed by creating its
+    folder exclusively, so concurrent exports never pick the same one."""
+    os.makedirs(model_dir, exist_ok=True)
+    for _ in range(1000):
+        number = version if version is not None else layout.next_version(model_dir)
+        version_dir = os.path.join(model_dir, str(number))
+        try:
+            os.mkdir(version_dir)
+            return number, version_dir, True
+        except FileExistsError:
+            if version is None:
+                continue  # another export claimed it first: take the next number
+        if not overwrite:
+            raise UserError(f"{version_dir} already exists; pass --overwrite to replace it or choose another --version")
+        if not _is_replaceable(version_dir):
+            raise UserError(f"refusing to overwrite {version_dir}: it is not an export written by `export` (no "
+                            f"{layout.EXPORT_FILE}) nor empty; move its files away or choose another --version")
+        return number, version_dir, False
+    raise UserError(f"could not claim a free version number in {model_dir}; pass --version")
+
+
+def _release_reservation(version_dir: str, reserved: bool) -> None:
+    if not reserved:
+        return
+    try:
+        os.rmdir(version_dir)  # only ever removes the empty folder we created
+    except OSError:
+        pass
 
 
 def _publish(staging: str, version_dir: str) -> None:
-    """Rename the finished staging folder into place; an old version folder is replaced only at the end."""
-    old = None
-    if os.path.exists(version_dir):
-        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(version_dir))
-        os.rmdir(old)
-        os.replace(version_dir, old)
-    os.chmod(staging, 0o755)
-    os.replace(staging, version_dir)
-    if old:
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename the finished staging folder into place; an old version folder is replaced only at the end,
+    and only if it is still empty or an export (checked again here: it may have changed meanwhile)."""
+    from revnet.common.storage import publish_folder
+
+    if os.path.lexists(version_dir) and not _is_replaceable(version_dir):
+        raise UserError(f"refusing to overwrite {version_dir}: it changed during the export and is no longer "
+                        f"empty or an export written by `export`")
+    os.chmod(staging, 0o755)  # mkdtemp made it private
+    publish_folder(staging, version_dir)

@@ -1,6 +1,8 @@
 """TensorFlow Serving's gRPC API (PredictionService, ModelService) over an InferenceCore.
 
-Bad input becomes INVALID_ARGUMENT and unknown model/version/signature NOT_FOUND; the server carries on.
+Bad input becomes INVALID_ARGUMENT and unknown model/version/signature NOT_FOUND, a full decode queue
+RESOURCE_EXHAUSTED, a request dropped because its client left DEADLINE_EXCEEDED or CANCELLED: each logs
+one line. Only a server fault (INTERNAL) logs a traceback. The server carries on either way.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from revnet.common.errors import UserError
 from revnet.serving import layout
 from revnet.serving.inference import SIGNATURE_INPUTS, InferenceCore
-from revnet.serving.tensors import make_ndarray, make_tensor_proto, shape_proto
+from revnet.serving.limits import RequestAbandoned, classify_error, one_line
+from revnet.serving.tensors import fill_shape, fill_tensor_proto, make_ndarray
 
 log = logging.getLogger(__name__)
 
@@ -31,19 +34,32 @@ def _rpc(method_name):
             started, code = time.perf_counter(), "OK"
             try:
                 return method(self, request, context)
-            except UserError as error:
-                code = "NOT_FOUND" if error.not_found else "INVALID_ARGUMENT"
-                context.abort(getattr(grpc.StatusCode, code), str(error))
             except Exception as error:  # noqa: BLE001 - never kill the server thread on one request
                 if isinstance(error, grpc.RpcError) or type(error).__name__ == "_AbortError":
                     raise
-                code = "INTERNAL"
-                log.exception("%s failed", method_name)
-                context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}")
+                code, fault = classify_error(error)
+                if fault:
+                    log.exception("%s failed", method_name)
+                    message = f"internal error: {type(error).__name__}: {error}"
+                else:
+                    log.info("%s %s: %s", method_name, code, one_line(error))
+                    message = str(error)
+                context.abort(getattr(grpc.StatusCode, code), message)
             finally:
                 self.core.metrics.record_request(method_name, code, time.perf_counter() - started)
         return wrapper
     return decorator
+
+
+def alive_check(context):
+    """A check that raises RequestAbandoned once the RPC's deadline has passed or the client cancelled."""
+    def check_alive():
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            raise RequestAbandoned("the client's deadline passed before the request was served", deadline=True)
+        if not context.is_active():
+            raise RequestAbandoned("the client cancelled the request", deadline=False)
+    return check_alive
 
 
 def _version(model_spec):
@@ -63,15 +79,17 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     @_rpc("Predict")
     def Predict(self, request, context):
         _check_spec(request.model_spec)
-        inputs = {name: make_ndarray(proto, name) for name, proto in request.inputs.items()}
+        # Each tensor is built only after its header was checked against the signature and the limits.
+        inputs = {name: functools.partial(make_ndarray, proto, name) for name, proto in request.inputs.items()}
         servable, outputs = self.core.predict(request.model_spec.name, _version(request.model_spec),
-                                              request.model_spec.signature_name, inputs, list(request.output_filter))
+                                              request.model_spec.signature_name, inputs, list(request.output_filter),
+                                              check_alive=alive_check(context))
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
         response.model_spec.signature_name = self.core.resolve_signature(request.model_spec.signature_name, list(inputs))
         for name, value in outputs.items():
-            response.outputs[name].CopyFrom(make_tensor_proto(value))
+            fill_tensor_proto(response.outputs[name], value)
         return response
 
     @_rpc("Classify")
@@ -80,9 +98,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         kind = request.input.WhichOneof("kind")
         examples = (request.input.example_list.examples if kind == "example_list"
                     else request.input.example_list_with_context.examples if kind else [])
+        self.core.check_rows(len(examples))
         image_bytes = [_example_image(example, index) for index, example in enumerate(examples)]
         servable, outputs = self.core.predict(request.model_spec.name, _version(request.model_spec), "predict_images",
-                                              {"image_bytes": image_bytes}, ["probabilities"])
+                                              {"image_bytes": image_bytes}, ["probabilities"],
+                                              check_alive=alive_check(context))
         response = classification_pb2.ClassificationResponse()
         response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
         response.model_spec.signature_name = "predict_images"
@@ -138,7 +158,9 @@ def signature_def_map(servable):
     size, classes = servable.input_size, servable.num_classes
 
     def info(name, dtype, dims):
-        return meta_graph_pb2.TensorInfo(name=name, dtype=dtype, tensor_shape=shape_proto(dims))
+        tensor_info = meta_graph_pb2.TensorInfo(name=name, dtype=dtype)
+        fill_shape(tensor_info.tensor_shape, dims)
+        return tensor_info
 
     outputs = {"probabilities": info("probabilities", types_pb2.DT_FLOAT, [-1, classes]),
                "classes": info("classes", types_pb2.DT_INT64, [-1]),

@@ -4,12 +4,14 @@
     DIR/NAME/VERSION/model.onnx, labels.txt, export.json
 
 VERSION is a positive integer. Staging folders start with "." so neither TF Serving nor our server
-ever sees a half-written version.
+ever sees a half-written version. export.json records the SHA-256 of every other file in the version
+folder (`sha256`: {relative path: hex}); the server checks the files it loads against it.
 """
 from __future__ import annotations
 
+import hashlib
 import os
-from typing import List
+from typing import Dict, Iterable, List
 
 SAVED_MODEL_FILE = "saved_model.pb"
 ONNX_FILE = "model.onnx"
@@ -41,3 +43,33 @@ def read_labels(path: str) -> List[str]:
 
 def labels_text(labels) -> bytes:
     return ("\n".join(labels) + "\n").encode("utf-8")
+
+
+def file_sha256(path: str) -> str:
+    """Hex SHA-256 of a file, read through one reused 1 MiB buffer (model files can be gigabytes)."""
+    digest, buffer = hashlib.sha256(), bytearray(1 << 20)
+    with open(path, "rb", buffering=0) as handle:
+        while count := handle.readinto(buffer):
+            digest.update(memoryview(buffer)[:count])
+    return digest.hexdigest()
+
+
+def folder_digests(folder: str) -> Dict[str, str]:
+    """{relative path with "/": SHA-256} of every file under `folder` except export.json itself."""
+    digests = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            relative = os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+            if relative != EXPORT_FILE:
+                digests[relative] = file_sha256(os.path.join(root, name))
+    return dict(sorted(digests.items()))
+
+
+def mismatched_files(folder: str, recorded: Dict[str, str], names: Iterable[str]) -> List[str]:
+    """Those of `names` (relative paths) that are missing, unrecorded or differ from their recorded SHA-256."""
+    bad = []
+    for name in names:
+        path = os.path.join(folder, *name.split("/"))
+        if name not in recorded or not os.path.isfile(path) or file_sha256(path) != recorded[name]:
+            bad.append(name)
+    return bad

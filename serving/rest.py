@@ -1,11 +1,30 @@
-"""TF Serving's REST API (predict and model status) and the Prometheus endpoint on one HTTP port."""
+"""TF Serving's REST API (predict and model status) and the Prometheus endpoint on one HTTP port.
+
+Python's http.server, with every input bounded explicitly (nothing in the pinned dependency set offers
+an HTTP server with request timeouts and body limits):
+- length: Content-Length must be plain decimal digits (a missing, negative or non-numeric one is 400,
+  chunked bodies are 411) and at most MAX_BODY_BYTES (413); nothing is read before that check;
+- time: the request line, headers and body must arrive within `rest_timeout_seconds` altogether, enforced
+  on every socket read (a client that announces a body and never sends it gets 408 and its thread back);
+- depth: JSON nested deeper than MAX_JSON_DEPTH (a request needs 6) is 400 before it is parsed, as is any
+  malformed body;
+- connections: at most `rest_max_connections` open at once; one more is answered 503 and closed. After
+  an error that leaves a body unread, the rest is read and dropped (for at most the same timeout) so the
+  client sees the answer rather than a connection reset.
+Client errors log one line; a 500 (a server fault) logs a traceback. Responses are strict JSON: a
+non-finite number is a server fault, never a bare NaN token.
+"""
 from __future__ import annotations
 
 import base64
 import binascii
+import io
 import json
 import logging
 import re
+import select
+import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,6 +33,7 @@ import numpy as np
 
 from revnet.common.errors import UserError
 from revnet.serving.inference import InferenceCore
+from revnet.serving.limits import RequestAbandoned, ServingLimits, classify_error, one_line
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +41,66 @@ PREDICT_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?:predict$")
 STATUS_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?$")
 METRICS_PATHS = ("/metrics", "/monitoring/prometheus/metrics")
 MAX_BODY_BYTES = 64 * 1024 * 1024
+CONTENT_LENGTH = re.compile(r"^[0-9]{1,12}$")
+MAX_JSON_DEPTH = 64
+DRAIN_LIMIT_BYTES = 2 * MAX_BODY_BYTES
+_DEPTH_STEP = np.zeros(256, np.int8)
+_DEPTH_STEP[[ord("["), ord("{")]] = 1
+_DEPTH_STEP[[ord("]"), ord("}")]] = -1
+HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 503, "UNAVAILABLE": 503,
+               "DEADLINE_EXCEEDED": 408,
+               "CANCELLED": 408, "INTERNAL": 500}
+
+
+class HttpError(UserError):
+    """A client error with its own HTTP status (411, 413, 408); the connection is closed after it."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class _DeadlineReader(io.RawIOBase):
+    """The socket's read side, where every recv waits at most until the current request's deadline."""
+
+    def __init__(self, sock: socket.socket, timeout_seconds: float):
+        self.sock, self.timeout_seconds, self.deadline = sock, timeout_seconds, None
+
+    def readable(self) -> bool:
+        return True
+
+    def start_request(self) -> None:
+        self.deadline = time.monotonic() + self.timeout_seconds
+
+    def readinto(self, buffer) -> int:
+        remaining = self.deadline - time.monotonic() if self.deadline is not None else self.timeout_seconds
+        if remaining <= 0:
+            raise TimeoutError(f"the request did not arrive within {self.timeout_seconds:g} s")
+        self.sock.settimeout(remaining)
+        return self.sock.recv_into(buffer)
+
+
+def json_depth_within(data: bytes, limit: int = MAX_JSON_DEPTH, chunk_bytes: int = 1 << 20) -> bool:
+    """False when brackets nest deeper than `limit`. Brackets inside strings count too, which can only
+    overestimate; the C JSON parser recurses per level, so the depth is bounded before it runs."""
+    depth = 0
+    for start in range(0, len(data), chunk_bytes):
+        steps = _DEPTH_STEP[np.frombuffer(data, np.uint8, count=min(chunk_bytes, len(data) - start), offset=start)]
+        running = np.cumsum(steps, dtype=np.int32) + depth
+        if int(running.max()) > limit:
+            return False
+        depth = int(running[-1])
+    return True
+
+
+def _client_gone(sock: socket.socket) -> bool:
+    """True when the peer closed its side (readable with nothing to read)."""
+    try:
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0)) and not sock.recv(1, socket.MSG_PEEK)
+    except (OSError, ValueError):
+        return True
 
 
 def _is_b64(value) -> bool:
@@ -40,7 +120,7 @@ def _to_input(values):
         return "image_bytes", [_decode_b64(v) for v in values]
     try:
         return "images", np.asarray(values, dtype=np.float32)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, RecursionError):
         raise UserError("instances must be nested lists of numbers [batch,H,W,3] or {\"b64\": ...} images") from None
 
 
@@ -49,6 +129,8 @@ def parse_predict_body(body: dict):
     if not isinstance(body, dict) or ("instances" in body) == ("inputs" in body):
         raise UserError("the JSON body needs exactly one of 'instances' (rows) or 'inputs' (columns)")
     signature = body.get("signature_name", "")
+    if not isinstance(signature, str):
+        raise UserError(f"'signature_name' must be a string, got {type(signature).__name__}")
     if "instances" in body:
         instances = body["instances"]
         if not isinstance(instances, list):
@@ -73,18 +155,67 @@ def parse_predict_body(body: dict):
     return signature, {name: value}, False
 
 
-def make_handler(core: InferenceCore):
+def _read_json_body(handler) -> object:
+    """The request's JSON body, with its length, arrival time and nesting bounded; HttpError/UserError otherwise."""
+    if handler.headers.get("Transfer-Encoding"):
+        raise HttpError(411, "chunked request bodies are not supported; send a Content-Length")
+    length_text = (handler.headers.get("Content-Length") or "").strip()
+    if not CONTENT_LENGTH.match(length_text):
+        raise HttpError(400, f"Content-Length must be a non-negative decimal integer, got {length_text[:40]!r}")
+    length = int(length_text)
+    if length > MAX_BODY_BYTES:
+        raise HttpError(413, f"request body of {length} bytes exceeds the limit of {MAX_BODY_BYTES} bytes")
+    try:
+        data = handler.rfile.read(length)
+    except TimeoutError as error:
+        raise HttpError(408, f"{error}; the body was announced as {length} bytes") from None
+    if len(data) != length:
+        raise HttpError(400, f"the body ended after {len(data)} of the {length} bytes announced by Content-Length")
+    if not json_depth_within(data):
+        raise UserError(f"the JSON body is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
+    try:
+        return json.loads(data or b"null")
+    except RecursionError:
+        raise UserError("the JSON body is nested too deeply") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise UserError(f"the body is not valid JSON ({one_line(error, 200)})") from None
+
+
+def _predict_payload(outputs, rows: bool) -> dict:
+    outputs = {name: value.tolist() for name, value in outputs.items()}
+    if not rows:
+        return {"outputs": outputs}
+    count = len(next(iter(outputs.values())))
+    return {"predictions": [{name: value[i] for name, value in outputs.items()} for i in range(count)]}
+
+
+def make_handler(core: InferenceCore, timeout_seconds: float):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self):
+            super().setup()
+            self._reader = _DeadlineReader(self.connection, timeout_seconds)
+            self.rfile = io.BufferedReader(self._reader)
+
+        def handle_one_request(self):
+            self._reader.start_request()
+            super().handle_one_request()
 
         def log_message(self, format, *args):  # route http.server's access log through logging
             log.debug("%s " + format, self.address_string(), *args)
 
+        def log_error(self, format, *args):  # malformed request lines, timeouts: one line each
+            log.info("REST %s: %s", self.address_string(), one_line(format % args))
+
         def _reply(self, status: int, payload, content_type="application/json"):
-            data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+            data = payload.encode() if isinstance(payload, str) else json.dumps(payload, allow_nan=False).encode()
+            self.connection.settimeout(timeout_seconds)  # a client that never reads the answer cannot hold us
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
 
@@ -101,45 +232,117 @@ def make_handler(core: InferenceCore):
             self._reply(200, {"model_version_status": [{"version": str(servable.version), "state": "AVAILABLE",
                                                         "status": {"error_code": "OK", "error_message": ""}}]})
 
+        def _drain(self):
+            """Drop what the client still sends after our answer, for at most the timeout and DRAIN_LIMIT_BYTES."""
+            deadline, drained = time.monotonic() + timeout_seconds, 0
+            try:
+                self.connection.shutdown(socket.SHUT_WR)
+                while drained < DRAIN_LIMIT_BYTES and time.monotonic() < deadline:
+                    self.connection.settimeout(max(deadline - time.monotonic(), 0.001))
+                    chunk = self.connection.recv(1 << 16)
+                    if not chunk:
+                        break
+                    drained += len(chunk)
+            except OSError:
+                pass
+
+        def _answer_error(self, status: int, message: str, abandoned: bool):
+            if abandoned:
+                self.close_connection = True  # the client is gone or going: answer if it still reads
+            try:
+                self._reply(status, {"error": message})
+                if self.close_connection:
+                    self._drain()
+            except ConnectionError:
+                self.close_connection = True
+
+        def check_alive(self):
+            if _client_gone(self.connection):
+                raise RequestAbandoned("the client closed the connection", deadline=False)
+
         def do_POST(self):
-            started, code = time.perf_counter(), 200
+            started, status = time.perf_counter(), 200
             try:
                 match = PREDICT_PATH.match(self.path)
                 if not match:
-                    raise UserError(f"unknown path {self.path}; expected /v1/models/NAME[/versions/N]:predict", not_found=True)
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY_BYTES:
-                    raise UserError(f"request body of {length} bytes exceeds {MAX_BODY_BYTES}")
+                    self.close_connection = True  # the body is not read
+                    raise UserError(f"unknown path {self.path}; expected /v1/models/NAME[/versions/N]:predict",
+                                    not_found=True)
                 try:
-                    body = json.loads(self.rfile.read(length) or b"null")
-                except ValueError as error:
-                    raise UserError(f"the body is not valid JSON ({error})") from None
+                    body = _read_json_body(self)
+                except HttpError:
+                    self.close_connection = True  # the rest of the body may still be on its way
+                    raise
                 signature, inputs, rows = parse_predict_body(body)
                 version = int(match.group(2)) if match.group(2) else None
-                _, outputs = core.predict(match.group(1), version, signature, inputs)
-                outputs = {name: value.tolist() for name, value in outputs.items()}
-                if rows:
-                    count = len(next(iter(outputs.values())))
-                    payload = {"predictions": [{name: value[i] for name, value in outputs.items()} for i in range(count)]}
-                else:
-                    payload = {"outputs": outputs}
-                self._reply(200, payload)
-            except UserError as error:
-                code = 404 if error.not_found else 400
-                self._reply(code, {"error": str(error)})
+                _, outputs = core.predict(match.group(1), version, signature, inputs, check_alive=self.check_alive)
+                try:
+                    self._reply(200, _predict_payload(outputs, rows))
+                except ValueError as error:  # allow_nan=False: the model produced a non-finite value
+                    raise RuntimeError(f"the model returned a non-finite value ({error})") from None
+                except ConnectionError as error:  # the client left before its answer: its doing, one line
+                    raise RequestAbandoned(f"the client closed the connection ({error})", deadline=False) from None
             except Exception as error:  # noqa: BLE001 - one bad request must not stop the server
-                code = 500
-                log.exception("REST predict failed")
-                self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+                code, fault = classify_error(error)
+                status = error.status if isinstance(error, HttpError) else HTTP_STATUS[code]
+                if fault:
+                    log.exception("REST predict failed")
+                    message = f"internal error: {type(error).__name__}: {error}"
+                else:
+                    log.info("RestPredict %d: %s", status, one_line(error))
+                    message = str(error)
+                self._answer_error(status, message, abandoned=isinstance(error, RequestAbandoned))
             finally:
-                core.metrics.record_request("RestPredict", str(code), time.perf_counter() - started)
+                core.metrics.record_request("RestPredict", str(status), time.perf_counter() - started)
 
     return Handler
 
 
-def start_http(core: InferenceCore, host: str, port: int):
+class RestServer(ThreadingHTTPServer):
+    """ThreadingHTTPServer with a cap on open connections (one more gets 503 and is closed)."""
+
+    daemon_threads = True
+    block_on_close = False  # stop() must not wait for idle keep-alive connections
+    request_queue_size = 128  # listen backlog; socketserver's 5 drops bursts of connects (1 s SYN retries)
+
+    def __init__(self, address, handler, max_connections: int):
+        super().__init__(address, handler)
+        self.max_connections, self.open_connections = max_connections, 0
+        self._count_lock = threading.Lock()
+
+    def process_request(self, request, client_address):
+        with self._count_lock:
+            full = self.open_connections >= self.max_connections
+            if not full:
+                self.open_connections += 1
+        if full:
+            body = json.dumps({"error": f"the server has {self.max_connections} open REST connections; retry later"})
+            try:
+                request.sendall((f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+                                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode())
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address):
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._count_lock:
+                self.open_connections -= 1
+
+    def handle_error(self, request, client_address):
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):  # the client went away mid-answer: its problem, one line
+            log.info("REST %s: connection error: %s", client_address[0], one_line(error))
+        else:
+            log.exception("REST connection from %s failed", client_address[0])
+
+
+def start_http(core: InferenceCore, host: str, port: int, limits: ServingLimits = ServingLimits()):
     """A daemon-thread HTTP server; returns it (`.server_address[1]` is the bound port)."""
-    server = ThreadingHTTPServer((host, port), make_handler(core))
-    server.daemon_threads = True
+    server = RestServer((host, port), make_handler(core, limits.rest_timeout_seconds), limits.rest_max_connections)
     threading.Thread(target=server.serve_forever, name="rest", daemon=True).start()
     return server

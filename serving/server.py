@@ -1,4 +1,5 @@
-"""The model server: gRPC (TF Serving API + health) with optional REST/metrics, dynamic batching and hot reload."""
+"""The model server: gRPC (TF Serving API + health) with optional REST/metrics, dynamic batching, a bounded
+image decode pool and hot reload. Its limits are one `ServingLimits`."""
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,9 @@ from revnet.serving import layout
 from revnet.serving.backends import ModelRepository
 from revnet.serving.batching import DynamicBatcher
 from revnet.serving.grpc_service import add_services
+from revnet.serving.images import DecodePool
 from revnet.serving.inference import InferenceCore
+from revnet.serving.limits import ServingLimits
 from revnet.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -27,10 +30,11 @@ DEFAULT_REST_PORT = 8501
 class ServerHandle:
     """A running server: `.port`, `.rest_port` (None when REST is off), `.repository`, `.stop()`."""
 
-    def __init__(self, grpc_server, port, http_server, batcher, repository, health_servicer, poll_stop, core):
-        self.grpc_server, self.port, self.http_server = grpc_server, port, http_server
+    def __init__(self, grpc_server, grpc_executor, port, http_server, repository, health_servicer, poll_stop, core):
+        self.grpc_server, self.grpc_executor, self.port, self.http_server = grpc_server, grpc_executor, port, http_server
         self.rest_port = http_server.server_address[1] if http_server else None
-        self.batcher, self.repository, self.health, self._poll_stop, self.core = batcher, repository, health_servicer, poll_stop, core
+        self.repository, self.health, self._poll_stop, self.core = repository, health_servicer, poll_stop, core
+        self.batcher, self.decode_pool = core.batcher, core.decode_pool
 
     @property
     def metrics(self) -> Metrics:
@@ -43,11 +47,8 @@ class ServerHandle:
         if self.http_server:
             self.http_server.shutdown()
             self.http_server.server_close()
-        if self.batcher:
-            self.batcher.stop()
-
-    def wait(self) -> None:
-        self.grpc_server.wait_for_termination()
+        _stop_workers(self.core)
+        self.grpc_executor.shutdown(wait=False, cancel_futures=True)  # grpc.Server.stop leaves it running
 
 
 def _read(path: Optional[str], what: str) -> bytes:
@@ -59,17 +60,26 @@ def _read(path: Optional[str], what: str) -> bytes:
 
 
 def start_server(model_dir: str, backend: str = "onnx", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 rest_port: Optional[int] = DEFAULT_REST_PORT, max_batch_size: int = 32, batch_timeout_ms: float = 2.0,
+                 rest_port: Optional[int] = DEFAULT_REST_PORT,
+                 max_batch_size: int = ServingLimits.max_batch_size, batch_timeout_ms: float = 2.0,
                  workers: int = 16, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
                  max_message_mb: int = 64, poll_seconds: float = 2.0, onnx_file: str = layout.ONNX_FILE,
-                 intra_op_threads: int = 0) -> ServerHandle:
+                 intra_op_threads: int = 0, max_request_rows: int = ServingLimits.max_request_rows,
+                 max_image_pixels: int = ServingLimits.max_image_pixels,
+                 decode_workers: int = ServingLimits.decode_workers, decode_queue: int = ServingLimits.decode_queue,
+                 rest_timeout_seconds: float = ServingLimits.rest_timeout_seconds,
+                 rest_max_connections: int = ServingLimits.rest_max_connections) -> ServerHandle:
     """Start serving DIR/NAME in background threads. Port 0 picks a free port; rest_port None turns REST off.
 
-    batch_timeout_ms 0 turns dynamic batching off (each request runs on its own); max_batch_size is
-    also the largest batch a single request may carry.
+    batch_timeout_ms 0 turns dynamic batching off (each request runs on its own). A request of more than
+    max_batch_size rows runs as chunks of that size; max_request_rows bounds a request.
     """
-    if max_batch_size < 1 or batch_timeout_ms < 0 or workers < 1:
-        raise UserError("--max-batch-size and --workers must be at least 1 and --batch-timeout-ms at least 0")
+    limits = ServingLimits(max_batch_size=max_batch_size, max_request_rows=max_request_rows,
+                           max_image_pixels=max_image_pixels, decode_workers=decode_workers,
+                           decode_queue=decode_queue, rest_timeout_seconds=rest_timeout_seconds,
+                           rest_max_connections=rest_max_connections)
+    if batch_timeout_ms < 0 or workers < 1:
+        raise UserError("--workers must be at least 1 and --batch-timeout-ms at least 0")
     if bool(tls_cert) != bool(tls_key):
         raise UserError("TLS needs both --tls-cert and --tls-key")
     repository = ModelRepository(model_dir, backend, onnx_file=onnx_file, intra_op_threads=intra_op_threads)
@@ -77,31 +87,24 @@ def start_server(model_dir: str, backend: str = "onnx", host: str = "127.0.0.1",
     metrics.model_version = repository.current().version
     repository.listeners.append(lambda servable: setattr(metrics, "model_version", servable.version))
     batcher = DynamicBatcher(max_batch_size, batch_timeout_ms, metrics.record_batch) if batch_timeout_ms > 0 else None
-    core = InferenceCore(repository, max_batch_size, batcher, metrics)
-    max_bytes = max_message_mb * 1024 * 1024
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-                         options=[("grpc.max_receive_message_length", max_bytes),
-                                  ("grpc.max_send_message_length", max_bytes), ("grpc.so_reuseport", 0)])
-    add_services(server, core)
+    core = InferenceCore(repository, limits, batcher, metrics, DecodePool(decode_workers, decode_queue))
     health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = f"{host}:{port}"
-    if tls_cert:
-        credentials = grpc.ssl_server_credentials([(_read(tls_key, "TLS key"), _read(tls_cert, "TLS certificate"))])
-        bound = server.add_secure_port(address, credentials)
-    else:
-        bound = server.add_insecure_port(address)
-    if not bound:
-        raise UserError(f"cannot bind gRPC to {address}; is the port in use?")
-    server.start()
+    try:
+        server, bound, executor = _start_grpc(core, health_servicer, f"{host}:{port}", workers, max_message_mb,
+                                              tls_cert, tls_key)
+    except BaseException:
+        _stop_workers(core)
+        raise
     http_server = None
     if rest_port is not None:
         from revnet.serving.rest import start_http
 
         try:
-            http_server = start_http(core, host, rest_port)
+            http_server = start_http(core, host, rest_port, limits)
         except OSError as error:
             server.stop(0)
+            executor.shutdown(wait=False)
+            _stop_workers(core)
             raise UserError(f"cannot bind REST to {host}:{rest_port}: {error.strerror}") from None
     for service in ("", repository.name):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
@@ -112,12 +115,38 @@ def start_server(model_dir: str, backend: str = "onnx", host: str = "127.0.0.1",
             repository.poll()
 
     threading.Thread(target=poll_versions, name="version-poll", daemon=True).start()
-    handle = ServerHandle(server, bound, http_server, batcher, repository, health_servicer, poll_stop, core)
-    log.info("serving %r version %d (%s) on %s gRPC port %d%s; batching %s", repository.name,
+    handle = ServerHandle(server, executor, bound, http_server, repository, health_servicer, poll_stop, core)
+    log.info("serving %r version %d (%s) on %s gRPC port %d%s; batching %s; limits %s", repository.name,
              repository.current().version, backend, host, bound,
              f", REST/metrics port {handle.rest_port}" if http_server else "",
-             f"up to {max_batch_size} rows / {batch_timeout_ms:g} ms" if batcher else "off")
+             f"up to {max_batch_size} rows / {batch_timeout_ms:g} ms" if batcher else "off", limits)
     return handle
+
+
+def _start_grpc(core, health_servicer, address: str, workers: int, max_message_mb: int, tls_cert, tls_key):
+    max_bytes = max_message_mb * 1024 * 1024
+    executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc")
+    server = grpc.server(executor,
+                         options=[("grpc.max_receive_message_length", max_bytes),
+                                  ("grpc.max_send_message_length", max_bytes), ("grpc.so_reuseport", 0)])
+    add_services(server, core)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if tls_cert:
+        credentials = grpc.ssl_server_credentials([(_read(tls_key, "TLS key"), _read(tls_cert, "TLS certificate"))])
+        bound = server.add_secure_port(address, credentials)
+    else:
+        bound = server.add_insecure_port(address)
+    if not bound:
+        executor.shutdown(wait=False)
+        raise UserError(f"cannot bind gRPC to {address}; is the port in use?")
+    server.start()
+    return server, bound, executor
+
+
+def _stop_workers(core: InferenceCore) -> None:
+    if core.batcher:
+        core.batcher.stop()
+    core.decode_pool.stop()
 
 
 def serve(**options) -> None:
@@ -127,6 +156,9 @@ def serve(**options) -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())
     print(f"serving on port {handle.port}" + (f", REST on {handle.rest_port}" if handle.rest_port else ""), flush=True)
-    stopped.wait()
+    # A signal delivered to one of gRPC's threads does not interrupt an untimed wait in this one, and
+    # Python runs its handler only here: wake up regularly so the handler gets to run.
+    while not stopped.wait(0.25):
+        pass
     log.info("shutting down")
     handle.stop()

@@ -63,6 +63,8 @@ class _Evaluator:
     def __init__(self, exp_dir: str, config: Dict, split: str, batch_size: Optional[int]):
         self.exp_dir, self.config, self.split = exp_dir, config, split
         data_dir = config["data"]["dir"]
+        if not data_dir:  # an experiment imported without --data
+            raise UserError(f"experiment {exp_dir!r} records no dataset to evaluate on; import it with --data DIR")
         metadata = schema.load_metadata(data_dir)
         if split not in metadata["splits"]:
             raise UserError(f"dataset {data_dir!r} has no split {split!r}; it has: {', '.join(metadata['splits'])}")

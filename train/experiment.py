@@ -3,7 +3,7 @@
     WORKDIR/ID/config.json      {"model": ModelConfig as JSON, "data": {"dir", "dataset", "num_classes",
                                  "label_names", "train_examples", "validation_examples"}, "train": {...}}
     WORKDIR/ID/checkpoints/     tf.train.CheckpointManager files (ckpt-N), checkpoint = Checkpoint(model=, optimizer=, step=, ...);
-                                `create_experiment` writes ckpt-0 with model and step only (no optimizer state)
+                                `create_experiment` writes ckpt-0 with the model, zero momentum and data position 0
     WORKDIR/ID/best/            a copy of the best evaluated checkpoint (ckpt-N files + best.json)
     WORKDIR/ID/eval.jsonl       one line per evaluated checkpoint
     WORKDIR/ID/train.log        the trainer's log
@@ -23,6 +23,7 @@ from revnet.common.errors import UserError, error_reason
 from revnet.common.fileio import atomic_write_json, read_json
 from revnet.models.registry import ModelConfig, build_model
 from revnet.train.config import DEFAULT_WORKDIR
+from revnet.train.optimizer import MomentumSGD
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +162,11 @@ def create_experiment(workdir: str, exp_id: str, model, data: Dict, train: Dict)
         raise UserError(f"experiment {exp_id!r} already exists under {workdir or DEFAULT_WORKDIR!r}; choose another id")
     os.makedirs(exp_dir, exist_ok=True)
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(model=model, step=step), checkpoints_dir(exp_dir),
+    # The trainer's checkpoint layout (fresh momentum, data position 0), so `train --id` resumes from it.
+    optimizer = MomentumSGD(model.trainable_variables, 0.0, 0.0, [])
+    position = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_position")
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, data_position=position)
+    manager = tf.train.CheckpointManager(checkpoint, checkpoints_dir(exp_dir),
                                          max_to_keep=None, step_counter=step, checkpoint_name="ckpt")
     manager.save(checkpoint_number=0)
     save_config(exp_dir, {"model": model.config.to_json(), "data": data, "train": train})

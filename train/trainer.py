@@ -2,8 +2,10 @@
 
 Resume never silently starts over: it restores the newest readable checkpoint (warning about any newer
 one that is damaged or missing), stops with a UserError when checkpoints exist but none is readable,
-and starts at step 0 only when the checkpoints folder holds none. A checkpoint without optimizer state
-(`experiment.create_experiment`'s step 0) is fine-tuned from: its weights and step, fresh momentum.
+and starts at step 0 only when the checkpoints folder holds none. `experiment.create_experiment`'s step-0
+checkpoint holds zero momentum and data position 0, so `train --id` on it fine-tunes from its weights; a
+checkpoint without optimizer state (folders made by older versions) is restored the same way: weights and
+step, fresh momentum.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from revnet.models import build_model, get_config
 from revnet.preprocess import input_pipeline, schema
 from revnet.train import data_service as service, experiment, summaries
 from revnet.train.distribute import make_placement
+from revnet.train.normalization import training_normalization
 from revnet.train.optimizer import DynamicLossScale, MomentumSGD
 from revnet.train.preemption import Preemption, watch_sigterm
 from revnet.train.progress import Progress
@@ -61,7 +64,8 @@ def resolve_config(model: str, data: Optional[str], exp_dir: str, saved: Optiona
                           bn_momentum=train.bn_momentum)
     else:
         model_json = get_config(model, num_classes=num_classes, mode=train.mode, seed=train.seed % 2 ** 31,
-                                compute_dtype=train.compute_dtype, bn_momentum=train.bn_momentum).to_json()
+                                compute_dtype=train.compute_dtype, bn_momentum=train.bn_momentum,
+                                **training_normalization(model_config, metadata, data_dir)).to_json()
     return {"model": model_json, "train": train.to_json(),
             "data": {"dir": os.path.abspath(data_dir), "dataset": metadata.get("dataset"), "num_classes": num_classes,
                      "label_names": metadata.get("label_names"),

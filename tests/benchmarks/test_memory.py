@@ -3,14 +3,16 @@
 Both depths have a reversible stack in stage 1 (3 units = opener + 2 stacked blocks, 19 units = opener +
 18), so the comparison is growth per added block, not the fixed cost of having a stack at all. Measured
 on this machine kind (batch 16): autodiff grows about 8.8 MB per block, the reversible stack about
-0.07 MB; with the loops' parallel_iterations=1 removed the reversible stack grows about 4.3 MB per block
-(the reconstructions run ahead and keep their tapes), which this test must catch.
+0.07 MB. Two guards keep reconstructions from running ahead of the gradients (and keeping their tapes):
+the backward loop's parallel_iterations=1 and the control dependency in `_block_backward`; with both
+removed the reversible stack grows about 4.5 MB per block, which this test must catch.
 """
 import json
 
 import pytest
 
-from revnet.benchmarks.memory import format_rows, run_worker
+from revnet.benchmarks.memory import run_worker
+from revnet.benchmarks.memory_report import format_rows
 
 pytestmark = pytest.mark.slow  # real subprocesses; `-m "not slow"` skips them
 
@@ -48,10 +50,11 @@ def test_reversible_peak_is_flat_in_depth_while_autodiff_grows(rows):
 
 def test_rows_have_the_documented_fields_and_format(rows):
     row = rows[(DEEP_UNITS, "reversible")]
-    for key in ("model", "mode", "batch_size", "peak_bytes", "activation_bytes", "peak_rss_bytes", "step_seconds",
-                "grad_rel_err"):
+    for key in ("model", "units_per_stage", "depth", "mode", "precision", "batch_size", "peak_bytes", "activation_bytes",
+                "activation_bytes_per_image", "peak_rss_bytes", "step_seconds", "grad_rel_err", "recon_rel_err"):
         assert key in row
+    assert row["units_per_stage"] == [DEEP_UNITS, 1, 1] and row["depth"] == 4 * (DEEP_UNITS + 2) + 2
     assert row["peak_rss_bytes"] > row["peak_bytes"] > 0 and row["step_seconds"] > 0
     json.dumps(row)
     table = format_rows(list(rows.values()))
-    assert "reversible" in table and "peak/autodiff" in table
+    assert "reversible/autodiff peak" in table and "Growth with depth" in table

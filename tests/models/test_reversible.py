@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from revnet.benchmarks.memory import max_relative_error
+from revnet.benchmarks.numerics import max_relative_error
 from revnet.models import build_model
 from revnet.models.layers import BasicFn, BottleneckFn, SeedSequence
 from revnet.models.reversible import ReversibleStack
@@ -31,23 +31,28 @@ def _loss_and_grads(model, images, labels, use_function):
     return float(loss), [g.numpy() for g in grads]
 
 
-@pytest.mark.parametrize("name, overrides", [("revnet-38", {}), ("revnet-164", SMALL_BOTTLENECK)],
-                         ids=["basic", "bottleneck"])
+SMALL_RESNET = dict(units_per_stage=(2, 2, 2))
+
+
+@pytest.mark.parametrize("name, overrides, mode", [
+    ("revnet-38", {}, "reversible"), ("revnet-164", SMALL_BOTTLENECK, "reversible"),
+    ("revnet-38", {}, "recompute"), ("resnet-32", SMALL_RESNET, "recompute")],
+    ids=["basic", "bottleneck", "revnet-recompute", "resnet-recompute"])
 @pytest.mark.parametrize("dtype, tolerance", [("float64", 1e-10), ("float32", 1e-4)])
 @pytest.mark.parametrize("use_function", [False, True], ids=["eager", "tf.function"])
-def test_gradients_match_autodiff(small_batch, name, overrides, dtype, tolerance, use_function):
+def test_gradients_match_autodiff(small_batch, name, overrides, mode, dtype, tolerance, use_function):
+    """Reversible stacks and recomputed units (a RevNet's openers, every ResNet unit) give autodiff's gradients."""
     images, labels = small_batch
     images = tf.cast(images, dtype)
-    models = {mode: build_model(name, mode=mode, param_dtype=dtype, seed=1, **overrides)
-              for mode in ("autodiff", "reversible")}
-    results = {mode: _loss_and_grads(model, images, labels, use_function) for mode, model in models.items()}
-    assert results["autodiff"][0] == pytest.approx(results["reversible"][0], rel=1e-6)
-    reference, candidate = results["autodiff"][1], results["reversible"][1]
+    models = {m: build_model(name, mode=m, param_dtype=dtype, seed=1, **overrides) for m in ("autodiff", mode)}
+    results = {m: _loss_and_grads(model, images, labels, use_function) for m, model in models.items()}
+    assert results["autodiff"][0] == pytest.approx(results[mode][0], rel=1e-6)
+    reference, candidate = results["autodiff"][1], results[mode][1]
     assert len(reference) == len(models["autodiff"].trainable_variables) + 1
     assert all(np.linalg.norm(g) > 0 for g in reference[1:]), "every variable must receive a gradient"
     assert max_relative_error(reference, candidate) <= tolerance
     # Moving statistics are updated once, in the real forward pass, never during recomputation.
-    for a, b in zip(models["autodiff"].variables, models["reversible"].variables):
+    for a, b in zip(models["autodiff"].variables, models[mode].variables):
         assert a.name == b.name
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-6 if dtype == "float32" else 1e-12)
 
@@ -74,7 +79,7 @@ def test_reconstructed_inputs_match_true_inputs(fn_class):
     x2 = tf.random.stateless_normal([2, 8, 8, channels], [1, 2], dtype=tf.float64)
     y1, y2 = stack(x1, x2, training=True)
     assert np.max(np.abs(y1.numpy() - x1.numpy())) > 1e-3  # the blocks really did something
-    r1, r2 = stack.inverse(y1, y2, training=True)
+    r1, r2 = stack.reconstruct(y1, y2)
     np.testing.assert_allclose(r1.numpy(), x1.numpy(), atol=1e-10)
     np.testing.assert_allclose(r2.numpy(), x2.numpy(), atol=1e-10)
 
@@ -97,6 +102,8 @@ def test_stage_weights_are_stacked_and_backward_is_a_while_loop():
     loops = [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")]
     # one forward and one backward loop per stage, and no accumulators for autodiff through the forward loop
     assert len(loops) == 2 * len(model.stacks)
+    # A loop must not run iterations ahead: a reconstruction run ahead keeps its tape (see test_memory.py).
+    assert all(op.get_attr("parallel_iterations") == 1 for op in loops)
     assert not [op for op in graph.get_operations() if op.type == "TensorListPushBack"]
 
 

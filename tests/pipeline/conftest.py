@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from revnet.preprocess import cifar
-from revnet.preprocess.fake_imagenet import write_imagenet_tree
+from revnet.preprocess.fake_data import write_imagenet_tree
 
 from preprocess_test_helpers import CIFAR10_NAMES
 

@@ -28,3 +28,29 @@ def read_records(data_dir, split):
             record["shard"] = shard["file"]
             records.append(record)
     return records
+
+
+def dataset_files(folder):
+    """{file name: bytes} of every file a dataset folder holds except metadata.json (which records timings)."""
+    return {name: open(os.path.join(folder, name), "rb").read() for name in sorted(os.listdir(folder))
+            if name != "metadata.json"}
+
+
+def kill_worker_plugin(marker_path, after_tasks):
+    """A dask WorkerPlugin that SIGKILLs its worker process when the worker starts its task number
+    `after_tasks + 1`, once per `marker_path` (restarted workers receive the plugin again)."""
+    from distributed import WorkerPlugin
+
+    class KillWorker(WorkerPlugin):
+        def setup(self, worker):
+            self.started = 0
+
+        def transition(self, key, start, finish, **kwargs):
+            if finish != "executing":
+                return
+            self.started += 1
+            if self.started > after_tasks and not os.path.exists(marker_path):
+                open(marker_path, "w").close()
+                os.kill(os.getpid(), 9)
+
+    return KillWorker()

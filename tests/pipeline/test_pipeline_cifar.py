@@ -3,6 +3,7 @@ deterministic shuffling, byte-identical re-runs, atomic output."""
 import io
 import json
 import os
+import shutil
 import tarfile
 
 import numpy as np
@@ -10,7 +11,9 @@ import pytest
 from PIL import Image
 
 from revnet.common.errors import UserError
-from revnet.pipeline import beam_pipeline, run_preprocess
+from revnet.pipeline import run_preprocess
+from revnet.pipeline import run as pipeline_run
+from revnet.pipeline.plan import order_key
 from revnet.preprocess import schema
 from preprocess_test_helpers import CIFAR10_NAMES, read_records
 
@@ -42,7 +45,7 @@ def test_counts_reconcile_and_metadata_describes_the_dataset(cifar10_run):
     assert [s["file"] for s in metadata["splits"]["train"]["shards"]] == \
         [f"train-{i:05d}-of-00004.tfrecord" for i in range(4)]
     assert [s["records"] for s in metadata["splits"]["train"]["shards"]] == [63, 62, 63, 62]  # rank r -> r*4//250
-    assert metadata["options"]["seed"] == 7 and metadata["beam_counters"]["train_written"] == 250
+    assert metadata["options"]["seed"] == 7 and metadata["splits"]["train"]["converted"] == {}
     assert sorted(os.listdir(output)) == sorted(["metadata.json", "rejects.jsonl"] + list(_files(output)))
 
 
@@ -88,8 +91,8 @@ def test_rerun_is_byte_identical_and_extracted_folder_gives_the_same_records(cif
     assert _files(again).keys() == _files(output).keys() and _files(again) != _files(output)
     assert json.load(open(os.path.join(again, "metadata.json")))["options"]["seed"] == 8
     assert sorted(os.listdir(tmp_path)) == ["again", "extracted"]
-    other_seed = [beam_pipeline.order_key(8, "train", f"data_batch_1:{i:06d}") for i in range(50)]
-    same_seed = [beam_pipeline.order_key(7, "train", f"data_batch_1:{i:06d}") for i in range(50)]
+    other_seed = [order_key(8, "train", f"data_batch_1:{i:06d}") for i in range(50)]
+    same_seed = [order_key(7, "train", f"data_batch_1:{i:06d}") for i in range(50)]
     assert np.argsort(other_seed).tolist() != np.argsort(same_seed).tolist()
 
 
@@ -99,16 +102,19 @@ def test_finished_dataset_is_refused_without_overwrite(cifar10_run, cifar10_arch
     with pytest.raises(UserError, match="already holds a finished dataset; pass --overwrite"):
         run_preprocess("cifar-10", cifar10_archive, output, workers=1)
     (tmp_path / "notes.txt").write_text("keep me")
-    with pytest.raises(UserError, match="is not empty"):
+    with pytest.raises(UserError, match="is not empty and holds no dataset written by preprocess"):
         run_preprocess("cifar-10", cifar10_archive, str(tmp_path), workers=1)
     assert _files(output) == before
 
 
 def test_interrupted_job_leaves_no_complete_looking_output(cifar10_archive, tmp_path, monkeypatch):
+    collect = pipeline_run._collect
+
     def crash(*args, **kwargs):
+        collect(*args, **kwargs)
         raise KeyboardInterrupt("simulated interrupt after the shards were written")
 
-    monkeypatch.setattr(beam_pipeline, "_write_rejects", crash)
+    monkeypatch.setattr(pipeline_run, "_collect", crash)
     output = tmp_path / "dataset"
     with pytest.raises(BaseException):
         run_preprocess("cifar-10", cifar10_archive, str(output), train_shards=2, val_shards=1, workers=1)
@@ -146,3 +152,41 @@ def test_wrong_inputs_are_user_errors_with_nothing_left_behind(cifar10_archive, 
         run_preprocess(dataset, cifar10_archive if dataset != "imagenet" else str(tmp_path), str(tmp_path / "out"),
                        workers=1, **kwargs)
     assert not (tmp_path / "out").exists()
+
+
+def test_pixel_mean_is_the_mean_training_image(cifar10_run, cifar10_arrays, cifar100_archive, cifar100_arrays,
+                                               tmp_path):
+    """metadata.json's pixel_mean: per pixel and channel, the float64 mean of the raw training pixels."""
+    _, metadata = cifar10_run
+    expected = cifar10_arrays["train_images"].astype(np.float64).mean(axis=0)
+    assert np.asarray(metadata["pixel_mean"]).shape == (32, 32, 3)
+    np.testing.assert_allclose(metadata["pixel_mean"], expected, rtol=0, atol=1e-12)
+    assert not np.allclose(expected, cifar10_arrays["test_images"].astype(np.float64).mean(axis=0), atol=1)
+    c100 = run_preprocess("cifar-100", cifar100_archive, str(tmp_path / "c100"), train_shards=3, val_shards=1,
+                          workers=2)
+    np.testing.assert_allclose(c100["pixel_mean"], cifar100_arrays["train_images"].astype(np.float64).mean(axis=0),
+                               rtol=0, atol=1e-12)
+
+
+def test_overwrite_replaces_only_a_dataset_of_ours(cifar10_run, cifar10_archive, tmp_path):
+    """Issue 10 item 10: --overwrite used to delete whatever the folder held."""
+    output, _ = cifar10_run
+    foreign = tmp_path / "thesis"
+    (foreign / "photos").mkdir(parents=True)
+    (foreign / "thesis.txt").write_text("four years of work")
+    (foreign / "photos" / "a.jpg").write_bytes(b"jpeg")
+    with pytest.raises(UserError, match=r"holds no dataset written by preprocess .*\(--overwrite replaces only a dataset\)"):
+        run_preprocess("cifar-10", cifar10_archive, str(foreign), workers=1, overwrite=True)
+    assert (foreign / "thesis.txt").read_text() == "four years of work" and (foreign / "photos" / "a.jpg").exists()
+    # A dataset with something of the user's added to it is refused too, and left as it was.
+    mixed = tmp_path / "mixed"
+    shutil.copytree(output, mixed)
+    (mixed / "notes.txt").write_text("mine")
+    before = sorted(os.listdir(mixed))
+    with pytest.raises(UserError, match="also 'notes.txt', which preprocess did not write"):
+        run_preprocess("cifar-10", cifar10_archive, str(mixed), workers=1, overwrite=True)
+    assert sorted(os.listdir(mixed)) == before
+    # An empty folder is fine without --overwrite.
+    (tmp_path / "empty").mkdir()
+    run_preprocess("cifar-10", cifar10_archive, str(tmp_path / "empty"), train_shards=2, val_shards=1, workers=1)
+    assert (tmp_path / "empty" / "metadata.json").exists()

@@ -2,6 +2,7 @@
 import io
 import json
 import os
+import shutil
 
 import pytest
 from PIL import Image
@@ -91,11 +92,9 @@ def test_flat_validation_with_either_label_file_and_label_offset(imagenet_flat_t
 def test_object_store_code_paths_give_the_same_dataset(imagenet_run, tmp_path, monkeypatch):
     """Listing, scratch files and publishing as done for gs:// (Beam FileSystems, no directory rename),
     exercised on local paths, which FileSystems also serves."""
-    from revnet.pipeline import storage
-    from revnet.preprocess import imagenet
+    from revnet.common import storage
 
     root, _, output, metadata = imagenet_run
-    monkeypatch.setattr(imagenet, "_remote", lambda path: True)
     monkeypatch.setattr(storage, "is_remote", lambda path: True)
     remote_output = str(tmp_path / "remote")
     again = run_preprocess("imagenet", root, remote_output, train_shards=3, val_shards=2, workers=1,
@@ -111,3 +110,18 @@ def test_object_store_code_paths_give_the_same_dataset(imagenet_run, tmp_path, m
                    overwrite=True)
     assert sorted(os.listdir(remote_output)) == ["metadata.json", "rejects.jsonl", "train-00000-of-00002.tfrecord",
                                                  "train-00001-of-00002.tfrecord", "validation-00000-of-00001.tfrecord"]
+
+
+def test_a_name_that_is_not_utf8_is_a_reject_not_a_crash(imagenet_tree, tmp_path):
+    """Issue 10 item 15: the job used to fail with UnicodeEncodeError writing the record's file name."""
+    root = str(tmp_path / "tree")
+    shutil.copytree(imagenet_tree[0], root)
+    synset = imagenet_tree[1]["synsets"][0]
+    good = open(os.path.join(root, "train", synset, f"{synset}_1.JPEG"), "rb").read()
+    open(os.path.join(os.fsencode(root), b"train", os.fsencode(synset), b"caf\xe9.JPEG"), "wb").write(good)
+    metadata = run_preprocess("imagenet", root, str(tmp_path / "out"), train_shards=2, val_shards=1, workers=1,
+                              max_reject_fraction=0.5)
+    assert metadata["splits"]["train"]["rejected"] == 3 and metadata["pixel_mean"] is None
+    rejects = [json.loads(line) for line in open(tmp_path / "out" / "rejects.jsonl")]
+    assert {"path": os.path.join(root, "train", synset, "caf\\xe9.JPEG"), "split": "train",
+            "reason": "file name is not valid UTF-8"} in rejects

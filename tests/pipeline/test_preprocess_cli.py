@@ -39,9 +39,22 @@ def test_multiprocess_direct_runner_end_to_end_with_beam_args(cifar10_archive, t
     assert {s: (c["read"], c["written"], c["rejected"]) for s, c in metadata["splits"].items()} == \
         {"train": (250, 250, 0), "validation": (60, 60, 0)}
     assert len(read_records(str(output), "train")) == 250
+    assert "preprocess: 4/4 shards, 310/310 images" in result.stderr  # the progress line
+    assert "Traceback" not in result.stderr
     # The same finished dataset again: a one-line error, nothing touched.
     _one_line_error(run_cli("preprocess", "cifar-10", "--input", cifar10_archive, "--output", str(output)),
                     "already holds a finished dataset; pass --overwrite")
+
+
+def test_a_local_run_does_not_import_ipython_or_tensorflow(cifar10_archive, tmp_path):
+    """Beam's "are we in IPython?" probe imports IPython (about 0.15 s of CPU per run); the pipeline
+    answers it without the import. TensorFlow is never needed to write records."""
+    code = ("import sys; from revnet.pipeline import run_preprocess; "
+            f"run_preprocess('cifar-10', {cifar10_archive!r}, {str(tmp_path / 'out')!r}, train_shards=2, val_shards=1, "
+            "workers=2); print(sorted(m for m in ('IPython', 'tensorflow') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"
 
 
 def test_hostile_archive_is_refused_on_the_command_line(tmp_path):
@@ -75,12 +88,19 @@ def test_missing_archive_is_a_one_line_error(tmp_path):
 
 
 def test_benchmark_rows_compare_the_loop_and_beam(tmp_path):
-    rows = run_preprocess_benchmark(num_images=25, worker_counts="1", seed=0)
-    assert [(r["method"], r["workers"]) for r in rows] == [("python loop", 1), ("beam DirectRunner", 1)]
+    rows = run_preprocess_benchmark(num_images=25, worker_counts="1,2", seed=0, runners="direct")
+    assert [(r["method"], r["workers"]) for r in rows] == \
+        [("python loop", 1), ("beam DirectRunner", 1), ("beam DirectRunner", 2)]
     for row in rows:
         assert row["images"] == row["written"] + row["rejected"] and row["rejected"] == 2
-        assert row["images_per_second"] > 0
-    assert rows[0]["vs_loop"] == 1.0
+        assert row["images_per_second"] == pytest.approx(row["images"] / row["seconds"], rel=0.01)
+        # Each ratio is the loop's time over this row's time (not a row divided by itself).
+        assert row["vs_loop"] == pytest.approx(rows[0]["seconds"] / row["seconds"], rel=0.01)
+        assert row["cpu_main"] > 0
+    assert rows[1]["seconds"] != rows[0]["seconds"] and rows[1]["vs_loop"] != 1.0
+    assert rows[2]["cpu_children"] > 0  # the shards were written by forked worker processes
     assert "images/s" in format_rows(rows)
     with pytest.raises(UserError, match="comma-separated integers"):
         run_preprocess_benchmark(25, "1,two")
+    with pytest.raises(UserError, match="--runners takes"):
+        run_preprocess_benchmark(25, "1", runners="spark")

@@ -2,6 +2,7 @@
 import io
 import os
 import pickle
+import re
 import tarfile
 import urllib.error
 
@@ -154,3 +155,35 @@ def test_download_refuses_a_wrong_md5(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="expected the published"):
         cifar.download("cifar-100", str(tmp_path))
     assert not (tmp_path / "cifar-100-python.tar.gz").exists()
+
+
+def _batch_with_labels(labels, count=None):
+    count = len(labels) if count is None else count
+    return pickle.dumps({b"data": np.zeros((count, 3072), np.uint8), b"labels": labels,
+                         b"filenames": [b"x.png"] * count}, protocol=2)
+
+
+@pytest.mark.parametrize("labels, shown", [([0, 1.9, 2], "1.9 (float)"), ([0, "3", 2], "'3' (str)"),
+                                           ([0, True, 2], "True (bool)"), (np.array([0.0, 1.0, 2.0]), "0.0 (float)")])
+def test_labels_must_be_integers(labels, shown):
+    """Issue 10 item 16: 1.9 used to become label 1 and "3" label 3, silently."""
+    with pytest.raises(UserError, match=re.escape(f"b'labels' holds {shown}; labels must be integers in 0..9")):
+        cifar.parse_batch(_batch_with_labels(labels), cifar.SPECS["cifar-10"], "data_batch_1", {"labels": 10})
+    ints = cifar.parse_batch(_batch_with_labels([0, np.int64(9), 2]), cifar.SPECS["cifar-10"], "b", {"labels": 10})
+    assert ints["labels"].tolist() == [0, 9, 2]
+    with pytest.raises(UserError, match=r"outside 0..9"):
+        cifar.parse_batch(_batch_with_labels([0, 10**30, 2]), cifar.SPECS["cifar-10"], "b", {"labels": 10})
+
+
+def test_a_batch_without_images_is_named_clearly(tmp_path):
+    """Issue 10 item 16: an empty batch pickles b'' as __builtin__.bytes, which was refused as hostile."""
+    data = _batch_with_labels([])
+    assert b"__builtin__" in data
+    with pytest.raises(UserError, match=r"data_batch_3 holds 0 images; every batch of the official archive"):
+        cifar.parse_batch(data, cifar.SPECS["cifar-10"], "cifar-10-batches-py/data_batch_3", {"labels": 10})
+    # A whole archive written with 0 training images in a batch fails the same way through read + parse.
+    path = cifar.write_cifar10_archive(str(tmp_path / "c.tar.gz"), np.zeros((3, 32, 32, 3), np.uint8), [1, 2, 3],
+                                       np.zeros((1, 32, 32, 3), np.uint8), [0], NAMES, num_train_batches=5)
+    raw = cifar.read_members(path, cifar.SPECS["cifar-10"], ["data_batch_1"])
+    with pytest.raises(UserError, match="data_batch_1 holds 0 images"):
+        cifar.parse_batch(raw["data_batch_1"], cifar.SPECS["cifar-10"], "data_batch_1", {"labels": 10})

@@ -11,7 +11,7 @@ NUM_TRAIN, NUM_VALIDATION = 60, 23
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from revnet.train.toydata import write_toy_dataset
+    from revnet.preprocess.fake_data import write_toy_dataset
 
     path = str(tmp_path_factory.mktemp("pipeline_data"))
     write_toy_dataset(path, num_train=NUM_TRAIN, num_validation=NUM_VALIDATION, num_classes=3, num_shards=3, seed=1)
@@ -50,7 +50,7 @@ def test_each_epoch_sees_every_record_once(data):
     _, labels = _take(_train(data, batch_size=NUM_TRAIN // 2), 2)
     _, metadata = data
     assert len(labels) == NUM_TRAIN
-    # toydata labels are balanced: each class appears NUM_TRAIN / 3 times in one epoch.
+    # toy labels are balanced: each class appears NUM_TRAIN / 3 times in one epoch.
     assert np.bincount(labels).tolist() == [NUM_TRAIN // 3] * 3
 
 

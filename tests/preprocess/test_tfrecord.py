@@ -1,15 +1,7 @@
 """The TensorFlow-free Example encoder and TFRecord writer match TensorFlow byte for byte."""
-import io
-
 import tensorflow as tf
 
 from revnet.preprocess import schema, tfrecord
-
-
-def test_feature_keys_are_the_schema_keys():
-    for name in ("ENCODED", "FORMAT", "HEIGHT", "WIDTH", "CHANNELS", "COLORSPACE", "FILENAME", "LABEL", "SYNSET",
-                 "TEXT", "COARSE_LABEL"):
-        assert getattr(tfrecord, name) == getattr(schema, name)
 
 
 def test_examples_are_byte_identical_to_tensorflow():
@@ -33,4 +25,3 @@ def test_tfrecord_files_are_byte_identical_and_readable(tmp_path):
             writer.write(record)
     assert ours.read_bytes() == theirs.read_bytes()
     assert [r.numpy() for r in tf.data.TFRecordDataset(str(ours))] == records
-    assert tfrecord.count_records(io.BytesIO(ours.read_bytes())) == 3

@@ -1,6 +1,5 @@
 """Session fixtures: a tiny "trained" experiment (random init, in the trainer's folder contract), a tiny
 validation dataset in the pipeline's TFRecord format, and one export of both formats."""
-import io
 import os
 
 import numpy as np
@@ -10,44 +9,11 @@ LABELS = ["cat", "dog", "ship"]
 NUM_IMAGES = 8
 
 
-def png_bytes(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def jpeg_bytes(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(pixels.astype(np.uint8)).save(buffer, format="JPEG", quality=95)
-    return buffer.getvalue()
-
-
 def make_dataset(data_dir: str):
     """A validation split of PNG/JPEG 32x32 images, written exactly as `pipeline/` would."""
-    import tensorflow as tf
+    from revnet.preprocess.fake_data import write_mixed_format_split
 
-    from revnet.common.fileio import atomic_write_json
-    from revnet.preprocess.schema import make_example, shard_name
-
-    rng = np.random.RandomState(1)
-    os.makedirs(data_dir, exist_ok=True)
-    pixels = rng.randint(0, 256, (NUM_IMAGES, 32, 32, 3))
-    encoded = [png_bytes(p) if i % 2 == 0 else jpeg_bytes(p) for i, p in enumerate(pixels)]
-    labels = [i % len(LABELS) for i in range(NUM_IMAGES)]
-    name = shard_name("validation", 0, 1)
-    with tf.io.TFRecordWriter(os.path.join(data_dir, name)) as writer:
-        for i, (data, label) in enumerate(zip(encoded, labels)):
-            kind = "PNG" if i % 2 == 0 else "JPEG"
-            writer.write(make_example(data, kind, 32, 32, f"img{i}", label, LABELS[label]).SerializeToString())
-    split = {"read": NUM_IMAGES, "written": NUM_IMAGES, "rejected": 0, "shards": [{"file": name, "records": NUM_IMAGES}]}
-    atomic_write_json(os.path.join(data_dir, "metadata.json"), {
-        "dataset": "cifar-10", "num_classes": len(LABELS), "label_names": LABELS, "synsets": None, "label_offset": 0,
-        "label": None, "splits": {"validation": split}, "options": {}, "complete": True})
-    return encoded, labels
+    return write_mixed_format_split(data_dir, LABELS, NUM_IMAGES)
 
 
 def make_experiment(workdir: str, exp_id: str, data_dir: str):

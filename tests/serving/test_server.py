@@ -16,9 +16,11 @@ import pytest
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
                                      model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
 
+from revnet.common.errors import UserError
 from revnet.serving.tensors import make_ndarray, make_tensor_proto
 
 MAX_BATCH = 8
+MAX_ROWS = 20
 
 
 @pytest.fixture(scope="module", params=["onnx", "tf"])
@@ -26,7 +28,8 @@ def server(request, serving_env):
     from revnet.serving.server import start_server
 
     handle = start_server(model_dir=serving_env["model_dir"], backend=request.param, port=0, rest_port=0,
-                          max_batch_size=MAX_BATCH, batch_timeout_ms=3, workers=16, poll_seconds=3600)
+                          max_batch_size=MAX_BATCH, max_request_rows=MAX_ROWS, batch_timeout_ms=3, workers=16,
+                          poll_seconds=3600)
     channel = grpc.insecure_channel(f"127.0.0.1:{handle.port}")
     yield {"handle": handle, "backend": request.param, "stub": prediction_service_pb2_grpc.PredictionServiceStub(channel),
            "models": model_service_pb2_grpc.ModelServiceStub(channel), "channel": channel}
@@ -146,8 +149,8 @@ def bad_requests(images):
         (predict_request(images=images.astype(np.int32)), grpc.StatusCode.INVALID_ARGUMENT, "float32"),
         (predict_request(images=images[0]), grpc.StatusCode.INVALID_ARGUMENT, "expected \\[batch, 32, 32, 3\\]"),
         (predict_request(images=np.zeros((1, 16, 16, 3), np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "shape"),
-        (predict_request(images=np.zeros((MAX_BATCH + 1, 32, 32, 3), np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
-         "exceeds the server limit"),
+        (predict_request(images=np.zeros((MAX_ROWS + 1, 32, 32, 3), np.float32)), grpc.StatusCode.INVALID_ARGUMENT,
+         "exceeds the server limit of 20 \\(--max-request-rows\\)"),
         (predict_request(image_bytes=[b"not an image"]), grpc.StatusCode.INVALID_ARGUMENT, "not a decodable"),
         (predict_request(image_bytes=[b""]), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
         (predict_request(images=np.zeros((0, 32, 32, 3), np.float32)), grpc.StatusCode.INVALID_ARGUMENT, "empty"),
@@ -260,7 +263,8 @@ def test_tls_server_and_client(serving_env, tmp_path):
         image.write_bytes(serving_env["encoded"][0])
         rows = predict(server=f"127.0.0.1:{handle.port}", images=[str(image)], top_k=1, tls_ca=str(cert))
         assert rows[0]["classes"][0]["label"] in {"cat", "dog", "ship"}
-        with pytest.raises(Exception):  # a plaintext client cannot talk to the TLS port
+        # A plaintext client cannot talk to the TLS port: the handshake fails, so the channel never connects.
+        with pytest.raises(UserError, match=r"cannot reach a model server at .* \(UNAVAILABLE\)"):
             predict(server=f"127.0.0.1:{handle.port}", images=[str(image)], timeout_seconds=5)
     finally:
         handle.stop()

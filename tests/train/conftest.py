@@ -7,7 +7,7 @@ NUM_CLASSES = 4
 
 @pytest.fixture(scope="session")
 def toy_data(tmp_path_factory):
-    from revnet.train.toydata import write_toy_dataset
+    from revnet.preprocess.fake_data import write_toy_dataset
 
     path = str(tmp_path_factory.mktemp("toy_data"))
     write_toy_dataset(path, num_train=160, num_validation=37, num_classes=NUM_CLASSES, num_shards=2, seed=0)

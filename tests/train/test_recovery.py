@@ -1,7 +1,8 @@
 """Resume never silently starts over, and damaged files are named: a checkpoint list naming a missing
 checkpoint, a checkpoint without its .index or with damaged data falls back to the newest readable one
 with a warning; none readable is a UserError; interrupted saves are cleaned; create_experiment's step-0
-checkpoint (no optimizer) is fine-tuned from; a damaged shard or checkpoint exits 2 naming the file."""
+checkpoint, and an older one without optimizer state, are fine-tuned from; a damaged shard or checkpoint
+exits 2 naming the file."""
 import logging
 import os
 import shutil
@@ -95,18 +96,25 @@ def test_interrupted_saves_are_cleaned_on_the_next_run(experiment_copy, caplog):
     assert f"removed {staging}" in _warnings(caplog)
 
 
-def test_train_id_fine_tunes_a_create_experiment_folder(toy_data, tmp_path, caplog):
+@pytest.mark.parametrize("without_optimizer", [False, True])
+def test_train_id_fine_tunes_a_create_experiment_folder(toy_data, tmp_path, caplog, without_optimizer):
     from revnet.models import build_model
-    from revnet.train.experiment import create_experiment
+    from revnet.train.experiment import checkpoints_dir, create_experiment
 
     workdir = str(tmp_path)
     start = build_model("resnet-32", num_classes=4, seed=11)
-    create_experiment(workdir, "ft", start, data={"dir": toy_data}, train={})
+    exp_dir = create_experiment(workdir, "ft", start, data={"dir": toy_data}, train={})
+    if without_optimizer:   # the layout older versions of create_experiment wrote: model and step only
+        shutil.rmtree(checkpoints_dir(exp_dir))
+        step = tf.Variable(0, dtype=tf.int64)
+        tf.train.CheckpointManager(tf.train.Checkpoint(model=start, step=step), checkpoints_dir(exp_dir),
+                                   max_to_keep=None, checkpoint_name="ckpt").save(checkpoint_number=0)
     with caplog.at_level(logging.INFO):
         summary = train_run(model="resnet-32", id="ft", workdir=workdir, steps=2, batch_size=8, learning_rate=1e-5,
                             seed=99, progress=False)
     assert summary["status"] == "completed" and summary["start_step"] == 0 and summary["step"] == 2
-    assert "fine-tuning from the weights in" in caplog.text
+    expected = "fine-tuning from the weights in" if without_optimizer else "ckpt-0 at step 0 (data position 0)"
+    assert expected in caplog.text
     trained = tf.train.load_checkpoint(summary["checkpoint"])
     name = "model/stem/params/conv.Skernel/.ATTRIBUTES/VARIABLE_VALUE"   # a "/" in a key is saved as ".S"
     kernel = next(v for v in start.trainable_variables if "stem" in v.name and "kernel" in v.name).numpy()

@@ -115,7 +115,7 @@ def test_resuming_with_another_model_or_other_data_is_a_user_error(finished_expe
     workdir, exp_id, _ = finished_experiment
     with pytest.raises(UserError, match="trained with model 'resnet-32'"):
         train_run(model="revnet-38", id=exp_id, workdir=workdir)
-    from revnet.train.toydata import write_toy_dataset
+    from revnet.preprocess.fake_data import write_toy_dataset
 
     other = str(tmp_path / "five")
     write_toy_dataset(other, num_train=10, num_validation=5, num_classes=5)

@@ -1,0 +1,188 @@
+"""Paths that are either local or on a Beam file system (gs://, s3://, hdfs://...), and atomic folder
+replacement.
+
+`is_remote` is the one test for "local or Beam file system"; everything else here dispatches on it.
+apache_beam is imported only when a remote path is actually used, so local callers (the exporter, the
+trainer's tools) never pay for it. On object stores a "folder" is a name prefix and `*` does not cross
+"/"; there is no directory rename, so `publish_folder` moves files one by one and writes the
+completeness marker last.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from typing import List, Optional, Tuple
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _fs():
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
+def join(folder: str, *names: str) -> str:
+    return _fs().join(folder, *names) if is_remote(folder) else os.path.join(folder, *names)
+
+
+def basename(path: str) -> str:
+    return path.rstrip("/").rsplit("/", 1)[-1] if is_remote(path) else os.path.basename(path)
+
+
+def exists(path: str) -> bool:
+    return _fs().exists(path) if is_remote(path) else os.path.exists(path)
+
+
+def is_file(path: str) -> bool:
+    return _fs().exists(path) if is_remote(path) else os.path.isfile(path)
+
+
+def children(folder: str) -> Tuple[List[str], List[str]]:
+    """(file names, subfolder names) directly inside `folder`, sorted; empty if it does not exist."""
+    if not is_remote(folder):
+        if not os.path.isdir(folder):
+            return [], []
+        files, folders = [], []
+        for entry in os.scandir(folder):
+            (folders if entry.is_dir() else files).append(entry.name)
+        return sorted(files), sorted(folders)
+    prefix = folder.rstrip("/") + "/"
+    files, folders = set(), set()
+    for pattern, target in ((prefix + "*", files), (prefix + "*/*", folders)):
+        for match in _fs().match([pattern])[0].metadata_list:
+            target.add(match.path[len(prefix):].split("/", 1)[0])
+    return sorted(files), sorted(folders)
+
+
+def is_dir(folder: str) -> bool:
+    if not is_remote(folder):
+        return os.path.isdir(folder)
+    files, folders = children(folder)
+    return bool(files or folders)
+
+
+def list_names(folder: str) -> List[str]:
+    """Every entry directly in `folder`: files and subfolders (empty if it does not exist)."""
+    files, folders = children(folder)
+    return sorted(files + folders)
+
+
+def open_read(path: str):
+    """A binary file object for reading."""
+    if is_remote(path):
+        return _fs().open(path, compression_type="uncompressed")
+    return open(path, "rb")
+
+
+def read_bytes(path: str) -> bytes:
+    with open_read(path) as handle:
+        return handle.read()
+
+
+def read_text(path: str, encoding: str = "utf-8") -> str:
+    return read_bytes(path).decode(encoding)
+
+
+class _LocalAtomicFile:
+    """A local file that appears under its name only when closed without an error."""
+
+    def __init__(self, path: str):
+        self.path = path
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)  # as Beam's file systems do
+        self.temp = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+        self.handle = open(self.temp, "wb")
+
+    def write(self, data: bytes) -> int:
+        return self.handle.write(data)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, error_type, error, traceback):
+        self.handle.close()
+        if error_type is None:
+            os.replace(self.temp, self.path)
+        else:
+            os.remove(self.temp)
+
+
+def create(path: str):
+    """A binary file object for writing; the file appears complete or not at all (object stores commit
+    on close; locally a temporary name is renamed), so a killed writer never leaves half a file."""
+    if is_remote(path):
+        return _fs().create(path, compression_type="uncompressed")
+    return _LocalAtomicFile(path)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    with create(path) as handle:
+        handle.write(data)
+
+
+def makedirs(folder: str) -> None:
+    """Create a local folder (object stores need none)."""
+    if not is_remote(folder):
+        os.makedirs(folder, exist_ok=True)
+
+
+def remove(path: str) -> None:
+    if is_remote(path):
+        _fs().delete([path])
+    elif os.path.exists(path):
+        os.remove(path)
+
+
+def remove_tree(folder: str) -> None:
+    if not is_remote(folder):
+        shutil.rmtree(folder, ignore_errors=True)
+        return
+    files, folders = children(folder)
+    for sub in folders:
+        remove_tree(join(folder, sub))
+    if files:
+        _fs().delete([join(folder, name) for name in files])
+
+
+def temp_sibling(folder: str, tag: str) -> str:
+    """A fresh hidden folder next to `folder` (same file system, so a rename can publish it)."""
+    folder = folder.rstrip("/")
+    parent, name = folder.rsplit("/", 1) if is_remote(folder) else os.path.split(folder)
+    path = join(parent, f".{name}.{tag}-{uuid.uuid4().hex[:8]}")
+    makedirs(path)
+    return path
+
+
+def publish_folder(staging: str, target: str, last_file: Optional[str] = None) -> None:
+    """Replace `target` by the finished `staging` folder, atomically where the file system allows.
+
+    Locally: one rename (an existing `target` is moved aside first and deleted only afterwards).
+    On object stores: the old files are removed (its `last_file` marker first, so a mix of old and new
+    never looks complete), the new ones renamed over, and `last_file` renamed last.
+    """
+    if not is_remote(target):
+        old = None
+        if os.path.exists(target):
+            old = temp_sibling(target, "old")
+            os.rmdir(old)
+            os.replace(target, old)
+        os.replace(staging, target)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
+        return
+    existing = list_names(target)
+    if last_file in existing:
+        remove(join(target, last_file))
+    remove_tree(target)
+    try:
+        _fs().mkdirs(target)  # file systems with real folders (hdfs) need it; object stores ignore it
+    except IOError:
+        pass  # already there
+    names = [name for name in list_names(staging) if name != last_file]
+    if names:
+        _fs().rename([join(staging, n) for n in names], [join(target, n) for n in names])
+    if last_file:
+        _fs().rename([join(staging, last_file)], [join(target, last_file)])

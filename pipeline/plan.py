@@ -1,0 +1,133 @@
+"""The driver's half of the job: list the inputs, fix every record's shard and order, write the tasks.
+
+Every record has a key: a hash of (seed, split, source id) for training, the source id for validation.
+The record of rank r (in key order) among N goes to shard floor(r * S / N), in key order within it, so
+the output is the same bytes whatever runner executes the tasks and in whatever order.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from revnet.common import storage
+from revnet.common.errors import UserError
+from revnet.pipeline.shards import TASKS_DIR, task_name
+from revnet.preprocess.tfrecord import SPLITS
+
+
+@dataclass
+class Plan:
+    """Inputs per split in source order (labels resolved), what listing already rejected, label tables."""
+    input_path: str
+    items: Dict[str, List[dict]]
+    label_names: List[str]
+    rows: Optional[Dict[str, np.ndarray]] = None  # CIFAR: channel-planar pixels, row i <-> items[split][i]
+    rejects: List[dict] = field(default_factory=list)
+    synsets: Optional[List[str]] = None
+    extra: Dict[str, object] = field(default_factory=dict)
+
+    def read_counts(self) -> Dict[str, int]:
+        return {split: len(self.items[split]) + sum(1 for r in self.rejects if r["split"] == split)
+                for split in SPLITS}
+
+
+def order_key(seed: int, split: str, source_id: str) -> Tuple[str, str]:
+    """Sort key of one record: training records are shuffled by a seeded hash, validation keeps input order."""
+    if split == "train":
+        digest = hashlib.sha256(f"{seed}\x00{split}\x00{source_id}".encode("utf-8")).hexdigest()[:32]
+        return (digest, source_id)
+    return ("", source_id)
+
+
+def shard_positions(source_ids: List[str], seed: int, split: str, num_shards: int) -> List[List[int]]:
+    """For each shard, the positions (into `source_ids`) of its records, in write order."""
+    ranked = sorted(range(len(source_ids)), key=lambda i: order_key(seed, split, source_ids[i]))
+    shards: List[List[int]] = [[] for _ in range(num_shards)]
+    for rank, position in enumerate(ranked):
+        shards[rank * num_shards // len(ranked)].append(position)
+    return shards
+
+
+def plan_cifar(dataset: str, input_path: Optional[str], label: str, label_offset: int,
+               download_dir: Optional[str]) -> Plan:
+    from revnet.preprocess import cifar
+
+    spec = cifar.SPECS[dataset]
+    input_path = cifar.resolve_input(dataset, input_path, download_dir)
+    members = cifar.split_members(spec)
+    raw = cifar.read_members(input_path, spec, [spec.meta_file] + [m for s in SPLITS for m in members[s]])
+    tables = cifar.parse_meta(raw.pop(spec.meta_file), spec, spec.meta_file)
+    num_classes = {key: len(values) for key, values in tables.items()}
+    label_key = spec.label_keys[0] if label == "fine" else "coarse_labels"
+    items: Dict[str, List[dict]] = {}
+    rows: Dict[str, np.ndarray] = {}
+    for split in SPLITS:
+        items[split], pixels = [], []
+        for member in members[split]:
+            batch = cifar.parse_batch(raw.pop(member), spec, f"{spec.folder}/{member}", num_classes)
+            for index, filename, _, labels in cifar.iter_batch(batch):
+                item = {"source_id": f"{member}:{index:06d}", "filename": filename,
+                        "label": labels[label_key] + label_offset, "text": tables[label_key][labels[label_key]]}
+                if "coarse_labels" in labels:
+                    item["coarse_label"] = labels["coarse_labels"]
+                items[split].append(item)
+            pixels.append(batch["data"])
+        rows[split] = np.concatenate(pixels) if pixels else np.zeros((0, cifar.ROW_BYTES), np.uint8)
+    extra = {"coarse_label_names": tables["coarse_labels"]} if dataset == "cifar-100" else {}
+    return Plan(input_path, items, tables[label_key], rows=rows,
+                extra={"image_format": "PNG", "image_size": cifar.IMAGE_SIZE, **extra})
+
+
+def plan_imagenet(input_path: Optional[str], val_labels: Optional[str], label_offset: int,
+                  class_names: Optional[str]) -> Plan:
+    from revnet.preprocess import imagenet
+
+    if not input_path:
+        raise UserError("imagenet needs --input: the extracted ILSVRC2012 folder with train/<synset>/*.JPEG "
+                        "(it cannot be downloaded automatically)")
+    listing = imagenet.list_imagenet(input_path, val_labels, label_offset, class_names)
+    items = {split: [{"source_id": item.source_id, "filename": storage.basename(item.path),
+                      "path": item.path if storage.is_remote(item.path) else os.path.abspath(item.path),
+                      "label": item.label, "synset": item.synset, "text": item.text}
+                     for item in listing.items[split]] for split in SPLITS}
+    rejects = [{"path": reject.path, "split": reject.split, "reason": reject.reason} for reject in listing.rejects]
+    return Plan(input_path, items, listing.texts, rejects=rejects, synsets=listing.synsets,
+                extra={"image_format": "JPEG", "image_size": None})
+
+
+def write_tasks(work_dir: str, plan: Plan, seed: int, shard_files: Dict[str, List[str]]) -> List[str]:
+    """Write one task file per output shard into work_dir/_tasks; returns the task names."""
+    storage.makedirs(storage.join(work_dir, TASKS_DIR))
+    jobs = []
+    for split in SPLITS:
+        source_ids = [item["source_id"] for item in plan.items[split]]
+        for shard, positions in enumerate(shard_positions(source_ids, seed, split, len(shard_files[split]))):
+            name = task_name(split, shard)
+            task = {"split": split, "shard": shard, "file": shard_files[split][shard],
+                    "items": [dict(plan.items[split][p], row=row) if plan.rows is not None else plan.items[split][p]
+                              for row, p in enumerate(positions)]}
+            pixels = None
+            if plan.rows is not None:
+                task["pixels"] = name + ".npy"
+                pixels = plan.rows[split][positions] if positions else plan.rows[split][:0]
+            jobs.append((name, task, pixels))
+
+    def write(job):
+        name, task, pixels = job
+        if pixels is not None:
+            buffer = io.BytesIO()
+            np.save(buffer, pixels)
+            storage.write_bytes(storage.join(work_dir, TASKS_DIR, task["pixels"]), buffer.getvalue())
+        storage.write_bytes(storage.join(work_dir, TASKS_DIR, name + ".json"), json.dumps(task).encode("utf-8"))
+        return name
+
+    # Object stores take tens of milliseconds per file: write the (thousand or so) tasks concurrently.
+    with ThreadPoolExecutor(16 if storage.is_remote(work_dir) else 1) as pool:
+        return list(pool.map(write, jobs))

@@ -1,0 +1,70 @@
+"""The server's request limits (one frozen dataclass) and the two outcomes that are not the client's fault.
+
+A client error is a UserError (INVALID_ARGUMENT / NOT_FOUND, REST 400/404). `ServerBusy` means a bounded
+queue is full (RESOURCE_EXHAUSTED, REST 503): retry later. `RequestAbandoned` means the client's deadline
+passed or it went away, so the work was dropped (DEADLINE_EXCEEDED or CANCELLED). `classify_error` maps
+an exception to its status and says whether it is a server fault (the only kind logged with a traceback).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Tuple
+
+from revnet.common.errors import UserError
+from revnet.preprocess.images import DEFAULT_MAX_IMAGE_PIXELS
+
+
+class ServerBusy(Exception):
+    """A bounded queue is full; the request was refused before any work (RESOURCE_EXHAUSTED)."""
+
+
+class ServerStopping(ServerBusy):
+    """The server is shutting down; work still queued is refused (UNAVAILABLE: retry elsewhere)."""
+
+
+class RequestAbandoned(Exception):
+    """The client's deadline passed or it cancelled; the request was dropped (`deadline` tells which)."""
+
+    def __init__(self, message: str, deadline: bool):
+        super().__init__(message)
+        self.deadline = deadline
+
+
+def one_line(text: str, limit: int = 500) -> str:
+    """A client-supplied message made safe for a single log line."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def classify_error(error: Exception) -> Tuple[str, bool]:
+    """(status code name, is a server fault) for an exception raised while serving a request."""
+    if isinstance(error, UserError):
+        return ("NOT_FOUND" if error.not_found else "INVALID_ARGUMENT"), False
+    if isinstance(error, ServerBusy):
+        return ("UNAVAILABLE" if isinstance(error, ServerStopping) else "RESOURCE_EXHAUSTED"), False
+    if isinstance(error, RequestAbandoned):
+        return ("DEADLINE_EXCEEDED" if error.deadline else "CANCELLED"), False
+    return "INTERNAL", True
+
+
+@dataclass(frozen=True)
+class ServingLimits:
+    max_batch_size: int = 32  # rows per backend run; a larger request is split into chunks of this size
+    max_request_rows: int = 1024  # rows (images) one request may carry
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # width*height declared by a JPEG/PNG header
+    decode_workers: int = 2  # threads decoding JPEG/PNG requests
+    decode_queue: int = 64  # image requests waiting for a decode thread before RESOURCE_EXHAUSTED
+    rest_timeout_seconds: float = 10.0  # to receive a REST request's headers and body
+    rest_max_connections: int = 64  # open REST connections; more are answered 503 and closed
+
+    def __post_init__(self):
+        positive = {name: getattr(self, name) for name in ("max_batch_size", "max_request_rows", "max_image_pixels",
+                                                            "decode_workers", "rest_timeout_seconds",
+                                                            "rest_max_connections")}
+        bad = {name: value for name, value in positive.items() if not value > 0}
+        if bad or self.decode_queue < 0:
+            raise UserError(f"server limits must be positive (--decode-queue at least 0), got "
+                            f"{bad or {'decode_queue': self.decode_queue}}")
+        if self.max_request_rows < self.max_batch_size:
+            raise UserError(f"--max-request-rows ({self.max_request_rows}) must be at least --max-batch-size "
+                            f"({self.max_batch_size})")

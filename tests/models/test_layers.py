@@ -1,0 +1,38 @@
+"""Batch norm in float32 and bf16 computes what the float64 reference computes: output,
+biased batch moments (the moving averages' input) and gradients, in training and inference mode."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from revnet.models.layers import batch_norm, bn_params, initial_value, SeedSequence
+
+
+def _params(dtype):
+    seeds = SeedSequence(5)
+    params = {spec.name: initial_value(spec, dtype, seeds) for spec in bn_params("bn", 6)}
+    params["bn/gamma"] = params["bn/gamma"] + tf.cast(tf.range(6), dtype) * 0.1
+    params["bn/beta"] = params["bn/beta"] + 0.3
+    params["bn/moving_mean"] = params["bn/moving_mean"] + 0.5
+    return params
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("dtype, tolerance", [(tf.float32, 1e-5), (tf.bfloat16, 2e-2)])
+def test_fused_batch_norm_matches_the_float64_reference(training, dtype, tolerance):
+    x64 = tf.random.stateless_normal([3, 5, 5, 6], [1, 2], mean=2.0, stddev=3.0, dtype=tf.float64)
+    upstream = tf.random.stateless_normal([3, 5, 5, 6], [3, 4], dtype=tf.float64)
+    results = {}
+    for x_dtype, param_dtype in ((tf.float64, tf.float64), (dtype, tf.float32)):
+        params = _params(param_dtype)
+        x = tf.cast(x64, x_dtype)
+        stats = {}
+        with tf.GradientTape() as tape:
+            tape.watch([x, params["bn/gamma"], params["bn/beta"]])
+            y = batch_norm(params, "bn", x, training, 1e-3, stats)
+            loss = tf.reduce_sum(tf.cast(y, tf.float64) * upstream)
+        assert y.dtype == x_dtype
+        grads = tape.gradient(loss, [x, params["bn/gamma"], params["bn/beta"]])
+        results[x_dtype] = [y] + grads + (list(stats["bn"]) if training else [])
+    for index, (reference, candidate) in enumerate(zip(results[tf.float64], results[dtype])):
+        reference, candidate = reference.numpy(), tf.cast(candidate, tf.float64).numpy()
+        assert np.linalg.norm(candidate - reference) <= tolerance * np.linalg.norm(reference), index
