@@ -307,7 +307,7 @@ def write_imagenet_size_records(out_dir: str, count: int = 2048, seed: int = 0) 
 
 
 def plan(models: List[str], batch_sizes: List[int], steps: int, jit_steps: int, cifar_dir: str,
-         imagenet_dir: Optional[str], imagenet_batches: int = 40) -> List[Dict]:
+         imagenet_dir: Optional[str], imagenet_batches: int = 100) -> List[Dict]:
     """The rows, in table order."""
     from revnet.models.registry import get_config
 
@@ -356,7 +356,7 @@ def parse_batch_sizes(text: str) -> List[int]:
 
 def run_train_benchmark(models: List[str] = DEFAULT_MODELS, batch_sizes: List[int] = (32, 128), steps: int = 20,
                         jit_steps: int = 5, imagenet: bool = True, timeout_seconds: float = 3600,
-                        cifar_records: int = CIFAR_RECORDS, imagenet_batches: int = 40) -> List[Dict]:
+                        cifar_records: int = CIFAR_RECORDS, imagenet_batches: int = 100) -> List[Dict]:
     """Measure every row of `plan` in a fresh subprocess, one after another (each row's processes end
     with it: a row over `timeout_seconds` is killed and the benchmark fails naming it)."""
     from revnet.benchmarks.worker import run_worker
@@ -371,7 +371,7 @@ def run_train_benchmark(models: List[str] = DEFAULT_MODELS, batch_sizes: List[in
     if unknown:
         raise UserError(f"benchmark train covers {', '.join(DEFAULT_MODELS)} (the Keras baseline and the "
                         f"CIFAR data), not {', '.join(unknown)}")
-    # Warm-up (a quarter) and timed batches fit in one epoch: 40 batches -> 2048 images.
+    # Warm-up (a quarter) and timed batches fit in one epoch: 100 batches of 32 -> 5120 images.
     imagenet_records = imagenet_batches * IMAGENET_BATCH * 8 // 5
     rows = []
     with tempfile.TemporaryDirectory() as root:
