@@ -408,19 +408,20 @@ def import_weights_command(checkpoint, model, exp_id, workdir, data, pixel_mean,
 @click.option("--imagenet-batches", type=click.IntRange(min=2), default=100,
               help="Batches of 32 JPEGs timed per ImageNet row (a quarter as many more warm up; "
                    "1.6x as many images are generated, so the window stays inside one epoch).")
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
-def benchmark_train_command(models, batch_sizes, steps, jit_steps, imagenet, imagenet_batches, as_json):
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the rows as JSON here.")
+def benchmark_train_command(models, batch_sizes, steps, jit_steps, imagenet, imagenet_batches, json_path):
     """Training throughput, one fresh process per row: the bare compiled step, the trainer on TFRecords
     (1 and 2 CPU replicas), Keras model.fit of the same ResNet, --jit on and off, and the input
     pipelines alone (CIFAR PNGs; ImageNet-size JPEGs locally and through 2 tf.data service workers)."""
     from revnet.benchmarks.train import format_rows, parse_batch_sizes, run_train_benchmark
+    from revnet.common.fileio import atomic_write_json
 
     rows = run_train_benchmark(models.split(","), parse_batch_sizes(batch_sizes), steps, jit_steps, imagenet,
                                imagenet_batches=imagenet_batches)
-    if as_json:
-        _print_json(rows)
-    else:
-        click.echo(format_rows(rows))
+    if json_path:
+        atomic_write_json(json_path, rows)
+    click.echo(format_rows(rows))
 
 
 # ---------------------------------------------------------------------------------------------------

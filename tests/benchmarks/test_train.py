@@ -111,14 +111,16 @@ print(json.dumps({"returncode": result.returncode, "stdout": result.stdout, "std
 
 
 @pytest.mark.slow  # 11 fresh processes (and 3 more for the data service)
-def test_a_tiny_full_run_through_the_cli_leaves_no_process_behind():
+def test_a_tiny_full_run_through_the_cli_leaves_no_process_behind(tmp_path):
     command = [sys.executable, "-m", "revnet.cli", "benchmark", "train", "--models", "resnet-32",
-               "--batch-sizes", "4", "--steps", "2", "--jit-steps", "1", "--imagenet-batches", "2", "--json"]
+               "--batch-sizes", "4", "--steps", "2", "--jit-steps", "1", "--imagenet-batches", "2",
+               "--json", str(tmp_path / "rows.json")]
     outcome = json.loads(subprocess.run([sys.executable, "-c", _REAPER] + command, capture_output=True, text=True,
                                         timeout=960).stdout)
     assert outcome["returncode"] == 0, outcome["stderr"]
     assert outcome["left"] == []
-    rows = json.loads(outcome["stdout"])
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert "of bare step" in outcome["stdout"] and "of local" in outcome["stdout"]   # the table
     labels = {bench.describe(row) for row in rows}
     assert {"bare step", "bare step, --jit", "trainer", "trainer, 2 replicas", "keras fit",
             "keras fit, jit_compile=auto", "local", "tf.data service, 2 workers"} <= labels
