@@ -63,6 +63,14 @@ def _print_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True))
 
 
+def _emit(result, as_json: bool, format_text) -> None:
+    """Print a command's result: as JSON with --json, else as `format_text(result)`."""
+    if as_json:
+        _print_json(result)
+    else:
+        click.echo(format_text(result))
+
+
 @click.group(cls=ErrorHandlingGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors (must come first).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug-level logging on stderr.")
@@ -93,10 +101,7 @@ def models_command(as_json):
     from revnet.models.summary import model_table, format_model_table
 
     rows = model_table()
-    if as_json:
-        _print_json(rows)
-    else:
-        click.echo(format_model_table(rows))
+    _emit(rows, as_json, format_model_table)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -197,10 +202,7 @@ def preprocess_command(dataset, input_path, output_dir, train_shards, val_shards
                               class_names=class_names, max_reject_fraction=max_reject_fraction, workers=workers,
                               overwrite=overwrite, beam_args=beam_args, download_dir=download_dir, runner=runner,
                               dask_address=dask_address)
-    if as_json:
-        _print_json(metadata)
-    else:
-        click.echo(format_summary(metadata, output_dir))
+    _emit(metadata, as_json, lambda result: format_summary(result, output_dir))
 
 
 @benchmark_group.command("preprocess")
@@ -221,10 +223,7 @@ def benchmark_preprocess_command(num_images, worker_counts, runners, repeats, se
     from revnet.benchmarks.preprocess import format_rows, run_preprocess_benchmark
 
     rows = run_preprocess_benchmark(num_images, worker_counts, seed, runners, repeats)
-    if as_json:
-        _print_json(rows)
-    else:
-        click.echo(format_rows(rows))
+    _emit(rows, as_json, format_rows)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -390,10 +389,7 @@ def import_weights_command(checkpoint, model, exp_id, workdir, data, pixel_mean,
 
     report = import_weights(checkpoint=checkpoint, model=model, id=exp_id, workdir=workdir, data=data,
                             pixel_mean=pixel_mean, labels=labels, preprocessing=preprocessing, units=units)
-    if as_json:
-        _print_json(report)
-    else:
-        click.echo(format_report(report))
+    _emit(report, as_json, format_report)
 
 
 @benchmark_group.command("train")
@@ -530,10 +526,7 @@ def predict_command(images, server, model, top_k, timeout_seconds, tls_ca, as_js
 
     results = predict(server=server, images=list(images), model=model, top_k=top_k,
                       timeout_seconds=timeout_seconds, tls_ca=tls_ca)
-    if as_json:
-        _print_json(results)
-    else:
-        click.echo(format_predictions(results))
+    _emit(results, as_json, format_predictions)
 
 
 @benchmark_group.command("serve")
@@ -566,10 +559,7 @@ def benchmark_serve_command(model_dir, experiment, workdir, requests_per_client,
                                  max_batch_size=max_batch_size, batch_timeout_ms=batch_timeout_ms,
                                  in_process_seconds=in_process_seconds, intra_op_threads=intra_op_threads,
                                  experiment=experiment, workdir=workdir if experiment else None, profile=profile)
-    if as_json:
-        _print_json(report)
-    else:
-        click.echo(format_report(report))
+    _emit(report, as_json, format_report)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -606,10 +596,7 @@ def demo_command(workdir, model, steps, batch_size, cpu_replicas, lr, train_imag
                        batch_size=batch_size, cpu_replicas=cpu_replicas, learning_rate=lr, predict_requests=requests,
                        min_accuracy=min_accuracy, seed=seed, overwrite=overwrite, measure_memory=not skip_memory,
                        memory_model=memory_model)
-    if as_json:
-        _print_json(summary)
-    else:
-        click.echo(format_summary(summary))
+    _emit(summary, as_json, format_summary)
     if not summary["passed"]:
         raise click.exceptions.Exit(1)
 

@@ -153,53 +153,52 @@ class ResidualFn:
         return tf.nn.relu(batch_norm(p, name, x, training, self.epsilon, stats))
 
 
-class BasicFn(ResidualFn):
+class ConvChainFn(ResidualFn):
+    """A chain of convolutions, each but the first after BN-ReLU (the first too when preactivated):
+    [bn1-ReLU] conv1(stride) -> bn2-ReLU -> conv2 -> ... Subclasses give the chain as `layers`:
+    (kernel size, in channels, out channels) per conv; only the first conv is strided."""
+
+    layers: List[Tuple[int, int, int]]  # set by each subclass
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, preactivate: bool = True):
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.stride, self.preactivate = stride, preactivate
+
+    def params(self):
+        params = []
+        for index, (size, cin, cout) in enumerate(self.layers, start=1):
+            if index > 1 or self.preactivate:
+                params += bn_params(f"bn{index}", cin)
+            params.append(conv_param(f"conv{index}", size, cin, cout))
+        return params
+
+    def __call__(self, p, x, training, stats):
+        for index in range(1, len(self.layers) + 1):
+            if index > 1 or self.preactivate:
+                x = self._bn_relu(p, f"bn{index}", x, training, stats)
+            x = conv2d(x, p[f"conv{index}/kernel"], self.stride if index == 1 else 1)
+        return x
+
+
+class BasicFn(ConvChainFn):
     """[BN-ReLU] conv3x3(stride) -> BN-ReLU -> conv3x3."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, preactivate: bool = True):
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.stride, self.preactivate = stride, preactivate
-
-    def params(self):
-        params = bn_params("bn1", self.in_channels) if self.preactivate else []
-        params.append(conv_param("conv1", 3, self.in_channels, self.out_channels))
-        params += bn_params("bn2", self.out_channels)
-        params.append(conv_param("conv2", 3, self.out_channels, self.out_channels))
-        return params
-
-    def __call__(self, p, x, training, stats):
-        if self.preactivate:
-            x = self._bn_relu(p, "bn1", x, training, stats)
-        x = conv2d(x, p["conv1/kernel"], self.stride)
-        x = self._bn_relu(p, "bn2", x, training, stats)
-        return conv2d(x, p["conv2/kernel"], 1)
+    @property
+    def layers(self):
+        return [(3, self.in_channels, self.out_channels), (3, self.out_channels, self.out_channels)]
 
 
-class BottleneckFn(ResidualFn):
+class BottleneckFn(ConvChainFn):
     """[BN-ReLU] conv1x1(stride) -> BN-ReLU -> conv3x3 -> BN-ReLU -> conv1x1, inner width out/4."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, preactivate: bool = True):
-        self.in_channels, self.out_channels = in_channels, out_channels
-        self.stride, self.preactivate = stride, preactivate
-        self.inner_channels = out_channels // 4
+    @property
+    def inner_channels(self) -> int:
+        return self.out_channels // 4
 
-    def params(self):
-        params = bn_params("bn1", self.in_channels) if self.preactivate else []
-        params.append(conv_param("conv1", 1, self.in_channels, self.inner_channels))
-        params += bn_params("bn2", self.inner_channels)
-        params.append(conv_param("conv2", 3, self.inner_channels, self.inner_channels))
-        params += bn_params("bn3", self.inner_channels)
-        params.append(conv_param("conv3", 1, self.inner_channels, self.out_channels))
-        return params
-
-    def __call__(self, p, x, training, stats):
-        if self.preactivate:
-            x = self._bn_relu(p, "bn1", x, training, stats)
-        x = conv2d(x, p["conv1/kernel"], self.stride)
-        x = self._bn_relu(p, "bn2", x, training, stats)
-        x = conv2d(x, p["conv2/kernel"], 1)
-        x = self._bn_relu(p, "bn3", x, training, stats)
-        return conv2d(x, p["conv3/kernel"], 1)
+    @property
+    def layers(self):
+        inner = self.inner_channels
+        return [(1, self.in_channels, inner), (3, inner, inner), (1, inner, self.out_channels)]
 
 
 def residual_fn(block: str, in_channels: int, out_channels: int, stride: int = 1,
