@@ -234,9 +234,13 @@ def _train_config_options(command):
     from revnet.train.config import flag_specs
 
     for name, flag, kind, choices, help_text in reversed(flag_specs()):
+        help_text += "" if "[default" in help_text else " [default: paper recipe]"
+        if kind is bool:  # --jit / --no-jit, so a resumed run can turn a saved True off
+            command = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text,
+                                   show_default=False)(command)
+            continue
         command = click.option(flag, name, type=click.Choice(choices) if choices else kind, default=None,
-                               help=help_text + ("" if "[default" in help_text else " [default: paper recipe]"),
-                               show_default=False)(command)
+                               help=help_text, show_default=False)(command)
     return command
 
 
@@ -251,9 +255,16 @@ def _train_config_options(command):
               help="Number of GPUs for MirroredStrategy [default: all visible; CPU when there are none].")
 @click.option("--cpu-replicas", type=click.IntRange(min=1), default=1,
               help="Split the CPU into N logical devices for multi-replica synchronous SGD without GPUs.")
+@click.option("--data-service", default=None, metavar="grpc://HOST:PORT",
+              help="Decode and augment the training data on a tf.data service (see `cli.py data-service`); "
+                   "record order then depends on worker timing (README: Scaling out).")
+@click.option("--data-service-timeout", type=click.FloatRange(min=1), default=600.0,
+              help="With --data-service: seconds without a training batch after which the trainer saves a "
+                   "checkpoint and exits 1 (a worker lost mid-epoch blocks its job until it returns).")
 @_train_config_options
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, as_json, **overrides):
+def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, data_service, data_service_timeout, as_json,
+                  **overrides):
     """Train a model with synchronous SGD (or resume an experiment); SIGTERM saves a checkpoint and exits 143.
 
     Every training option defaults to the paper's recipe for the model's dataset family (CIFAR or
@@ -269,7 +280,7 @@ def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, as_json, **o
         from revnet.train.trainer import run
 
         summary = run(model=model, data=data, id=exp_id, workdir=workdir, gpus=gpus, cpu_replicas=cpu_replicas,
-                      **overrides)
+                      data_service=data_service, data_service_timeout=data_service_timeout, **overrides)
     except Preempted as stopped:
         click.echo(f"error: {stopped}", err=True)
         sys.exit(143)
@@ -301,6 +312,43 @@ def eval_command(exp_id, workdir, once, split, batch_size, timeout_seconds, as_j
         _print_json(result)
     elif result is not None:
         click.echo(f"top1={result['top1']:.4f} top5={result['top5']:.4f} loss={result['loss']:.4f}")
+
+
+@cli.group("data-service")
+def data_service_group():
+    """tf.data service servers: a dispatcher and workers that decode and augment training batches for
+    `train --data-service grpc://HOST:PORT` (each training record once per epoch: DYNAMIC sharding).
+
+    TensorFlow's servers listen on all interfaces whatever --host says (TensorFlow has no bind option);
+    --host is the address they give to clients. SIGTERM or Ctrl-C stops them cleanly.
+    """
+
+
+@data_service_group.command("dispatcher")
+@click.option("--port", type=click.IntRange(0, 65535), default=5050, help="Port to serve on (0 = any free port).")
+@click.option("--host", default="127.0.0.1", help="Address trainers and workers reach this dispatcher at.")
+@click.option("--work-dir", type=click.Path(file_okay=False), default=None,
+              help="Journal the dispatcher's state here (fault-tolerant mode: a restarted dispatcher resumes its jobs).")
+@click.option("--worker-timeout", "worker_timeout_seconds", type=click.FloatRange(min=0.1), default=10.0,
+              help="Seconds without a heartbeat after which a worker counts as gone and its work is handed on.")
+def data_service_dispatcher_command(port, host, work_dir, worker_timeout_seconds):
+    """Run the tf.data service dispatcher until SIGTERM."""
+    from revnet.train.data_service import run_dispatcher
+
+    run_dispatcher(port=port, host=host, work_dir=work_dir, worker_timeout_seconds=worker_timeout_seconds)
+
+
+@data_service_group.command("worker")
+@click.option("--dispatcher", required=True, metavar="HOST:PORT", help="The dispatcher's address.")
+@click.option("--port", type=click.IntRange(0, 65535), default=0, help="Port to serve on (0 = any free port).")
+@click.option("--host", default="127.0.0.1", help="Address the trainer reaches this worker at.")
+@click.option("--connect-timeout", "connect_timeout_seconds", type=click.FloatRange(min=0), default=60.0,
+              help="Seconds to wait for the dispatcher to answer before giving up.")
+def data_service_worker_command(dispatcher, port, host, connect_timeout_seconds):
+    """Run a tf.data service worker (decodes and augments training data) until SIGTERM."""
+    from revnet.train.data_service import run_worker
+
+    run_worker(dispatcher=dispatcher, port=port, host=host, connect_timeout_seconds=connect_timeout_seconds)
 
 
 @cli.command("import-weights")
@@ -345,21 +393,31 @@ def import_weights_command(checkpoint, model, exp_id, workdir, data, pixel_mean,
 
 
 @benchmark_group.command("train")
-@click.option("--model", default="revnet-38", help="RevNet to measure (both modes).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Global batch size.")
-@click.option("--steps", type=click.IntRange(min=1), default=10, help="Measured steps per configuration (after warm-up).")
-@click.option("--replicas", default="1,2", help="Comma-separated CPU replica counts.")
-@click.option("--modes", default="reversible,autodiff", help="Comma-separated modes.")
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON instead of a table.")
-def benchmark_train_command(model, batch_size, steps, replicas, modes, as_json):
-    """Training examples/s of the real train step for each mode and replica count, one subprocess each."""
-    from revnet.benchmarks.train import format_rows, run_train_benchmark
+@click.option("--models", default="resnet-32,resnet-110,revnet-38", help="Comma-separated CIFAR models.")
+@click.option("--batch-sizes", default="32,128", help="Comma-separated global batch sizes (even: 2 replicas split them).")
+@click.option("--steps", type=click.IntRange(min=2), default=20,
+              help="Timed steps per row (the trainer and Keras also warm up for as many).")
+@click.option("--jit-steps", type=click.IntRange(min=1), default=5,
+              help="Timed steps of the XLA rows (compiling and running them is slow on CPU).")
+@click.option("--imagenet/--no-imagenet", default=True,
+              help="Also measure the ImageNet-size JPEG input pipeline, locally and through the tf.data service.")
+@click.option("--imagenet-batches", type=click.IntRange(min=2), default=100,
+              help="Batches of 32 JPEGs timed per ImageNet row (a quarter as many more warm up; "
+                   "1.6x as many images are generated, so the window stays inside one epoch).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the rows as JSON here.")
+def benchmark_train_command(models, batch_sizes, steps, jit_steps, imagenet, imagenet_batches, json_path):
+    """Training throughput, one fresh process per row: the bare compiled step, the trainer on TFRecords
+    (1 and 2 CPU replicas), Keras model.fit of the same ResNet, --jit on and off, and the input
+    pipelines alone (CIFAR PNGs; ImageNet-size JPEGs locally and through 2 tf.data service workers)."""
+    from revnet.benchmarks.train import format_rows, parse_batch_sizes, run_train_benchmark
+    from revnet.common.fileio import atomic_write_json
 
-    rows = run_train_benchmark(model, batch_size, steps, [int(r) for r in replicas.split(",")], modes.split(","))
-    if as_json:
-        _print_json(rows)
-    else:
-        click.echo(format_rows(rows))
+    rows = run_train_benchmark(models.split(","), parse_batch_sizes(batch_sizes), steps, jit_steps, imagenet,
+                               imagenet_batches=imagenet_batches)
+    if json_path:
+        atomic_write_json(json_path, rows)
+    click.echo(format_rows(rows))
 
 
 # ---------------------------------------------------------------------------------------------------

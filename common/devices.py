@@ -57,8 +57,3 @@ def configure_cpu_replicas(num_replicas: int) -> None:
             f"cannot split the CPU into {num_replicas} logical devices after TensorFlow has started ({error})"
         ) from None
 
-
-def logical_cpu_names():
-    import tensorflow as tf
-
-    return [device.name for device in tf.config.list_logical_devices("CPU")]

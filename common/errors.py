@@ -1,4 +1,5 @@
-"""The one exception type that means "the user gave bad input"."""
+"""The one exception type that means "the user gave bad input", and the readable line of a TensorFlow error."""
+import re
 
 
 class UserError(Exception):
@@ -19,3 +20,13 @@ def choose(kind: str, value, choices):
     if value not in choices:
         raise UserError(f"unknown {kind} {value!r}; expected one of: {', '.join(map(str, choices))}")
     return value
+
+
+def error_reason(error: BaseException) -> str:
+    """The informative line of a TensorFlow error: without its `{{function_node ...}}`/`[Op:...]` wrapping
+    and, for errors raised inside a tf.function, without the "Graph execution error" preamble."""
+    text = getattr(error, "message", None) or str(error) or type(error).__name__
+    text = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:[^\]]*\]|\s*\[\[\{\{node [^\]]*\]\]", "", text)
+    preamble = ("Graph execution error", "Detected at node", "File ")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(preamble)]
+    return lines[0] if lines else type(error).__name__

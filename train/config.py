@@ -57,9 +57,17 @@ class TrainConfig:
                                        "hundred steps [default: the model's, 0.99]."))
     keep_checkpoints: int = dataclasses.field(
         default=5, metadata=_option("How many recent checkpoints to keep."))
+    steps_per_call: int = dataclasses.field(
+        default=1, metadata=_option("Training steps per compiled call (Keras' steps_per_execution); calls end at "
+                                    "every log, checkpoint and evaluation step, so those land where their flags "
+                                    "say; SIGTERM saves after the call in flight [default: 1]."))
+    jit: bool = dataclasses.field(
+        default=False, metadata=_option("Compile each replica's forward and backward pass with XLA "
+                                        "(jit_compile=True); on CPU it is slower (see the README) [default: off]."))
 
     def __post_init__(self):
-        for name in ("batch_size", "steps", "checkpoint_every", "log_every", "eval_batch_size", "keep_checkpoints"):
+        for name in ("batch_size", "steps", "checkpoint_every", "log_every", "eval_batch_size", "keep_checkpoints",
+                     "steps_per_call"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise UserError(f"{_flag(name)} must be an integer of at least 1, got {getattr(self, name)!r}")
         if not isinstance(self.eval_every, int) or self.eval_every < 0:
@@ -68,6 +76,8 @@ class TrainConfig:
             raise UserError("--lr must be > 0, --weight-decay >= 0 and --momentum in [0, 1)")
         if self.bn_momentum is not None and not 0.0 <= self.bn_momentum < 1.0:
             raise UserError(f"--bn-momentum must be in [0, 1), got {self.bn_momentum}")
+        if not isinstance(self.jit, bool):
+            raise UserError(f"--jit must be true or false, got {self.jit!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise UserError(f"--seed must be an integer, got {self.seed!r}")
         choose("--mixed-precision", self.mixed_precision, list(MIXED_PRECISION))
@@ -101,12 +111,14 @@ class TrainConfig:
         return dict(dataclasses.asdict(self), decay_boundaries=list(self.decay_boundaries))
 
     @classmethod
-    def from_json(cls, fields: Dict) -> "TrainConfig":
-        """From a saved config.json "train" part (older files also hold derived keys, which are ignored)."""
+    def from_json(cls, fields: Dict, base: Optional["TrainConfig"] = None) -> "TrainConfig":
+        """From a saved config.json "train" part (older files also hold derived keys, which are ignored;
+        fields they lack, e.g. options added since, come from `base`)."""
         names = {field.name for field in dataclasses.fields(cls)}
         known = {name: value for name, value in fields.items() if name in names}
-        known["decay_boundaries"] = tuple(known.get("decay_boundaries", ()))
-        return cls(**known)
+        if "decay_boundaries" in known:
+            known["decay_boundaries"] = tuple(known["decay_boundaries"])
+        return dataclasses.replace(base, **known) if base is not None else cls(**known)
 
 
 def field_names() -> Tuple[str, ...]:
@@ -123,7 +135,8 @@ def flag_specs():
     """(field name, flag, type, choices, help) for each overridable field: what `cli.py train` offers."""
     hints = {"batch_size": int, "learning_rate": float, "momentum": float, "weight_decay": float, "steps": int,
              "eval_batch_size": int, "checkpoint_every": int, "log_every": int, "eval_every": int, "seed": int,
-             "mixed_precision": str, "mode": str, "bn_momentum": float, "keep_checkpoints": int}
+             "mixed_precision": str, "mode": str, "bn_momentum": float, "keep_checkpoints": int,
+             "steps_per_call": int, "jit": bool}
     return [(f.name, _flag(f.name), hints[f.name], f.metadata.get("choices"), f.metadata["help"])
             for f in dataclasses.fields(TrainConfig) if f.metadata]
 

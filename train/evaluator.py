@@ -12,7 +12,7 @@ from typing import Dict, List, Optional
 
 import tensorflow as tf
 
-from revnet.common.errors import UserError
+from revnet.common.errors import UserError, error_reason
 from revnet.common.fileio import atomic_write_bytes, atomic_write_json, read_json
 from revnet.models import build_model
 from revnet.preprocess import input_pipeline, schema
@@ -79,9 +79,17 @@ class _Evaluator:
         self.writer = tf.summary.create_file_writer(os.path.join(exp_dir, "tensorboard", f"eval_{split}"))
 
     def __call__(self, checkpoint_path: str) -> Dict:
-        self.checkpoint.restore(checkpoint_path).expect_partial()
+        experiment.restore_checkpoint(self.checkpoint, checkpoint_path).expect_partial()
         started = time.perf_counter()
-        result = run_evaluation(self.eval_step, self.dataset)
+        try:
+            result = run_evaluation(self.eval_step, self.dataset)
+        except tf.errors.DataLossError as error:
+            data_dir = self.config["data"]["dir"]
+            damaged = input_pipeline.find_damaged_shard(data_dir, schema.load_metadata(data_dir), self.split)
+            where = f"shard {damaged[0]} is damaged ({damaged[1]})" if damaged else \
+                f"reading {data_dir} failed ({error_reason(error)})"
+            raise UserError(f"{self.split} {where}; re-create the dataset with `cli.py preprocess ... --overwrite`") \
+                from None
         if result["examples"] != self.expected:
             raise RuntimeError(f"evaluated {result['examples']} examples but metadata.json lists {self.expected} "
                                f"in split {self.split!r}")
@@ -121,9 +129,9 @@ def evaluate(id: str, workdir: Optional[str] = None, once: bool = False, split: 
         if os.path.basename(path) not in done:
             try:
                 last = evaluator(path)
-            except (tf.errors.NotFoundError, ValueError) as error:
+            except experiment.UnreadableCheckpoint as error:
                 # The trainer's CheckpointManager may delete an old checkpoint before we read it.
-                log.warning("skipped %s: %s", path, str(error).splitlines()[0])
+                log.warning("skipped %s", error)
                 continue
             done.add(os.path.basename(path))
         step = int(path.rsplit("-", 1)[-1]) if path.rsplit("-", 1)[-1].isdigit() else -1

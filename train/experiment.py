@@ -2,7 +2,8 @@
 
     WORKDIR/ID/config.json      {"model": ModelConfig as JSON, "data": {"dir", "dataset", "num_classes",
                                  "label_names", "train_examples", "validation_examples"}, "train": {...}}
-    WORKDIR/ID/checkpoints/     tf.train.CheckpointManager files (ckpt-N), checkpoint = Checkpoint(model=, optimizer=, step=, ...)
+    WORKDIR/ID/checkpoints/     tf.train.CheckpointManager files (ckpt-N), checkpoint = Checkpoint(model=, optimizer=, step=, ...);
+                                `create_experiment` writes ckpt-0 with the model, zero momentum and data position 0
     WORKDIR/ID/best/            a copy of the best evaluated checkpoint (ckpt-N files + best.json)
     WORKDIR/ID/eval.jsonl       one line per evaluated checkpoint
     WORKDIR/ID/train.log        the trainer's log
@@ -10,18 +11,28 @@
 """
 from __future__ import annotations
 
+import logging
 import os
-from typing import Dict, Tuple
+import re
+import shutil
+from typing import Dict, List, Tuple
 
 import tensorflow as tf
 
-from revnet.common.errors import UserError
+from revnet.common.errors import UserError, error_reason
 from revnet.common.fileio import atomic_write_json, read_json
 from revnet.models.registry import ModelConfig, build_model
 from revnet.train.config import DEFAULT_WORKDIR
 from revnet.train.optimizer import MomentumSGD
 
+log = logging.getLogger(__name__)
+
 CONFIG_FILE = "config.json"
+STATE_FILE = "checkpoint"   # CheckpointManager's text-proto list of checkpoints
+_INDEX = re.compile(r"^ckpt-(\d+)\.index$")
+# What a save killed half-way leaves: the sharded saver's staging folder and the state file's temporary copy.
+_INTERRUPTED_SAVE = re.compile(r"^(ckpt-\d+_temp|checkpoint\.tmp[0-9a-f]+)$")
+UNREADABLE = (tf.errors.OpError, IndexError, ValueError)   # what restoring a damaged checkpoint raises
 
 
 def experiment_dir(workdir: str, exp_id: str) -> str:
@@ -56,6 +67,75 @@ def model_config_from(config: Dict, **overrides) -> ModelConfig:
         fields[key] = tuple(fields[key])
     fields.update(overrides)
     return ModelConfig(**fields)
+
+
+def clean_interrupted_saves(ckpt_dir: str) -> List[str]:
+    """Delete the staging folders and temporary state files that a save killed half-way leaves (only
+    those names, which TensorFlow's saver writes); returns what was removed."""
+    removed = []
+    for name in sorted(os.listdir(ckpt_dir)) if os.path.isdir(ckpt_dir) else []:
+        path = os.path.join(ckpt_dir, name)
+        if _INTERRUPTED_SAVE.match(name):
+            shutil.rmtree(path) if os.path.isdir(path) else os.unlink(path)
+            removed.append(path)
+    return removed
+
+
+def checkpoint_step(path: str) -> int:
+    """N of a `.../ckpt-N` prefix."""
+    return int(path.rsplit("-", 1)[-1])
+
+
+def resume_candidates(ckpt_dir: str) -> Tuple[List[str], List[str]]:
+    """(checkpoint prefixes whose .index exists, newest first; problems found, each naming a checkpoint).
+
+    The state file is only a list: a checkpoint it names whose .index is gone is a problem, and a
+    checkpoint on disk that it does not name (e.g. the state file itself is damaged) is still a candidate.
+    """
+    problems = []
+    on_disk = {int(m.group(1)) for m in map(_INDEX.match, os.listdir(ckpt_dir)) if m} if os.path.isdir(ckpt_dir) else set()
+    named: List[str] = []
+    try:
+        state = tf.train.get_checkpoint_state(ckpt_dir)
+        if state is not None:
+            named = list(state.all_model_checkpoint_paths) + [state.model_checkpoint_path]
+    except UNREADABLE as error:
+        problems.append(f"the checkpoint list {os.path.join(ckpt_dir, STATE_FILE)} is unreadable "
+                        f"({error_reason(error)})")
+    for path in dict.fromkeys(named):
+        name = os.path.basename(path)
+        if re.fullmatch(r"ckpt-\d+", name) and checkpoint_step(name) not in on_disk:
+            problems.append(f"checkpoint {os.path.join(ckpt_dir, name)} is named in {os.path.join(ckpt_dir, STATE_FILE)} "
+                            f"but its .index file is missing")
+    candidates = [os.path.join(ckpt_dir, f"ckpt-{step}") for step in sorted(on_disk, reverse=True)]
+    return candidates, problems
+
+
+def has_checkpoint_files(ckpt_dir: str) -> bool:
+    """Whether anything a save writes (state file, ckpt-N.*) is in `ckpt_dir`."""
+    return os.path.isdir(ckpt_dir) and any(name == STATE_FILE or name.startswith("ckpt-")
+                                           for name in os.listdir(ckpt_dir))
+
+
+class UnreadableCheckpoint(UserError):
+    """A checkpoint that is damaged, incomplete or gone (the message names it)."""
+
+
+def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str):
+    """`checkpoint.restore(path)`, with a damaged or missing checkpoint raised as UnreadableCheckpoint."""
+    try:
+        return checkpoint.restore(path)
+    except UNREADABLE as error:
+        raise UnreadableCheckpoint(f"checkpoint {path} is unreadable ({error_reason(error)}); it is damaged or "
+                                   f"incomplete") from None
+
+
+def holds_optimizer(path: str) -> bool:
+    """Whether checkpoint `path` holds optimizer state (create_experiment's step-0 checkpoint does not)."""
+    try:
+        return any(name.startswith("optimizer/") for name, _ in tf.train.list_variables(path))
+    except UNREADABLE as error:
+        raise UnreadableCheckpoint(f"checkpoint {path} is unreadable ({error_reason(error)})") from None
 
 
 def resolve_checkpoint(exp_dir: str, which: str = "latest") -> str:
@@ -98,5 +178,5 @@ def restore_model(workdir: str, exp_id: str, checkpoint: str = "latest", **overr
     exp_dir, config = load_config(workdir, exp_id)
     model = build_model(model_config_from(config, **overrides))
     path = resolve_checkpoint(exp_dir, checkpoint)
-    tf.train.Checkpoint(model=model).restore(path).expect_partial()
+    restore_checkpoint(tf.train.Checkpoint(model=model), path).expect_partial()
     return model, config, path

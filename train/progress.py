@@ -24,7 +24,6 @@ class Progress:
         self.start_time = self.window_time = time.perf_counter()
         self.start_step = self.window_step = start_step
         self.last_loss = self.last_accuracy = None
-        self.window_rate = 0.0
         self.drawn = False
 
     def examples_per_second(self) -> float:
@@ -54,7 +53,7 @@ class Progress:
                 handler.handle(record)
         else:
             log.info(text)
-        self.window_rate, self.window_time, self.window_step = rate, now, step
+        self.window_time, self.window_step = now, step
         return {"examples_per_second": rate}
 
     def close(self) -> None:

@@ -1,36 +1,48 @@
 """The compiled training and evaluation steps (read top to bottom: forward, loss, backward, update)."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Callable, Dict
 
 import numpy as np
 import tensorflow as tf
 
 
-def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, global_batch_size: int, step, position):
-    """`train_step(iterator, learning_rate) -> (loss, accuracy)` over one global batch.
+def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, global_batch_size: int, step, position,
+                    learning_rate_fn: Callable, steps_per_call: int = 1, jit: bool = False):
+    """`train_steps(iterator, num_steps) -> (loss, accuracy, all_finite)`: `num_steps` (<= `steps_per_call`)
+    training steps in one call; loss and accuracy are the last step's, `all_finite` covers every step's loss.
 
     The loss is the per-example cross entropy summed and divided by the GLOBAL batch size on each
     replica, so the optimizer's cross-replica SUM of gradients is the gradient of the global mean.
     Batch norm uses each replica's own batch (as the original multi-GPU code did); its moving
-    statistics are ON_READ/MEAN variables, so reading them averages the replicas.
+    statistics are ON_READ/MEAN variables, so reading them averages the replicas. The learning rate
+    is `learning_rate_fn(step)`, read inside the call, so several steps per call keep the schedule.
+    With `jit`, each replica's forward and backward pass is one XLA computation; the cross-replica
+    gradient sum and the update stay outside it (XLA compiles for one device).
     """
     loss_scale = optimizer.loss_scale
+    variables = model.trainable_variables
 
-    def replica_step(images, labels, learning_rate):
+    def forward_backward(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
             per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             scaled_loss = loss * loss_scale.scale if loss_scale is not None else loss
-        variables = model.trainable_variables
         gradients = tape.gradient(scaled_loss, variables)
-        optimizer.apply_gradients(gradients, variables, learning_rate)
         correct = tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, -1, output_type=tf.int32), labels), tf.float32))
+        return loss, correct, gradients
+
+    if jit:
+        forward_backward = tf.function(forward_backward, jit_compile=True)
+
+    def replica_step(images, labels, learning_rate):
+        loss, correct, gradients = forward_backward(images, labels)
+        optimizer.apply_gradients(gradients, variables, learning_rate)
         return loss, correct
 
-    @tf.function
-    def train_step(iterator, learning_rate):
+    def one_step(iterator):
+        learning_rate = learning_rate_fn(step)
         images, labels = next(iterator)
         loss, correct = strategy.run(replica_step, args=(images, labels, learning_rate))
         step.assign_add(1)
@@ -39,7 +51,23 @@ def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, global_b
         correct = strategy.reduce(tf.distribute.ReduceOp.SUM, correct, axis=None)
         return loss, correct / global_batch_size
 
-    return train_step
+    if steps_per_call == 1:
+        @tf.function
+        def train_steps(iterator, num_steps):
+            loss, accuracy = one_step(iterator)
+            return loss, accuracy, tf.math.is_finite(loss)
+        return train_steps
+
+    @tf.function
+    def train_steps(iterator, num_steps):
+        # Keras' steps_per_execution: a graph loop over steps saves the per-call Python and dispatch cost.
+        loss, accuracy, finite = tf.constant(0.0), tf.constant(0.0), tf.constant(True)
+        for _ in tf.range(num_steps):
+            loss, accuracy = one_step(iterator)
+            finite = tf.logical_and(finite, tf.math.is_finite(loss))
+        return loss, accuracy, finite
+
+    return train_steps
 
 
 def make_eval_step(model):

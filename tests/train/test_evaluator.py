@@ -2,6 +2,9 @@
 import json
 import os
 import re
+import shutil
+import threading
+import time
 
 import tensorflow as tf
 from click.testing import CliRunner
@@ -27,10 +30,44 @@ def test_eval_once_prints_top1_top5_loss_and_records_it(finished_experiment):
     assert tf.train.load_variable(best, "step/.ATTRIBUTES/VARIABLE_VALUE") == 4
 
 
-def test_watcher_evaluates_new_checkpoints_and_stops_after_the_final_step(finished_experiment):
+def test_watcher_evaluates_a_checkpoint_written_while_it_watches_and_stops_after_the_final_step(
+        finished_experiment, tmp_path):
     workdir, exp_id, _ = finished_experiment
-    result = evaluate(id=exp_id, workdir=workdir, split="train", timeout_seconds=60, poll_seconds=0.1)
-    assert result["step"] == 4 and result["split"] == "train" and result["examples"] == 160
+    copy = str(tmp_path / "work")
+    shutil.copytree(workdir, copy)
+    # As if the run had been stopped at step 4 of 6: the watcher evaluates ckpt-4 and waits for more.
+    config_path = os.path.join(copy, exp_id, "config.json")
+    config = json.load(open(config_path))
+    config["train"]["steps"] = 6
+    json.dump(config, open(config_path, "w"))
+    eval_log = os.path.join(copy, exp_id, "eval.jsonl")
+    errors = []
+
+    def watcher_evaluated_ckpt_4():
+        return os.path.exists(eval_log) and any(
+            json.loads(line)["split"] == "train" and json.loads(line)["checkpoint"] == "ckpt-4"
+            for line in open(eval_log) if line.strip())
+
+    def train_on_once_the_watcher_has_evaluated_ckpt_4():
+        try:
+            deadline = time.monotonic() + 120
+            while not watcher_evaluated_ckpt_4():
+                assert time.monotonic() < deadline, "the watcher never evaluated ckpt-4"
+                time.sleep(0.1)
+            train_run(model="resnet-32", id=exp_id, workdir=copy, checkpoint_every=1000, progress=False)
+        except BaseException as error:  # noqa: BLE001 - reported by the main thread
+            errors.append(error)
+
+    trainer = threading.Thread(target=train_on_once_the_watcher_has_evaluated_ckpt_4)
+    trainer.start()
+    try:
+        result = evaluate(id=exp_id, workdir=copy, split="train", timeout_seconds=120, poll_seconds=0.2)
+    finally:
+        trainer.join()
+    assert not errors, errors
+    records = [json.loads(line) for line in open(eval_log)]
+    assert [(r["checkpoint"], r["step"]) for r in records if r["split"] == "train"] == [("ckpt-4", 4), ("ckpt-6", 6)]
+    assert result["step"] == 6 and result["checkpoint"] == "ckpt-6" and result["examples"] == 160
     assert 0.0 <= result["top1"] <= result["top5"] <= 1.0
 
 

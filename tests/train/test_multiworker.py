@@ -1,25 +1,18 @@
 """MultiWorkerMirroredStrategy: two worker processes on 127.0.0.1 train one experiment together."""
 import json
 import os
-import socket
 import subprocess
 
 import pytest
 import tensorflow as tf
 
-from trainer_testing import cli_command, subprocess_env
+from trainer_testing import cli_command, free_port, subprocess_env
 
 pytestmark = pytest.mark.slow  # real subprocesses; `-m "not slow"` skips them
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_workers_train_one_experiment(toy_data, tmp_path):
-    workers = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
+    workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     workdir = str(tmp_path)
     processes = []
     for index in range(2):

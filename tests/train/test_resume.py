@@ -92,3 +92,20 @@ def test_sigterm_during_start_up_stops_cleanly_without_a_checkpoint(toy_data, tm
     stderr = log_path.read_text()
     assert "SIGTERM during start-up" in stderr and "Traceback" not in stderr
     assert _latest_step(os.path.join(workdir, "kr", "checkpoints")) == 0
+
+
+def test_sigterm_with_several_steps_per_call_saves_at_the_end_of_the_call_in_flight(toy_data, tmp_path):
+    workdir = str(tmp_path / "work")
+    log_path = tmp_path / "calls.log"
+    args = cli_command("train", "--model", "resnet-32", "--data", toy_data, "--id", "spc", "--workdir", workdir,
+                       "--steps", "100000", "--batch-size", str(BATCH), "--steps-per-call", "5", "--log-every", "10",
+                       "--checkpoint-every", "1000", "--seed", "4")
+    process = subprocess.Popen(args, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=open(log_path, "w"))
+    _wait_for(lambda: "step 20/" in log_path.read_text(), process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
+    saved = _latest_step(os.path.join(workdir, "spc", "checkpoints"))
+    # Calls are 5 steps (log boundaries every 10 are multiples of 5): the save lands on a call boundary.
+    assert saved >= 20 and saved % 5 == 0
+    logged = [int(step) for step in re.findall(r"step (\d+)/100000", log_path.read_text())]
+    assert logged and all(step % 10 == 0 for step in logged)

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from revnet.train.evaluator import evaluate
 from revnet.train.trainer import run as train_run
 from revnet.common.errors import UserError
 from revnet.models import build_model
@@ -70,8 +69,8 @@ def _train_steps(num_replicas, images, labels, global_batch):
         return tf.data.Dataset.from_tensor_slices((images, labels)).batch(per_replica)
 
     iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    train_step = make_train_step(model, optimizer, strategy, global_batch, step, position)
-    losses = [float(train_step(iterator, tf.constant(0.1))[0]) for _ in range(NSTEPS)]
+    train_steps = make_train_step(model, optimizer, strategy, global_batch, step, position, lambda at_step: 0.1)
+    losses = [float(train_steps(iterator, tf.constant(1))[0]) for _ in range(NSTEPS)]
     return losses, [np.asarray(v.read_value()) for v in model.variables]
 
 
@@ -135,3 +134,81 @@ def test_bad_input_gets_one_line_errors(toy_data, tmp_path):
         with pytest.raises(UserError, match=message) as error:
             train_run(workdir=str(tmp_path), id="bad", **options)
         assert "\n" not in str(error.value)
+
+
+def test_several_steps_per_call_keep_every_boundary_and_the_same_numbers(toy_data, tmp_path):
+    options = dict(model="resnet-32", data=toy_data, steps=10, batch_size=8, log_every=3, checkpoint_every=4,
+                   eval_every=5, keep_checkpoints=10, seed=3, progress=False)
+    one = train_run(id="k1", workdir=str(tmp_path), **options)
+    four = train_run(id="k4", workdir=str(tmp_path), steps_per_call=4, **options)
+    scalars = {run: read_scalars(os.path.join(tmp_path, run, "tensorboard", "train")) for run in ("k1", "k4")}
+    # Calls end where something is due: logs at 3, 6, 9 and the end; evaluations at 5 and 10; checkpoints at 4, 8, 10.
+    assert [step for step, _ in scalars["k4"]["loss"]] == [3, 6, 9, 10]
+    assert [step for step, _ in scalars["k4"]["validation/top1"]] == [5, 10]
+    assert sorted(n for n in os.listdir(os.path.join(tmp_path, "k4", "checkpoints")) if n.endswith(".index")) == \
+        ["ckpt-10.index", "ckpt-4.index", "ckpt-8.index"]
+    # Same schedule (decays at steps 5 and 8) and data. Later losses drift apart: on random 8-image batches
+    # this net turns float rounding (a graph loop sums in another order) into percent differences within
+    # a few steps, so exact numerics are checked step by step in the test below.
+    np.testing.assert_allclose(scalars["k4"]["loss"][0][1], scalars["k1"]["loss"][0][1], rtol=1e-2)
+    np.testing.assert_allclose([v for _, v in scalars["k4"]["learning_rate"]], [0.1, 0.01, 0.001, 0.001], rtol=1e-6)
+    assert four["step"] == one["step"] == 10 and four["data_position"] == 80
+
+
+def test_a_call_of_two_steps_computes_what_two_calls_of_one_step_do():
+    rng = np.random.default_rng(0)
+    images = rng.uniform(0, 255, size=(16, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, 4, size=16).astype(np.int32)
+    initial = [v.numpy() for v in build_model("resnet-32", num_classes=4, seed=3).trainable_variables]
+    runs = {}
+    for steps_per_call, calls in ((1, [1, 1]), (2, [2])):
+        strategy = make_placement(gpus=0, cpu_replicas=1).strategy
+        with strategy.scope():
+            model = build_model("resnet-32", num_classes=4, seed=3)
+            optimizer = MomentumSGD(model.trainable_variables, 0.9, 2e-4, model.decay_variables)
+            step = tf.Variable(0, dtype=tf.int64)
+            position = tf.Variable(0, dtype=tf.int64)
+        iterator = iter(strategy.distribute_datasets_from_function(
+            lambda context: tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)))
+        # A different rate at every step: a call must read it per step, not once per call.
+        train_steps = make_train_step(model, optimizer, strategy, 8, step, position,
+                                      lambda at: 0.1 / (1.0 + tf.cast(at, tf.float32)), steps_per_call=steps_per_call)
+        loss = [float(train_steps(iterator, tf.constant(count))[0]) for count in calls][-1]
+        update = np.concatenate([(v.numpy() - w).ravel() for v, w in zip(model.trainable_variables, initial)])
+        runs[steps_per_call] = loss, update, int(step.numpy()), int(position.numpy())
+    (loss_one, update_one, *counters_one), (loss_two, update_two, *counters_two) = runs[1], runs[2]
+    assert counters_one == counters_two == [2, 16]
+    assert loss_two == pytest.approx(loss_one, rel=1e-4)
+    # Float rounding moves the two-step update by ~5e-4 of its size; a wrong rate or batch moves it by ~30%.
+    assert np.linalg.norm(update_two - update_one) <= 1e-2 * np.linalg.norm(update_one)
+
+
+@pytest.mark.slow  # XLA compiles the reversible step for about 20 s
+def test_jit_compiles_the_reversible_step_with_its_while_loops_and_matches_the_plain_step():
+    rng = np.random.default_rng(4)
+    images = rng.uniform(0, 255, size=(2 * 4, 32, 32, 3)).astype(np.float32)
+    labels = rng.integers(0, 4, size=2 * 4).astype(np.int32)
+    results = {}
+    for jit in (False, True):
+        strategy = make_placement(gpus=0, cpu_replicas=1).strategy
+        with strategy.scope():
+            # float64: this net turns float32 rounding (XLA picks other kernels) into 1e-3 differences of
+            # one step's gradients; in float64 both paths must agree to rounding.
+            model = build_model("revnet-38", num_classes=4, seed=3, mode="reversible", param_dtype="float64")
+            optimizer = MomentumSGD(model.trainable_variables, 0.9, 2e-4, model.decay_variables)
+            step = tf.Variable(0, dtype=tf.int64)
+            position = tf.Variable(0, dtype=tf.int64)
+        iterator = iter(strategy.distribute_datasets_from_function(
+            lambda context: tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)))
+        train_steps = make_train_step(model, optimizer, strategy, 4, step, position, lambda at_step: 0.1, jit=jit)
+        initial = [v.numpy() for v in model.trainable_variables]
+        loss = float(train_steps(iterator, tf.constant(1))[0])
+        # The first update is -lr * (gradient + weight decay): it compares the gradients themselves.
+        results[jit] = loss, [v.numpy() - w for v, w in zip(model.trainable_variables, initial)]
+        if jit:
+            graph = train_steps.get_concrete_function(iterator, tf.constant(1)).graph.as_graph_def()
+            compiled = [f for f in graph.library.function if f.attr["_XlaMustCompile"].b]
+            assert compiled, "the forward/backward pass was not marked for XLA"
+    assert results[True][0] == pytest.approx(results[False][0], rel=1e-9)
+    for plain, compiled in zip(results[False][1], results[True][1]):
+        assert np.linalg.norm(compiled - plain) <= 1e-7 * np.linalg.norm(plain) + 1e-15
