@@ -130,12 +130,24 @@ def restore_checkpoint(checkpoint: tf.train.Checkpoint, path: str):
                                    f"incomplete") from None
 
 
-def holds_optimizer(path: str) -> bool:
-    """Whether checkpoint `path` holds optimizer state (create_experiment's step-0 checkpoint does not)."""
+def checkpoint_variable_names(path: str) -> List[str]:
+    """The variable names stored in checkpoint `path` (an UnreadableCheckpoint when it does not read)."""
     try:
-        return any(name.startswith("optimizer/") for name, _ in tf.train.list_variables(path))
+        return [name for name, _ in tf.train.list_variables(path)]
     except UNREADABLE as error:
         raise UnreadableCheckpoint(f"checkpoint {path} is unreadable ({error_reason(error)})") from None
+
+
+def holds_optimizer(names: List[str]) -> bool:
+    """Whether a checkpoint with these variable names holds optimizer state (create_experiment's step-0
+    checkpoint of older versions does not)."""
+    return any(name.startswith("optimizer/") for name in names)
+
+
+def holds_loss_scale(names: List[str]) -> bool:
+    """Whether a checkpoint with these variable names holds a float16 loss scale (only runs trained with
+    --mixed-precision fp16 save one)."""
+    return any(name.startswith("optimizer/loss_scale/") for name in names)
 
 
 def resolve_checkpoint(exp_dir: str, which: str = "latest") -> str:

@@ -166,7 +166,7 @@ def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled:
     if placement.is_chief:
         for path in experiment.clean_interrupted_saves(ckpt_dir):
             log.warning("removed %s, left by a checkpoint save that was interrupted", path)
-    restored = _resume(checkpoint, ckpt_dir, model, step, position, placement.is_chief)
+    restored = _resume(checkpoint, ckpt_dir, model, optimizer, step, position, placement.is_chief)
     if not placement.is_chief:  # other workers join the collective save but write to a scratch folder
         ckpt_dir = os.path.join(exp_dir, "workers", f"worker-{placement.worker_index}")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=train_cfg.keep_checkpoints, step_counter=step,
@@ -284,7 +284,8 @@ def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled:
     return summary
 
 
-def _resume(checkpoint: tf.train.Checkpoint, ckpt_dir: str, model, step, position, is_chief: bool) -> Optional[str]:
+def _resume(checkpoint: tf.train.Checkpoint, ckpt_dir: str, model, optimizer, step, position,
+            is_chief: bool) -> Optional[str]:
     """Restore the newest readable checkpoint of `ckpt_dir` (see the module docstring); returns its path, or
     None for a fresh start."""
     candidates, problems = experiment.resume_candidates(ckpt_dir)
@@ -293,8 +294,11 @@ def _resume(checkpoint: tf.train.Checkpoint, ckpt_dir: str, model, step, positio
     skipped = []
     for path in candidates:
         try:
-            if experiment.holds_optimizer(path):
-                experiment.restore_checkpoint(checkpoint, path).assert_existing_objects_matched()
+            names = experiment.checkpoint_variable_names(path)
+            if experiment.holds_optimizer(names):
+                experiment.restore_checkpoint(_without_missing_loss_scale(checkpoint, names, model, optimizer, step,
+                                                                         position, path),
+                                              path).assert_existing_objects_matched()
                 log.info("resumed from %s at step %d (data position %d)", path, int(step.numpy()),
                          int(position.numpy()))
             else:
@@ -323,6 +327,19 @@ def _resume(checkpoint: tf.train.Checkpoint, ckpt_dir: str, model, step, positio
                         f"move {ckpt_dir} away to start afresh")
     log.info("no checkpoint yet: starting at step 0")
     return None
+
+
+def _without_missing_loss_scale(checkpoint: tf.train.Checkpoint, names, model, optimizer, step, position, path: str):
+    """What to restore from a checkpoint: everything, unless this run uses a float16 loss scale that the
+    checkpoint lacks (a float32 or bf16 run, or imported weights, fine-tuned with --mixed-precision fp16);
+    then everything but the scale, which starts at its initial value."""
+    if optimizer.loss_scale is None or experiment.holds_loss_scale(names):
+        return checkpoint
+    log.info("%s holds no float16 loss scale (it was not saved by an fp16 run): the scale starts at %g", path,
+             float(optimizer.loss_scale.scale.numpy()))
+    # The same object-graph paths as `checkpoint`, minus optimizer/loss_scale.
+    slots = tf.train.Checkpoint(velocities=optimizer.velocities, iterations=optimizer.iterations)
+    return tf.train.Checkpoint(model=model, optimizer=slots, step=step, data_position=position)
 
 
 def _input_failure(error, config: Dict, metadata: Dict, data_service: Optional[str], save, at_step: int) -> Exception:

@@ -124,6 +124,21 @@ def test_train_id_fine_tunes_a_create_experiment_folder(toy_data, tmp_path, capl
     assert not np.allclose(trained.get_tensor(name), other_seed, atol=1e-2)
 
 
+def test_a_float32_run_continues_in_fp16_with_a_fresh_loss_scale(experiment_copy, caplog):
+    """A checkpoint without a loss scale (float32 run, imported weights) still restores everything else
+    under --mixed-precision fp16; the restore asserts every other object matched (momentum included)."""
+    workdir, exp_id, ckpt_dir = experiment_copy
+    with caplog.at_level(logging.INFO):
+        summary = train_run(model="resnet-32", id=exp_id, workdir=workdir, steps=5, mixed_precision="fp16",
+                            checkpoint_every=1000, progress=False)
+    assert summary["status"] == "completed" and summary["start_step"] == 4 and summary["step"] == 5
+    assert "ckpt-4 holds no float16 loss scale" in caplog.text
+    saved = tf.train.load_checkpoint(summary["checkpoint"])
+    assert saved.get_tensor("optimizer/loss_scale/scale/.ATTRIBUTES/VARIABLE_VALUE") == 2.0 ** 15
+    velocity = next(name for name in saved.get_variable_to_shape_map() if name.startswith("optimizer/velocities/"))
+    assert np.any(saved.get_tensor(velocity) != 0)
+
+
 def _corrupt_middle(path):
     data = bytearray(open(path, "rb").read())
     data[len(data) // 2] ^= 0xFF
