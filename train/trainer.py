@@ -151,6 +151,8 @@ def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled:
              f", {train_cfg.steps_per_call} steps per call" if train_cfg.steps_per_call > 1 else "",
              ", XLA (--jit)" if train_cfg.jit else "", f", input from the tf.data service {data_service}"
              if data_service else "")
+    if jit_warning(train_cfg, model_config):
+        log.warning("%s", jit_warning(train_cfg, model_config))
 
     with strategy.scope():
         model = build_model(model_config)
@@ -326,6 +328,15 @@ def _resume(checkpoint: tf.train.Checkpoint, ckpt_dir: str, model, optimizer, st
                         f"refusing to start again at step 0 over a trained experiment: restore the files, or "
                         f"move {ckpt_dir} away to start afresh")
     log.info("no checkpoint yet: starting at step 0")
+    return None
+
+
+def jit_warning(train_cfg: TrainConfig, model_config) -> Optional[str]:
+    """The warning --jit deserves for this model, if any: XLA compiles the reversible stack's while_loops,
+    but ran them 17-50x slower than TF's executor in `benchmark train` on CPU."""
+    if train_cfg.jit and model_config.architecture == "revnet" and model_config.mode == "reversible":
+        return ("--jit with the reversible stack: XLA compiles its while_loops, but on CPU it ran 17-50x slower "
+                "than without --jit (README, Training throughput); compare both before a long run")
     return None
 
 

@@ -29,7 +29,7 @@ def _trainer(precision, mode, loss_scale=None, seed=0):
     step = tf.Variable(0, dtype=tf.int64)
     position = tf.Variable(0, dtype=tf.int64)
     return model, optimizer, (lambda: make_train_step(model, optimizer, tf.distribute.get_strategy(), BATCH, step,
-                                                      position))
+                                                      position, learning_rate_fn=lambda at_step: 0.05))
 
 
 def _loss(model, images, labels):
@@ -48,7 +48,7 @@ def test_a_few_mixed_precision_steps_lower_the_loss(toy_batches, precision, mode
     before = _loss(model, held_images, held_labels)
     iterator = iter(tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH).repeat())
     for _ in range(10):
-        train_step(iterator, tf.constant(0.05))
+        train_step(iterator, tf.constant(1))  # one step at learning rate 0.05
     after = _loss(model, held_images, held_labels)
     assert all(v.dtype == tf.float32 and np.isfinite(v.numpy()).all() for v in model.trainable_variables)
     assert after < 0.7 * before, (before, after)
@@ -65,7 +65,7 @@ def test_fp16_overflow_inside_the_reversible_gradient_skips_the_step_and_lowers_
     train_step = make()
     before = [v.numpy().copy() for v in model.trainable_variables]
     iterator = iter(tf.data.Dataset.from_tensor_slices((images, labels)).batch(BATCH).repeat())
-    train_step(iterator, tf.constant(0.05))
+    train_step(iterator, tf.constant(1))  # one step at learning rate 0.05
     assert float(loss_scale.scale) == 2.0 ** 39
     assert int(loss_scale.good_steps) == 0
     for old, variable in zip(before, model.trainable_variables):
@@ -73,7 +73,7 @@ def test_fp16_overflow_inside_the_reversible_gradient_skips_the_step_and_lowers_
     assert all(not np.any(v.numpy()) for v in optimizer.velocities)
     # Lower the scale to a sane value: the next step is applied.
     loss_scale.scale.assign(2.0 ** 10)
-    train_step(iterator, tf.constant(0.05))
+    train_step(iterator, tf.constant(1))  # one step at learning rate 0.05
     assert int(loss_scale.good_steps) == 1
     assert any(not np.array_equal(old, v.numpy()) for old, v in zip(before, model.trainable_variables))
 

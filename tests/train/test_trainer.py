@@ -212,3 +212,16 @@ def test_jit_compiles_the_reversible_step_with_its_while_loops_and_matches_the_p
     assert results[True][0] == pytest.approx(results[False][0], rel=1e-9)
     for plain, compiled in zip(results[False][1], results[True][1]):
         assert np.linalg.norm(compiled - plain) <= 1e-7 * np.linalg.norm(plain) + 1e-15
+
+
+def test_jit_warns_only_for_the_reversible_stack():
+    from revnet.models import get_config
+    from revnet.train.config import recipe_for
+    from revnet.train.trainer import jit_warning
+
+    base = recipe_for("cifar")
+    on = base.replace(jit=True)
+    assert "17-50x slower" in jit_warning(on, get_config("revnet-38"))
+    assert jit_warning(on, get_config("revnet-38", mode="autodiff")) is None
+    assert jit_warning(on, get_config("resnet-32")) is None
+    assert jit_warning(base.replace(jit=False), get_config("revnet-38")) is None
