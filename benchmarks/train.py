@@ -142,7 +142,8 @@ def _keras(spec: Dict) -> Dict:
             if batch + 1 in (spec["warmup"], spec["warmup"] + spec["steps"]):
                 marks[batch + 1] = time.perf_counter()
 
-    model.fit(dataset, epochs=1, steps_per_epoch=spec["warmup"] + spec["steps"], callbacks=[Timer()], verbose=0)
+    model.fit(dataset, epochs=1, steps_per_epoch=spec["warmup"] + spec["steps"], callbacks=[Timer()], verbose=0,
+              shuffle=False)  # the dataset is shuffled already (Keras would warn that it ignores True)
     step_seconds = (marks[spec["warmup"] + spec["steps"]] - marks[spec["warmup"]]) / spec["steps"]
     return {"step_seconds": step_seconds, "examples_per_second": spec["batch_size"] / step_seconds,
             "peak_bytes": _peak_bytes(), "keras_jit_resolved": bool(getattr(model, "jit_compile", False))}
