@@ -165,6 +165,13 @@ def resolve_checkpoint(exp_dir: str, which: str = "latest") -> str:
     return path
 
 
+def training_checkpoint(model, optimizer, step, position, with_loss_scale: bool = True) -> tf.train.Checkpoint:
+    """The trainer's checkpoint layout (model, optimizer, step, data position), written by the trainer and by
+    create_experiment. Without `with_loss_scale`: the same paths minus the optimizer's loss scale."""
+    state = optimizer if with_loss_scale else optimizer.state_without_loss_scale()
+    return tf.train.Checkpoint(model=model, optimizer=state, step=step, data_position=position)
+
+
 def create_experiment(workdir: str, exp_id: str, model, data: Dict, train: Dict) -> str:
     """The one way to make an experiment folder outside the trainer: config.json for `model` (a built
     network) and a checkpoint of its weights at step 0, which `eval`, `export` and `train --id`
@@ -177,7 +184,7 @@ def create_experiment(workdir: str, exp_id: str, model, data: Dict, train: Dict)
     # The trainer's checkpoint layout (fresh momentum, data position 0), so `train --id` resumes from it.
     optimizer = MomentumSGD(model.trainable_variables, 0.0, 0.0, [])
     position = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_position")
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, data_position=position)
+    checkpoint = training_checkpoint(model, optimizer, step, position)
     manager = tf.train.CheckpointManager(checkpoint, checkpoints_dir(exp_dir),
                                          max_to_keep=None, step_counter=step, checkpoint_name="ckpt")
     manager.save(checkpoint_number=0)

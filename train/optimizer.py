@@ -52,6 +52,11 @@ class MomentumSGD(tf.Module):
         self.iterations = tf.Variable(0, dtype=tf.int64, trainable=False, name="iterations",
                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
 
+    def state_without_loss_scale(self) -> tf.train.Checkpoint:
+        """This optimizer's checkpointed state under the same paths, minus its loss scale: what a checkpoint
+        saved without one (a float32 or bf16 run, imported weights) can restore into an fp16 run."""
+        return tf.train.Checkpoint(velocities=self.velocities, iterations=self.iterations)
+
     def apply_gradients(self, gradients, variables, learning_rate):
         """Replica context: all-reduce (sum) `gradients` and apply one update to `variables`."""
         context = tf.distribute.get_replica_context()

@@ -151,8 +151,9 @@ def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled:
              f", {train_cfg.steps_per_call} steps per call" if train_cfg.steps_per_call > 1 else "",
              ", XLA (--jit)" if train_cfg.jit else "", f", input from the tf.data service {data_service}"
              if data_service else "")
-    if jit_warning(train_cfg, model_config):
-        log.warning("%s", jit_warning(train_cfg, model_config))
+    warning = jit_warning(train_cfg, model_config)
+    if warning:
+        log.warning("%s", warning)
 
     with strategy.scope():
         model = build_model(model_config)
@@ -163,12 +164,12 @@ def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled:
                            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         position = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_position",
                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, data_position=position)
+    checkpoint = experiment.training_checkpoint(model, optimizer, step, position)
     ckpt_dir = experiment.checkpoints_dir(exp_dir)
     if placement.is_chief:
         for path in experiment.clean_interrupted_saves(ckpt_dir):
             log.warning("removed %s, left by a checkpoint save that was interrupted", path)
-    restored = _resume(checkpoint, ckpt_dir, model, optimizer, step, position, placement.is_chief)
+    restored = _resume(ckpt_dir, model, optimizer, step, position, placement.is_chief)
     if not placement.is_chief:  # other workers join the collective save but write to a scratch folder
         ckpt_dir = os.path.join(exp_dir, "workers", f"worker-{placement.worker_index}")
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=train_cfg.keep_checkpoints, step_counter=step,
@@ -286,8 +287,7 @@ def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled:
     return summary
 
 
-def _resume(checkpoint: tf.train.Checkpoint, ckpt_dir: str, model, optimizer, step, position,
-            is_chief: bool) -> Optional[str]:
+def _resume(ckpt_dir: str, model, optimizer, step, position, is_chief: bool) -> Optional[str]:
     """Restore the newest readable checkpoint of `ckpt_dir` (see the module docstring); returns its path, or
     None for a fresh start."""
     candidates, problems = experiment.resume_candidates(ckpt_dir)
@@ -298,9 +298,14 @@ def _resume(checkpoint: tf.train.Checkpoint, ckpt_dir: str, model, optimizer, st
         try:
             names = experiment.checkpoint_variable_names(path)
             if experiment.holds_optimizer(names):
-                experiment.restore_checkpoint(_without_missing_loss_scale(checkpoint, names, model, optimizer, step,
-                                                                         position, path),
-                                              path).assert_existing_objects_matched()
+                # A run with a float16 loss scale can resume a checkpoint without one (a float32 or bf16 run,
+                # imported weights): everything else is restored and the scale starts at its initial value.
+                with_scale = optimizer.loss_scale is None or experiment.holds_loss_scale(names)
+                if not with_scale:
+                    log.info("%s holds no float16 loss scale (it was not saved by an fp16 run): the scale starts "
+                             "at %g", path, float(optimizer.loss_scale.scale.numpy()))
+                restorable = experiment.training_checkpoint(model, optimizer, step, position, with_scale)
+                experiment.restore_checkpoint(restorable, path).assert_existing_objects_matched()
                 log.info("resumed from %s at step %d (data position %d)", path, int(step.numpy()),
                          int(position.numpy()))
             else:
@@ -338,19 +343,6 @@ def jit_warning(train_cfg: TrainConfig, model_config) -> Optional[str]:
         return ("--jit with the reversible stack: XLA compiles its while_loops, but on CPU it ran 17-50x slower "
                 "than without --jit (README, Training throughput); compare both before a long run")
     return None
-
-
-def _without_missing_loss_scale(checkpoint: tf.train.Checkpoint, names, model, optimizer, step, position, path: str):
-    """What to restore from a checkpoint: everything, unless this run uses a float16 loss scale that the
-    checkpoint lacks (a float32 or bf16 run, or imported weights, fine-tuned with --mixed-precision fp16);
-    then everything but the scale, which starts at its initial value."""
-    if optimizer.loss_scale is None or experiment.holds_loss_scale(names):
-        return checkpoint
-    log.info("%s holds no float16 loss scale (it was not saved by an fp16 run): the scale starts at %g", path,
-             float(optimizer.loss_scale.scale.numpy()))
-    # The same object-graph paths as `checkpoint`, minus optimizer/loss_scale.
-    slots = tf.train.Checkpoint(velocities=optimizer.velocities, iterations=optimizer.iterations)
-    return tf.train.Checkpoint(model=model, optimizer=slots, step=step, data_position=position)
 
 
 def _input_failure(error, config: Dict, metadata: Dict, data_service: Optional[str], save, at_step: int) -> Exception:
