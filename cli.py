@@ -40,6 +40,11 @@ class ErrorHandlingGroup(click.Group):
 
             if _debug_requested():
                 raise
+            if isinstance(error, ImportError):  # a partial install: name the module and the fix
+                from revnet.common.optional import missing_module_message
+
+                click.echo(f"error: {missing_module_message(error)}", err=True)
+                sys.exit(1)
             message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             if isinstance(error, UserError):
                 click.echo(f"error: {message}", err=True)

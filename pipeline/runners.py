@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Iterator, List, Optional, Sequence
 
 from revnet.common.errors import UserError
+from revnet.common.optional import require
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +78,8 @@ def _has(args: Sequence[str], *names: str) -> bool:
 
 
 def _import_dask_runner() -> None:
-    try:
-        import apache_beam.runners.dask.dask_runner  # noqa: F401 - registers DaskOptions
-        import distributed  # noqa: F401
-    except ImportError as error:
-        raise UserError(f"the Dask runner needs Beam's dask extra ({error}); install it with "
-                        f"pip install 'revnet-pipeline[dask]'") from None
+    require("distributed", "dask", "the Dask runner (--runner dask)")
+    require("apache_beam.runners.dask.dask_runner", "dask", "the Dask runner (--runner dask)")  # registers DaskOptions
     # Importing distributed sets its loggers to INFO (every scheduler event); its warnings still show.
     logging.getLogger("distributed").setLevel(logging.WARNING)
 

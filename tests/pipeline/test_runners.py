@@ -67,3 +67,30 @@ def test_a_user_setup_file_replaces_the_wheel(tmp_path):
     choice = runners.choose_runner(["--runner=FlinkRunner", f"--setup_file={tmp_path}/setup.py"])
     with runners.execution(choice, workers=1, num_tasks=2) as execution:
         assert not any(arg.startswith("--extra_package") for arg in execution.args)
+
+
+def test_the_dask_runner_without_its_extra_is_one_line_naming_the_install(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from revnet.cli import cli
+
+    monkeypatch.setitem(__import__("sys").modules, "distributed", None)  # what a missing package looks like
+    result = CliRunner().invoke(cli, ["preprocess", "cifar-10", "--input", str(tmp_path / "none.tar.gz"),
+                                      "--output", str(tmp_path / "out"), "--runner", "dask"])
+    assert result.exit_code == 2
+    assert result.output.strip() == ("error: the Dask runner (--runner dask) needs the optional package "
+                                     "'distributed', which is not installed; install it with: "
+                                     "pip install 'revnet-pipeline[dask]'")
+
+
+def test_a_module_missing_from_a_partial_install_is_one_line(monkeypatch):
+    from click.testing import CliRunner
+
+    from revnet.cli import cli
+
+    monkeypatch.setitem(__import__("sys").modules, "revnet.models.summary", None)
+    result = CliRunner().invoke(cli, ["models"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "error: the Python module 'revnet.models.summary' is not installed, but this command needs it; reinstall "
+        "the project with its requirements: pip install 'revnet-pipeline' (or pip install -e . in a clone)"]
