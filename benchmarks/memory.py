@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from revnet.benchmarks.memory_report import FIELDS, plot_rows
 from revnet.benchmarks.numerics import PRECISIONS, gradient_error, reconstruction_error
 from revnet.common.errors import UserError, choose
-from revnet.models.registry import MODES
+from revnet.models.modes import MODES
 
 log = logging.getLogger(__name__)
 

@@ -10,13 +10,9 @@ import dataclasses
 from typing import Dict, List, Optional, Tuple
 
 from revnet.common.errors import UserError, choose
+from revnet.models.modes import MODES
 from revnet.models.normalization import as_nested_tuple, check_input_normalization
 
-# How a training step keeps what back-propagation needs. "reversible": RevNet stacks rebuild their
-# activations in the backward pass and every other unit is recomputed from its stored input (a ResNet
-# has no reversible blocks and runs as "autodiff"); "autodiff": everything is stored;
-# "recompute": every unit under tf.recompute_grad (stores each unit's input), the usual alternative.
-MODES = ("reversible", "autodiff", "recompute")
 DTYPES = ("float32", "float64")
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
 # "inception": the original code's ImageNet evaluation (central 87.5% crop, then TF1's bilinear resize).
@@ -35,7 +31,7 @@ class ModelConfig:
     strides: Tuple[int, ...]
     num_classes: int
     input_size: int
-    mode: str = "reversible"          # one of MODES (see above)
+    mode: str = "reversible"          # one of models.modes.MODES
     param_dtype: str = "float32"
     # bfloat16 / float16 for mixed precision; None = param_dtype. Convolutions run in it; batch-norm
     # statistics and a RevNet's residual stream (x1, x2) stay in param_dtype.

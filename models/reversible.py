@@ -28,7 +28,7 @@ import tensorflow as tf
 from revnet.models.layers import (BatchStats, ResidualFn, SeedSequence, create_variables, in_compute_dtype, prefixed,
                                   sub_params)
 from revnet.models.network import update_moving_stats
-from revnet.models.registry import MODES
+from revnet.models.modes import MODES
 
 
 class ReversibleStack(tf.Module):

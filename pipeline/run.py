@@ -122,7 +122,7 @@ def _execute(work_dir: str, task_names: List[str], total_images: int, choice, wo
     import apache_beam as beam
 
     from revnet.pipeline import beam_pipeline
-    from revnet.pipeline.progress import ShardProgress
+    from revnet.pipeline.shard_progress import ShardProgress
 
     with runners.execution(choice, workers, len(task_names)) as execution:
         pipeline = beam.Pipeline(runner=execution.runner, options=execution.options)

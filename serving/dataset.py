@@ -45,7 +45,7 @@ def read_validation_images(data_dir: str, count: int, split: str = "validation")
 def read_image_set(data_dir: Optional[str], split: str, count: int, size: int, preprocessing: str,
                    seed: int = 0) -> ImageSet:
     """Up to `count` decoded images of `split`, or `count` random images (labels None) when there are none."""
-    from revnet.serving.images import decode_images_numpy
+    from revnet.serving.request_images import decode_images_numpy
 
     encoded, labels = read_validation_images(data_dir, count, split) if data_dir else ([], [])
     if encoded:

@@ -24,7 +24,7 @@ import tensorflow as tf
 from revnet.common.errors import UserError, choose
 from revnet.common.fileio import atomic_write_bytes, atomic_write_json, read_json
 from revnet.serving import layout, onnx_export
-from revnet.serving.images import decode_image_tf, decode_images_numpy
+from revnet.serving.request_images import decode_image_tf, decode_images_numpy
 from revnet.serving.inference_graph import InferenceGraph, outputs_from_logits
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ import numpy as np
 from revnet.common.errors import UserError
 from revnet.serving import layout
 from revnet.serving.backends import ModelRepository, Servable
-from revnet.serving.images import DecodePool, decode_images_numpy
+from revnet.serving.request_images import DecodePool, decode_images_numpy
 from revnet.serving.limits import ServingLimits
 from revnet.serving.tensors import DT_FLOAT, DT_STRING, InputSpec
 

@@ -16,7 +16,7 @@ from revnet.serving import layout
 from revnet.serving.backends import ModelRepository
 from revnet.serving.batching import DynamicBatcher
 from revnet.serving.grpc_service import add_services
-from revnet.serving.images import DecodePool
+from revnet.serving.request_images import DecodePool
 from revnet.serving.inference import InferenceCore
 from revnet.serving.limits import ServingLimits
 from revnet.serving.metrics import Metrics

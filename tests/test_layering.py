@@ -74,3 +74,87 @@ def test_the_check_sees_function_level_imports(tmp_path, monkeypatch):
     monkeypatch.setattr(__import__(__name__), "ROOT", str(tmp_path))
     monkeypatch.setattr(__import__(__name__), "MODULES", ())
     assert len(_violations()) == 2
+
+
+def _module_graph(root=None):
+    """revnet module -> the revnet modules it imports (module level and inside functions alike)."""
+    root = root or ROOT
+    paths = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d not in ("tests", "build") and not d.startswith(".")]
+        for name in filenames:
+            if name.endswith(".py") and name != "__main__.py":
+                paths[_module_name_under(root, os.path.join(dirpath, name))] = os.path.join(dirpath, name)
+    graph = {}
+    for module, path in paths.items():
+        targets = set()
+        for name in _imported_modules(path):
+            # `from revnet.a import b` names module revnet.a.b or a name in revnet.a: take the longest module.
+            while name and name not in paths:
+                name = name.rpartition(".")[0]
+            if name and name != module:
+                targets.add(name)
+        graph[module] = targets
+    return graph
+
+
+def _imported_modules(path):
+    tree = ast.parse(open(path, encoding="utf-8").read(), path)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield from (f"{node.module}.{alias.name}" for alias in node.names)
+
+
+def _module_name_under(root, path):
+    relative = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
+    if relative == "__init__":
+        return "revnet"
+    return "revnet." + (relative[: -len(".__init__")] if relative.endswith(".__init__") else relative)
+
+
+def _cycles(graph):
+    """One import cycle per strongly connected group of modules (Tarjan), each as a list of modules."""
+    index, low, stack, on_stack, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(node):
+        index[node] = low[node] = counter[0]
+        counter[0] += 1
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            group = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                group.append(member)
+                if member == node:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_module_imports_itself_through_others():
+    # A package's __init__ re-exporting its own modules is not a circle the reader has to untangle.
+    graph = {module: {t for t in targets if not module.startswith(t + ".")} for module, targets in _module_graph().items()}
+    assert _cycles(graph) == []
+
+
+def test_the_cycle_check_sees_a_function_level_circle(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("")
+    (tmp_path / "models" / "registry.py").write_text("def build():\n    from revnet.models import revnet\n")
+    (tmp_path / "models" / "revnet.py").write_text("from revnet.models.registry import build\n")
+    assert _cycles(_module_graph(str(tmp_path))) == [["revnet.models.registry", "revnet.models.revnet"]]

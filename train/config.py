@@ -17,7 +17,7 @@ import secrets
 from typing import Dict, Optional, Tuple
 
 from revnet.common.errors import UserError, choose
-from revnet.models.registry import MODES
+from revnet.models.modes import MODES
 
 DEFAULT_WORKDIR = "./experiments"
 AUGMENTATIONS = ("cifar", "imagenet")

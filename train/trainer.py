@@ -26,10 +26,10 @@ from revnet.models import build_model, get_config
 from revnet.preprocess import input_pipeline, schema
 from revnet.train import data_service as service, experiment, summaries
 from revnet.train.distribute import make_placement
-from revnet.train.normalization import training_normalization
+from revnet.train.input_normalization import training_normalization
 from revnet.train.optimizer import DynamicLossScale, MomentumSGD
 from revnet.train.preemption import Preemption, watch_sigterm
-from revnet.train.progress import Progress
+from revnet.train.step_progress import Progress
 from revnet.train.config import DEFAULT_WORKDIR, TrainConfig, learning_rate_at, recipe_for
 from revnet.train.steps import copy_weights, make_eval_step, make_train_step, run_evaluation
 

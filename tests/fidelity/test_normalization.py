@@ -11,7 +11,7 @@ import tensorflow as tf
 from revnet.common.errors import UserError
 from revnet.models.normalization import PIXEL_STATS, normalize
 from revnet.models.registry import build_model, get_config
-from revnet.train.normalization import training_normalization
+from revnet.train.input_normalization import training_normalization
 
 PIXELS = np.random.RandomState(0).randint(0, 256, (2, 32, 32, 3)).astype(np.float32)
 

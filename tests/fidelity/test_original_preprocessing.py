@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 from revnet.preprocess.input_pipeline import eval_preprocess
-from revnet.serving.images import decode_image_numpy, decode_image_tf
+from revnet.serving.request_images import decode_image_numpy, decode_image_tf
 
 
 def _png(shape, seed=0):

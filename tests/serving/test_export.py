@@ -23,7 +23,7 @@ def test_layout_and_record(serving_env):
 def test_both_signatures_load_back_and_match_the_inference_model(serving_env):
     loaded = tf.saved_model.load(os.path.join(serving_env["model_dir"], "1"))
     assert set(loaded.signatures) == {"serving_default", "predict_images"}
-    from revnet.serving.images import decode_images_numpy
+    from revnet.serving.request_images import decode_images_numpy
 
     images = decode_images_numpy(serving_env["encoded"], 32, "cifar")
     expected = tf.nn.softmax(serving_env["model"](tf.constant(images), training=False)).numpy()
@@ -76,7 +76,7 @@ def test_recorded_parity_is_recomputed_from_the_artefacts_on_disk(serving_env):
     """export.json's parity figures, recomputed from what was published: the SavedModel and model.onnx,
     on the same validation images, and the ONNX model against the model's own (loop) inference."""
     from revnet.serving.dataset import read_validation_images
-    from revnet.serving.images import decode_images_numpy
+    from revnet.serving.request_images import decode_images_numpy
 
     version_dir = os.path.join(serving_env["model_dir"], "1")
     with open(os.path.join(version_dir, "export.json")) as handle:

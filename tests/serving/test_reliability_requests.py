@@ -113,7 +113,7 @@ def test_requests_over_the_batch_size_are_split_and_concatenated(server, serving
 @pytest.fixture
 def slow_decode(monkeypatch):
     """Every image decode takes 0.4 s; `calls` counts decodes that started."""
-    import revnet.serving.images as images_module
+    import revnet.serving.request_images as images_module
 
     original, calls = images_module.decode_image_numpy, []
 

@@ -42,7 +42,7 @@ def reference(serving_env):
     """Expected probabilities from the TF SavedModel itself, for float inputs and for the PNG test images."""
     import tensorflow as tf
 
-    from revnet.serving.images import decode_images_numpy
+    from revnet.serving.request_images import decode_images_numpy
 
     loaded = tf.saved_model.load(os.path.join(serving_env["model_dir"], "1"))
     images = np.random.RandomState(7).uniform(0, 255, (6, 32, 32, 3)).astype(np.float32)
