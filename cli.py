@@ -13,7 +13,9 @@ import sys
 
 import click
 
-from revnet.train.config import DEFAULT_WORKDIR
+from revnet.common.options import click_options, given
+from revnet.models.registry import ModelConfig
+from revnet.train.config import DEFAULT_WORKDIR, TrainConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -234,21 +236,6 @@ def benchmark_preprocess_command(num_images, worker_counts, runners, repeats, se
 # ---------------------------------------------------------------------------------------------------
 # train / eval
 # ---------------------------------------------------------------------------------------------------
-def _train_config_options(command):
-    """One flag per TrainConfig field (revnet.train.config), so a training option is spelled only there."""
-    from revnet.train.config import flag_specs
-
-    for name, flag, kind, choices, help_text in reversed(flag_specs()):
-        help_text += "" if "[default" in help_text else " [default: paper recipe]"
-        if kind is bool:  # --jit / --no-jit, so a resumed run can turn a saved True off
-            command = click.option(f"{flag}/--no-{flag[2:]}", name, default=None, help=help_text,
-                                   show_default=False)(command)
-            continue
-        command = click.option(flag, name, type=click.Choice(choices) if choices else kind, default=None,
-                               help=help_text, show_default=False)(command)
-    return command
-
-
 @cli.command("train")
 @click.option("--model", required=True, help="Model name (see `cli.py models`), e.g. revnet-38 or revnet-104.")
 @click.option("--data", default=None, help="Dataset folder from `cli.py preprocess` (metadata.json + TFRecords); "
@@ -266,7 +253,8 @@ def _train_config_options(command):
 @click.option("--data-service-timeout", type=click.FloatRange(min=1), default=600.0,
               help="With --data-service: seconds without a training batch after which the trainer saves a "
                    "checkpoint and exits 1 (a worker lost mid-epoch blocks its job until it returns).")
-@_train_config_options
+@click_options(TrainConfig)
+@click_options(ModelConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, data_service, data_service_timeout, as_json,
                   **overrides):
@@ -285,7 +273,7 @@ def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, data_service
         from revnet.train.trainer import run
 
         summary = run(model=model, data=data, id=exp_id, workdir=workdir, gpus=gpus, cpu_replicas=cpu_replicas,
-                      data_service=data_service, data_service_timeout=data_service_timeout, **overrides)
+                      data_service=data_service, data_service_timeout=data_service_timeout, **given(overrides))
     except Preempted as stopped:
         click.echo(f"error: {stopped}", err=True)
         sys.exit(143)

@@ -62,11 +62,12 @@ def _export(root: str, experiment: Optional[str], workdir: Optional[str]) -> str
 
     if experiment is None:
         from revnet.models import build_model
+        from revnet.train.config import DataConfig
         from revnet.train.experiment import create_experiment
 
         workdir, experiment = os.path.join(root, "experiments"), "bench"
-        create_experiment(workdir, experiment, build_model("revnet-38", num_classes=10), train={},
-                          data={"label_names": [f"class_{i}" for i in range(10)]})
+        create_experiment(workdir, experiment, build_model("revnet-38", num_classes=10),
+                          DataConfig(dir=None, label_names=tuple(f"class_{i}" for i in range(10))))
     record = export(exp_id=experiment, workdir=workdir, output=os.path.join(root, "exports"), format="all",
                     name="revnet", quantize="int8")
     return os.path.dirname(record["path"])

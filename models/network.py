@@ -141,6 +141,11 @@ class Network(tf.Module):
         return tf.cast(self.head(x, training, recompute=self.recompute_head), tf.float32)
 
     @property
+    def classifier_variables(self) -> List[tf.Variable]:
+        """The weights whose shape follows the class count (re-initialised when fine-tuning onto new classes)."""
+        return [self.head.params["dense/kernel"], self.head.params["dense/bias"]]
+
+    @property
     def decay_variables(self) -> List[tf.Variable]:
         """Variables that get L2 weight decay in training: conv and dense kernels, as in the original."""
         return [variable for variable, kind in self._variables_with_kinds() if kind in DECAY_KINDS]

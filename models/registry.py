@@ -10,11 +10,14 @@ import dataclasses
 from typing import Dict, List, Optional, Tuple
 
 from revnet.common.errors import UserError, choose
+from revnet.common.options import option
 from revnet.models.modes import MODES
 from revnet.models.normalization import as_nested_tuple, check_input_normalization
 
 DTYPES = ("float32", "float64")
 COMPUTE_DTYPES = (None, "float32", "bfloat16", "float16")
+# --mixed-precision's spellings of the compute dtypes.
+MIXED_PRECISION = {"bf16": "bfloat16", "fp16": "float16"}
 # "inception": the original code's ImageNet evaluation (central 87.5% crop, then TF1's bilinear resize).
 PREPROCESSING = ("cifar", "imagenet", "inception")
 
@@ -31,13 +34,21 @@ class ModelConfig:
     strides: Tuple[int, ...]
     num_classes: int
     input_size: int
-    mode: str = "reversible"          # one of models.modes.MODES
+    # The fields with option(...) metadata are also `train` flags: a run may change them (on resume too).
+    mode: str = dataclasses.field(default="reversible", metadata=option(
+        "Backward pass: reversible recomputation, plain autodiff, or tf.recompute_grad per unit "
+        "[default: reversible; on resume, the saved mode].", choices=MODES, click_default=None, show_default=False))
     param_dtype: str = "float32"
     # bfloat16 / float16 for mixed precision; None = param_dtype. Convolutions run in it; batch-norm
     # statistics and a RevNet's residual stream (x1, x2) stay in param_dtype.
-    compute_dtype: Optional[str] = None
-    bn_momentum: float = 0.99
-    seed: int = 0
+    compute_dtype: Optional[str] = dataclasses.field(default=None, metadata=option(
+        "Compute in bfloat16 or float16 (with dynamic loss scaling) [default: float32; on resume, the saved "
+        "precision].", flag="--mixed-precision", choices=tuple(MIXED_PRECISION), click_default=None,
+        show_default=False))
+    bn_momentum: float = dataclasses.field(default=0.99, metadata=option(
+        "Batch-norm moving-average momentum; lower (e.g. 0.9) suits runs of a few hundred steps "
+        "[default: 0.99; on resume, the saved value].", click_default=None, show_default=False))
+    seed: int = 0                     # of the initial weights
     # Evaluation/serving preprocessing of decoded images (preprocess.input_pipeline.eval_preprocess):
     # "cifar" (resize only if needed), "imagenet" (shorter side to 256/224 of the input, centre crop) or
     # "inception" (the original code's: central 87.5% crop, bilinear resize without half-pixel centres).
@@ -71,6 +82,18 @@ class ModelConfig:
 
     def to_json(self) -> Dict:
         return dataclasses.asdict(self)
+
+    def replace(self, **overrides) -> "ModelConfig":
+        """A checked copy with the non-None `overrides` applied ("bf16"/"fp16" name the compute dtypes)."""
+        fields = {f.name for f in dataclasses.fields(ModelConfig)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise UserError(f"unknown model option(s) {', '.join(unknown)}; expected some of: "
+                            f"{', '.join(sorted(fields))}")
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        if "compute_dtype" in overrides:
+            overrides["compute_dtype"] = MIXED_PRECISION.get(overrides["compute_dtype"], overrides["compute_dtype"])
+        return check_config(dataclasses.replace(self, **overrides))
 
 
 def _cifar(name, architecture, block, units, channels, stem):
@@ -114,11 +137,11 @@ def get_config(name: str, **overrides) -> ModelConfig:
     config = _CONFIGS.get(name)
     if config is None:
         raise UserError(f"unknown model {name!r}; expected one of: {', '.join(list_models() + list(ALIASES))}")
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise UserError(f"unknown model option(s) {', '.join(unknown)}; expected some of: {', '.join(sorted(fields))}")
-    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    return config.replace(**overrides)
+
+
+def check_config(config: ModelConfig) -> ModelConfig:
+    """`config`, or a UserError naming the first field that is out of range."""
     choose("mode", config.mode, MODES)
     choose("parameter dtype", config.param_dtype, DTYPES)
     choose("compute dtype", config.compute_dtype, COMPUTE_DTYPES)
@@ -130,14 +153,25 @@ def get_config(name: str, **overrides) -> ModelConfig:
                         f"got {units}")
     if not isinstance(config.num_classes, int) or config.num_classes < 2:
         raise UserError(f"num_classes must be an integer >= 2, got {config.num_classes!r}")
+    if not isinstance(config.bn_momentum, (int, float)) or not 0.0 <= config.bn_momentum < 1.0:
+        raise UserError(f"--bn-momentum must be in [0, 1), got {config.bn_momentum}")
     return config
+
+
+def model_config_from_json(fields: Dict) -> ModelConfig:
+    """A ModelConfig saved as JSON (config.json's "model" part), checked."""
+    fields = dict(fields)
+    fields.setdefault("preprocessing", fields["family"])  # configs saved before the field existed
+    for key in ("units_per_stage", "channels_per_stage", "strides"):
+        fields[key] = tuple(fields[key])
+    return check_config(ModelConfig(**fields))
 
 
 def build_model(name_or_config, **overrides):
     """Build the network for a registered name (or a ModelConfig): `model(images, training) -> logits`."""
     config = name_or_config if isinstance(name_or_config, ModelConfig) else get_config(name_or_config, **overrides)
     if isinstance(name_or_config, ModelConfig) and overrides:
-        config = dataclasses.replace(config, **overrides)
+        config = config.replace(**overrides)
     if config.architecture == "revnet":
         from revnet.models.revnet import RevNet
         return RevNet(config)

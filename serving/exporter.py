@@ -26,6 +26,7 @@ from revnet.common.fileio import atomic_write_bytes, atomic_write_json, read_jso
 from revnet.serving import layout, onnx_export
 from revnet.serving.request_images import decode_image_tf, decode_images_numpy
 from revnet.serving.inference_graph import InferenceGraph, outputs_from_logits
+from revnet.train.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,8 @@ def export(exp_id: str, output: str, format: str = "all", workdir: Optional[str]
     return record
 
 
-def _labels(config: Dict, num_classes: int) -> List[str]:
-    labels = list(config.get("data", {}).get("label_names") or [])
+def _labels(config: ExperimentConfig, num_classes: int) -> List[str]:
+    labels = list(config.data.label_names or [])
     if len(labels) != num_classes:
         if labels:
             log.warning("config has %d label names for %d classes; using class_N names", len(labels), num_classes)
@@ -125,11 +126,11 @@ def _labels(config: Dict, num_classes: int) -> List[str]:
     return labels
 
 
-def _parity_batch(config: Dict, data_dir: Optional[str], model_config):
+def _parity_batch(config: ExperimentConfig, data_dir: Optional[str], model_config):
     """(float images, labels or None, encoded bytes, source) from the validation split when available."""
     from revnet.serving.dataset import read_validation_images
 
-    data_dir = data_dir or config.get("data", {}).get("dir")
+    data_dir = data_dir or config.data.dir
     size, preprocessing = model_config.input_size, model_config.preprocessing
     encoded, labels = read_validation_images(data_dir, PARITY_IMAGES) if data_dir else ([], [])
     if encoded:
@@ -190,11 +191,11 @@ def _graph_record(model, module: ServingModule, images, reference) -> Dict:
             "folded_weights": len(module.graph.weights), "max_abs_probability_diff_vs_model": difference}
 
 
-def _quantize_int8(staging: str, config: Dict, data_dir: Optional[str], model_config) -> Dict:
+def _quantize_int8(staging: str, config: ExperimentConfig, data_dir: Optional[str], model_config) -> Dict:
     """Calibrate on training images, measure on validation images (disjoint from the calibration set)."""
     from revnet.serving.dataset import read_image_set
 
-    data_dir = data_dir or config.get("data", {}).get("dir")
+    data_dir = data_dir or config.data.dir
     size, preprocessing = model_config.input_size, model_config.preprocessing
     calibration = read_image_set(data_dir, "train", QUANTIZE_CALIBRATION_IMAGES, size, preprocessing, seed=1)
     evaluation = read_image_set(data_dir, "validation", QUANTIZE_EVALUATION_IMAGES, size, preprocessing, seed=2)

@@ -17,91 +17,105 @@ import secrets
 from typing import Dict, Optional, Tuple
 
 from revnet.common.errors import UserError, choose
-from revnet.models.modes import MODES
+from revnet.common.options import flag_of, given, option, option_fields
+from revnet.models.registry import ModelConfig, model_config_from_json
 
 DEFAULT_WORKDIR = "./experiments"
 AUGMENTATIONS = ("cifar", "imagenet")
-MIXED_PRECISION = {None: None, "bf16": "bfloat16", "fp16": "float16"}
+SCHEDULES = ("step", "cosine")
+# What --init-from changes in the recipe unless a flag says otherwise: a tenth of the learning rate,
+# a cosine schedule and a short warm-up (5% of the run), the usual fine-tuning schedule.
+FINE_TUNING = {"learning_rate_factor": 0.1, "schedule": "cosine", "warmup_fraction": 0.05}
+_FILLED_IN = "[default: the paper recipe; on resume, the saved config]"
 
 
-def _option(help_text: str, flag: Optional[str] = None, choices=None):
-    """Field metadata from which `cli.py train` makes its flag (`--field-name` unless `flag` is given)."""
-    return {"help": help_text, "flag": flag, "choices": choices}
+def _flag(help_text: str, **kwargs):
+    """A train flag: it defaults to None, so the recipe (new run) or the saved config (resume) fills it."""
+    help_text += "" if "[default" in help_text else " " + _FILLED_IN
+    return option(help_text, click_default=None, show_default=False, **kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    batch_size: int = dataclasses.field(metadata=_option("Global batch size, split across replicas."))
-    learning_rate: float = dataclasses.field(metadata=_option("Base learning rate.", flag="--lr"))
-    momentum: float = dataclasses.field(metadata=_option("Momentum of momentum SGD."))
-    weight_decay: float = dataclasses.field(metadata=_option("L2 weight decay on conv and dense kernels."))
-    steps: int = dataclasses.field(metadata=_option("Total training steps (the decay boundaries scale with it)."))
+    """How to train (the network itself, its mode and precision, is the ModelConfig's)."""
+
+    batch_size: int = dataclasses.field(metadata=_flag("Global batch size, split across replicas.", min=1))
+    learning_rate: float = dataclasses.field(metadata=_flag("Base learning rate.", flag="--lr"))
+    momentum: float = dataclasses.field(metadata=_flag("Momentum of momentum SGD."))
+    weight_decay: float = dataclasses.field(metadata=_flag("L2 weight decay on conv and dense kernels."))
+    steps: int = dataclasses.field(metadata=_flag("Total training steps (the decay boundaries scale with it).",
+                                                  min=1))
     decay_boundaries: Tuple[float, ...]   # fractions of `steps` at which the rate is multiplied by decay_factor
     decay_factor: float
     augmentation: str                     # "cifar" (pad 4, crop, flip) | "imagenet" (random-resized crop, flip)
-    eval_batch_size: int = dataclasses.field(metadata=_option("Batch size of in-training evaluation."))
-    checkpoint_every: int = dataclasses.field(metadata=_option("Save a checkpoint every N steps (and at the end)."))
-    log_every: int = dataclasses.field(metadata=_option("Log and write summaries every N steps."))
+    eval_batch_size: int = dataclasses.field(metadata=_flag("Batch size of in-training evaluation.", min=1))
+    checkpoint_every: int = dataclasses.field(metadata=_flag("Save a checkpoint every N steps (and at the end).",
+                                                             min=1))
+    log_every: int = dataclasses.field(metadata=_flag("Log and write summaries every N steps.", min=1))
     eval_every: int = dataclasses.field(
-        default=0, metadata=_option("Evaluate on the validation split every N steps (0 = never)."))
+        default=0, metadata=_flag("Evaluate on the validation split every N steps (0 = never).", min=0))
     seed: Optional[int] = dataclasses.field(
-        default=None, metadata=_option("Seed for weights, data order and augmentation [default: random, saved]."))
-    mixed_precision: Optional[str] = dataclasses.field(
-        default=None, metadata=_option("Compute in bfloat16 or float16 (with dynamic loss scaling) "
-                                       "[default: float32].", choices=("bf16", "fp16")))
-    mode: str = dataclasses.field(
-        default="reversible", metadata=_option("RevNet backward pass: reversible recomputation or plain autodiff.",
-                                               choices=MODES))
-    bn_momentum: Optional[float] = dataclasses.field(
-        default=None, metadata=_option("Batch-norm moving-average momentum; lower (e.g. 0.9) suits runs of a few "
-                                       "hundred steps [default: the model's, 0.99]."))
-    keep_checkpoints: int = dataclasses.field(
-        default=5, metadata=_option("How many recent checkpoints to keep."))
+        default=None, metadata=_flag("Seed of the data order and augmentation, and of a new experiment's "
+                                     "initial weights [default: random, saved]."))
+    keep_checkpoints: int = dataclasses.field(default=5, metadata=_flag("How many recent checkpoints to keep.",
+                                                                        min=1))
     steps_per_call: int = dataclasses.field(
-        default=1, metadata=_option("Training steps per compiled call (Keras' steps_per_execution); calls end at "
-                                    "every log, checkpoint and evaluation step, so those land where their flags "
-                                    "say; SIGTERM saves after the call in flight [default: 1]."))
+        default=1, metadata=_flag("Training steps per compiled call (Keras' steps_per_execution); calls end at "
+                                  "every log, checkpoint and evaluation step, so those land where their flags "
+                                  "say; SIGTERM saves after the call in flight [default: 1].", min=1))
     jit: bool = dataclasses.field(
-        default=False, metadata=_option("Compile each replica's forward and backward pass with XLA "
-                                        "(jit_compile=True); on CPU it is slower (see the README) [default: off]."))
+        default=False, metadata=_flag("Compile each replica's forward and backward pass with XLA "
+                                      "(jit_compile=True) [default: off].", negatable=True))
+    schedule: str = dataclasses.field(
+        default="step", metadata=_flag("Learning-rate schedule: 'step' (the paper's: divided by 10 at its fractions "
+                                       "of --steps) or 'cosine' (to zero at the last step) [default: step; with "
+                                       "--init-from, cosine].", choices=SCHEDULES))
+    warmup_steps: int = dataclasses.field(
+        default=0, metadata=_flag("Steps of linear warm-up from 0 to --lr before the schedule [default: 0; with "
+                                  "--init-from, 5% of --steps].", min=0))
+    label_smoothing: float = dataclasses.field(
+        default=0.0, metadata=_flag("Label smoothing of the cross-entropy loss (0 = none, e.g. 0.1) [default: 0].",
+                                    min=0.0, max=0.5))
+    init_from: Optional[str] = dataclasses.field(
+        default=None, metadata=_flag("Start a new experiment from these weights: an experiment id, a checkpoint or "
+                                     "experiment folder of ours, or an original-code checkpoint (prefix, folder or "
+                                     ".tar.gz). What fits by name and shape is loaded; the classifier is "
+                                     "re-initialised when the class count differs [default: random weights]."))
+    init_skip_mismatched: bool = dataclasses.field(
+        default=False, metadata=_flag("With --init-from: keep the initial values of weights outside the classifier "
+                                      "whose shapes differ, instead of stopping [default: stop].", negatable=True))
+
 
     def __post_init__(self):
         for name in ("batch_size", "steps", "checkpoint_every", "log_every", "eval_batch_size", "keep_checkpoints",
                      "steps_per_call"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise UserError(f"{_flag(name)} must be an integer of at least 1, got {getattr(self, name)!r}")
+                raise UserError(f"{flag_of(TrainConfig, name)} must be an integer of at least 1, got "
+                                f"{getattr(self, name)!r}")
         if not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise UserError(f"--eval-every must be an integer of at least 0, got {self.eval_every!r}")
         if not self.learning_rate > 0 or self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise UserError("--lr must be > 0, --weight-decay >= 0 and --momentum in [0, 1)")
-        if self.bn_momentum is not None and not 0.0 <= self.bn_momentum < 1.0:
-            raise UserError(f"--bn-momentum must be in [0, 1), got {self.bn_momentum}")
         if not isinstance(self.jit, bool):
             raise UserError(f"--jit must be true or false, got {self.jit!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise UserError(f"--seed must be an integer, got {self.seed!r}")
-        choose("--mixed-precision", self.mixed_precision, list(MIXED_PRECISION))
-        choose("--mode", self.mode, MODES)
         choose("augmentation", self.augmentation, AUGMENTATIONS)
+        choose("--schedule", self.schedule, SCHEDULES)
+        if not isinstance(self.warmup_steps, int) or not 0 <= self.warmup_steps < self.steps:
+            raise UserError(f"--warmup-steps must be an integer in [0, --steps), got {self.warmup_steps!r}")
+        if not 0.0 <= self.label_smoothing <= 0.5:
+            raise UserError(f"--label-smoothing must be within 0..0.5, got {self.label_smoothing}")
         if not all(0.0 <= fraction <= 1.0 for fraction in self.decay_boundaries) or not 0 < self.decay_factor <= 1:
             raise UserError("decay boundaries must be fractions of the run and the decay factor in (0, 1]")
 
-    @property
-    def lr_boundaries(self) -> Tuple[int, ...]:
-        """The steps at which the learning rate decays, for this run's length."""
-        return tuple(int(round(fraction * self.steps)) for fraction in self.decay_boundaries)
-
-    @property
-    def compute_dtype(self) -> Optional[str]:
-        return MIXED_PRECISION[self.mixed_precision]
-
     def replace(self, **overrides) -> "TrainConfig":
         """A copy with the non-None `overrides` applied (validated); unknown names are a UserError."""
-        unknown = sorted(set(overrides) - set(field_names()))
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(self)})
         if unknown:
             raise UserError(f"unknown training option(s) {', '.join(unknown)}; expected some of: "
                             f"{', '.join(field_names())}")
-        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+        return dataclasses.replace(self, **given(overrides))
 
     def with_seed(self) -> "TrainConfig":
         """This config with a random seed drawn if none was chosen (the drawn seed is saved with it)."""
@@ -112,8 +126,8 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, fields: Dict, base: Optional["TrainConfig"] = None) -> "TrainConfig":
-        """From a saved config.json "train" part (older files also hold derived keys, which are ignored;
-        fields they lack, e.g. options added since, come from `base`)."""
+        """From a saved config.json "train" part (older files also hold keys since moved or derived, which
+        are ignored; fields they lack, e.g. options added since, come from `base`)."""
         names = {field.name for field in dataclasses.fields(cls)}
         known = {name: value for name, value in fields.items() if name in names}
         if "decay_boundaries" in known:
@@ -123,22 +137,7 @@ class TrainConfig:
 
 def field_names() -> Tuple[str, ...]:
     """The options a user may override (the fields with a flag)."""
-    return tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata)
-
-
-def _flag(name: str) -> str:
-    field = next(f for f in dataclasses.fields(TrainConfig) if f.name == name)
-    return (field.metadata or {}).get("flag") or "--" + name.replace("_", "-")
-
-
-def flag_specs():
-    """(field name, flag, type, choices, help) for each overridable field: what `cli.py train` offers."""
-    hints = {"batch_size": int, "learning_rate": float, "momentum": float, "weight_decay": float, "steps": int,
-             "eval_batch_size": int, "checkpoint_every": int, "log_every": int, "eval_every": int, "seed": int,
-             "mixed_precision": str, "mode": str, "bn_momentum": float, "keep_checkpoints": int,
-             "steps_per_call": int, "jit": bool}
-    return [(f.name, _flag(f.name), hints[f.name], f.metadata.get("choices"), f.metadata["help"])
-            for f in dataclasses.fields(TrainConfig) if f.metadata]
+    return tuple(f.name for f in option_fields(TrainConfig))
 
 
 RECIPES: Dict[str, TrainConfig] = {
@@ -158,15 +157,46 @@ def recipe_for(family: str) -> TrainConfig:
     return RECIPES[choose("dataset family", family, RECIPES)]
 
 
-def learning_rate_at(step, base_rate: float, boundaries: Tuple[int, ...], decay_factor: float):
-    """Piecewise-constant rate: `base_rate * decay_factor ** (number of boundaries passed)`.
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """The dataset an experiment trains and evaluates on (from its metadata.json); `dir` is None for weights
+    imported without one."""
 
-    Works on Python ints and on int64 tensors (inside the compiled train step).
-    """
-    import tensorflow as tf
+    dir: Optional[str]
+    dataset: Optional[str] = None
+    label_names: Optional[Tuple[str, ...]] = None
+    train_examples: int = 0
+    validation_examples: int = 0
 
-    step = tf.convert_to_tensor(step, tf.int64)
-    passed = tf.zeros([], tf.float32)
-    for boundary in boundaries:
-        passed += tf.cast(step >= boundary, tf.float32)
-    return tf.constant(base_rate, tf.float32) * tf.pow(tf.constant(decay_factor, tf.float32), passed)
+    def to_json(self) -> Dict:
+        return dict(dataclasses.asdict(self), label_names=list(self.label_names) if self.label_names else None)
+
+    @classmethod
+    def from_json(cls, fields: Dict) -> "DataConfig":
+        names = {field.name for field in dataclasses.fields(cls)}
+        known = {name: value for name, value in fields.items() if name in names}  # num_classes: the model's
+        if known.get("label_names"):
+            known["label_names"] = tuple(known["label_names"])
+        return cls(**known)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """One experiment, resolved once: the network (ModelConfig: architecture, classes, mode, precision,
+    batch-norm momentum, initial-weight seed), how it trains (TrainConfig) and on what (DataConfig). Saved
+    as WORKDIR/ID/config.json; the trainer, evaluator, exporter and import-weights all read this object."""
+
+    model: ModelConfig
+    train: TrainConfig
+    data: DataConfig
+
+    def to_json(self) -> Dict:
+        return {"model": self.model.to_json(), "train": self.train.to_json(), "data": self.data.to_json()}
+
+    @classmethod
+    def from_json(cls, saved: Dict) -> "ExperimentConfig":
+        """From config.json. Older files keep mode, precision and batch-norm momentum in "train" too (the
+        model part has them as well, which wins) and may lack fields added since (the recipe fills them)."""
+        model = model_config_from_json(saved["model"])
+        train = TrainConfig.from_json(saved.get("train") or {}, base=recipe_for(model.family))
+        return cls(model, train, DataConfig.from_json(saved.get("data") or {"dir": None}))

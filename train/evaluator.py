@@ -17,6 +17,7 @@ from revnet.common.fileio import atomic_write_bytes, atomic_write_json, read_jso
 from revnet.models import build_model
 from revnet.preprocess import input_pipeline, schema
 from revnet.train import experiment, summaries
+from revnet.train.config import ExperimentConfig
 from revnet.train.steps import make_eval_step, run_evaluation
 
 log = logging.getLogger(__name__)
@@ -60,22 +61,22 @@ def _copy_best(exp_dir: str, checkpoint_path: str, record: Dict) -> None:
 
 
 class _Evaluator:
-    def __init__(self, exp_dir: str, config: Dict, split: str, batch_size: Optional[int]):
+    def __init__(self, exp_dir: str, config: ExperimentConfig, split: str, batch_size: Optional[int]):
         self.exp_dir, self.config, self.split = exp_dir, config, split
-        data_dir = config["data"]["dir"]
+        data_dir = config.data.dir
         if not data_dir:  # an experiment imported without --data
             raise UserError(f"experiment {exp_dir!r} records no dataset to evaluate on; import it with --data DIR")
         metadata = schema.load_metadata(data_dir)
         if split not in metadata["splits"]:
             raise UserError(f"dataset {data_dir!r} has no split {split!r}; it has: {', '.join(metadata['splits'])}")
         self.expected = input_pipeline.split_size(metadata, split)
-        self.model = build_model(experiment.model_config_from(config))
+        self.model = build_model(config.model)
         self.step = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.checkpoint = tf.train.Checkpoint(model=self.model, step=self.step)
         self.eval_step = make_eval_step(self.model)
         self.dataset = input_pipeline.eval_dataset(
             data_dir, metadata, split, preprocessing=self.model.config.preprocessing,
-            image_size=self.model.config.input_size, batch_size=batch_size or config["train"]["eval_batch_size"])
+            image_size=self.model.config.input_size, batch_size=batch_size or config.train.eval_batch_size)
         self.writer = tf.summary.create_file_writer(os.path.join(exp_dir, "tensorboard", f"eval_{split}"))
 
     def __call__(self, checkpoint_path: str) -> Dict:
@@ -84,7 +85,7 @@ class _Evaluator:
         try:
             result = run_evaluation(self.eval_step, self.dataset)
         except tf.errors.DataLossError as error:
-            data_dir = self.config["data"]["dir"]
+            data_dir = self.config.data.dir
             damaged = input_pipeline.find_damaged_shard(data_dir, schema.load_metadata(data_dir), self.split)
             where = f"shard {damaged[0]} is damaged ({damaged[1]})" if damaged else \
                 f"reading {data_dir} failed ({error_reason(error)})"
@@ -125,7 +126,7 @@ def evaluate(id: str, workdir: Optional[str] = None, once: bool = False, split: 
     last = None
     for path in tf.train.checkpoints_iterator(experiment.checkpoints_dir(exp_dir), min_interval_secs=poll_seconds,
                                               timeout=timeout_seconds):
-        final_step = experiment.load_config(workdir, id)[1]["train"]["steps"]  # a resume may extend the run
+        final_step = experiment.load_config(workdir, id)[1].train.steps  # a resume may extend the run
         if os.path.basename(path) not in done:
             try:
                 last = evaluator(path)

@@ -1,7 +1,7 @@
 """The experiment folder: the contract between the trainer, the evaluator and the exporter.
 
-    WORKDIR/ID/config.json      {"model": ModelConfig as JSON, "data": {"dir", "dataset", "num_classes",
-                                 "label_names", "train_examples", "validation_examples"}, "train": {...}}
+    WORKDIR/ID/config.json      ExperimentConfig.to_json(): {"model": ModelConfig, "train": TrainConfig,
+                                "data": {"dir", "dataset", "label_names", "train_examples", "validation_examples"}}
     WORKDIR/ID/checkpoints/     tf.train.CheckpointManager files (ckpt-N), checkpoint = Checkpoint(model=, optimizer=, step=, ...);
                                 `create_experiment` writes ckpt-0 with the model, zero momentum and data position 0
     WORKDIR/ID/best/            a copy of the best evaluated checkpoint (ckpt-N files + best.json)
@@ -15,14 +15,15 @@ import logging
 import os
 import re
 import shutil
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow as tf
 
 from revnet.common.errors import UserError, error_reason
 from revnet.common.fileio import atomic_write_json, read_json
-from revnet.models.registry import ModelConfig, build_model
-from revnet.train.config import DEFAULT_WORKDIR
+from revnet.models.registry import build_model
+from revnet.preprocess import input_pipeline
+from revnet.train.config import DEFAULT_WORKDIR, DataConfig, ExperimentConfig, TrainConfig, recipe_for
 from revnet.train.optimizer import MomentumSGD
 
 log = logging.getLogger(__name__)
@@ -47,26 +48,39 @@ def best_dir(exp_dir: str) -> str:
     return os.path.join(exp_dir, "best")
 
 
-def save_config(exp_dir: str, config: Dict) -> None:
-    atomic_write_json(os.path.join(exp_dir, CONFIG_FILE), config)
+def save_config(exp_dir: str, config: ExperimentConfig) -> None:
+    atomic_write_json(os.path.join(exp_dir, CONFIG_FILE), config.to_json())
 
 
-def load_config(workdir: str, exp_id: str) -> Tuple[str, Dict]:
-    """(experiment folder, resolved config) or a UserError when the experiment does not exist."""
-    exp_dir = experiment_dir(workdir, exp_id)
+def read_config(exp_dir: str) -> Optional[ExperimentConfig]:
+    """The experiment's config, or None when the folder holds none yet."""
     path = os.path.join(exp_dir, CONFIG_FILE)
     if not os.path.exists(path):
-        raise UserError(f"no experiment {exp_id!r} under {workdir or DEFAULT_WORKDIR!r} (missing {path})")
-    return exp_dir, read_json(path)
+        return None
+    try:
+        return ExperimentConfig.from_json(read_json(path))
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{path} is not an experiment config this version can read ({error_reason(error)})") from None
 
 
-def model_config_from(config: Dict, **overrides) -> ModelConfig:
-    fields = dict(config["model"])
-    fields.setdefault("preprocessing", fields["family"])  # configs saved before the field existed
-    for key in ("units_per_stage", "channels_per_stage", "strides"):
-        fields[key] = tuple(fields[key])
-    fields.update(overrides)
-    return ModelConfig(**fields)
+def load_config(workdir: str, exp_id: str) -> Tuple[str, ExperimentConfig]:
+    """(experiment folder, its config) or a UserError when the experiment does not exist."""
+    exp_dir = experiment_dir(workdir, exp_id)
+    config = read_config(exp_dir)
+    if config is None:
+        raise UserError(f"no experiment {exp_id!r} under {workdir or DEFAULT_WORKDIR!r} "
+                        f"(missing {os.path.join(exp_dir, CONFIG_FILE)})")
+    return exp_dir, config
+
+
+def dataset_config(data_dir: str, metadata: Dict) -> DataConfig:
+    """What an experiment records of the dataset in `data_dir` (a finished preprocess output)."""
+    splits = metadata.get("splits", {})
+    return DataConfig(dir=os.path.abspath(data_dir), dataset=metadata.get("dataset"),
+                      label_names=tuple(metadata["label_names"]) if metadata.get("label_names") else None,
+                      train_examples=input_pipeline.split_size(metadata, "train") if "train" in splits else 0,
+                      validation_examples=(input_pipeline.split_size(metadata, "validation")
+                                           if "validation" in splits else 0))
 
 
 def clean_interrupted_saves(ckpt_dir: str) -> List[str]:
@@ -172,10 +186,12 @@ def training_checkpoint(model, optimizer, step, position, with_loss_scale: bool 
     return tf.train.Checkpoint(model=model, optimizer=state, step=step, data_position=position)
 
 
-def create_experiment(workdir: str, exp_id: str, model, data: Dict, train: Dict) -> str:
-    """The one way to make an experiment folder outside the trainer: config.json for `model` (a built
-    network) and a checkpoint of its weights at step 0, which `eval`, `export` and `train --id`
-    (fine-tuning) use unchanged. Refuses an existing experiment. Returns the folder."""
+def create_experiment(workdir: str, exp_id: str, model, data: DataConfig, train: Optional[TrainConfig] = None) -> str:
+    """The one way to make an experiment folder outside the trainer: config.json (`model`'s config, `data`,
+    and `train` or the paper recipe for the model's family) and a checkpoint of `model`'s weights at step 0,
+    which `eval`, `export` and `train --id` (fine-tuning) use unchanged. Refuses an existing experiment.
+    Returns the folder."""
+    config = ExperimentConfig(model.config, train or recipe_for(model.config.family), data)
     exp_dir = experiment_dir(workdir, exp_id)
     if os.path.exists(os.path.join(exp_dir, CONFIG_FILE)):
         raise UserError(f"experiment {exp_id!r} already exists under {workdir or DEFAULT_WORKDIR!r}; choose another id")
@@ -188,14 +204,66 @@ def create_experiment(workdir: str, exp_id: str, model, data: Dict, train: Dict)
     manager = tf.train.CheckpointManager(checkpoint, checkpoints_dir(exp_dir),
                                          max_to_keep=None, step_counter=step, checkpoint_name="ckpt")
     manager.save(checkpoint_number=0)
-    save_config(exp_dir, {"model": model.config.to_json(), "data": data, "train": train})
+    save_config(exp_dir, config)
     return exp_dir
 
 
-def restore_model(workdir: str, exp_id: str, checkpoint: str = "latest", **overrides):
-    """(model with restored weights, config, checkpoint path) for inference or export."""
+def restore_model(workdir: str, exp_id: str, checkpoint: str = "latest", **model_overrides):
+    """(model with restored weights, ExperimentConfig, checkpoint path) for inference or export;
+    `model_overrides` (e.g. mode) change how the restored network runs, not its weights."""
     exp_dir, config = load_config(workdir, exp_id)
-    model = build_model(model_config_from(config, **overrides))
+    model = build_model(config.model.replace(**model_overrides))
     path = resolve_checkpoint(exp_dir, checkpoint)
     restore_checkpoint(tf.train.Checkpoint(model=model), path).expect_partial()
     return model, config, path
+
+
+def resume_newest(ckpt_dir: str, model, optimizer, step, position, is_chief: bool) -> Optional[str]:
+    """Restore the newest readable checkpoint of `ckpt_dir` into the trainer's state; returns its path, or None
+    for a fresh start. Never silently starts over: a damaged or missing newer checkpoint is skipped with a
+    warning, and checkpoint files of which none reads are a UserError. A checkpoint without optimizer state
+    (create_experiment's of older versions) gives weights and step, with fresh momentum."""
+    candidates, problems = resume_candidates(ckpt_dir)
+    for problem in problems:
+        log.warning("%s", problem)
+    skipped = []
+    for path in candidates:
+        try:
+            names = checkpoint_variable_names(path)
+            if holds_optimizer(names):
+                # A run with a float16 loss scale can resume a checkpoint without one (a float32 or bf16 run,
+                # imported weights): everything else is restored and the scale starts at its initial value.
+                with_scale = optimizer.loss_scale is None or holds_loss_scale(names)
+                if not with_scale:
+                    log.info("%s holds no float16 loss scale (it was not saved by an fp16 run): the scale starts "
+                             "at %g", path, float(optimizer.loss_scale.scale.numpy()))
+                restorable = training_checkpoint(model, optimizer, step, position, with_scale)
+                restore_checkpoint(restorable, path).assert_existing_objects_matched()
+                log.info("resumed from %s at step %d (data position %d)", path, int(step.numpy()),
+                         int(position.numpy()))
+            else:
+                restore_checkpoint(tf.train.Checkpoint(model=model, step=step), path) \
+                    .assert_existing_objects_matched()
+                log.info("fine-tuning from the weights in %s (step %d; it holds no optimizer state, so momentum "
+                         "starts at zero)", path, int(step.numpy()))
+        except (UnreadableCheckpoint, tf.errors.OpError) as error:
+            log.warning("%s; trying an older checkpoint", error if isinstance(error, UserError) else
+                        f"checkpoint {path} is unreadable ({error_reason(error)})")
+            skipped.append(path)
+            continue
+        if (skipped or problems) and is_chief:
+            # Drop what could not be read from the state file, so CheckpointManager starts from a true list.
+            readable = [os.path.basename(p) for p in reversed(candidates)
+                        if checkpoint_step(p) <= checkpoint_step(path) and p not in skipped]
+            tf.compat.v1.train.update_checkpoint_state(ckpt_dir, os.path.basename(path),
+                                                       all_model_checkpoint_paths=readable)
+            log.warning("resumed from %s, the newest readable checkpoint%s", path,
+                        f" (skipped: {', '.join(skipped)})" if skipped else "")
+        return path
+    if candidates or problems or has_checkpoint_files(ckpt_dir):
+        raise UserError(f"no readable checkpoint in {ckpt_dir} ({len(skipped)} damaged: "
+                        f"{', '.join(os.path.basename(p) for p in skipped) or 'none with an .index file'}); "
+                        f"refusing to start again at step 0 over a trained experiment: restore the files, or "
+                        f"move {ckpt_dir} away to start afresh")
+    log.info("no checkpoint yet: starting at step 0")
+    return None

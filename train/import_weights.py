@@ -11,6 +11,7 @@ written; the experiment folder is built under a temporary name and renamed into 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import os
 import secrets
@@ -24,7 +25,7 @@ from revnet.models.original_names import (OBJECT_GRAPH_KEY, check_fit, fit_error
                                           original_variable_map, assign_weights)
 from revnet.models.registry import PREPROCESSING, build_model, get_config
 from revnet.train import experiment
-from revnet.train.config import DEFAULT_WORKDIR, recipe_for
+from revnet.train.config import DEFAULT_WORKDIR, DataConfig, recipe_for
 from revnet.train.input_normalization import dataset_pixel_mean, original_normalization, parse_pixel_mean
 from revnet.train.original_checkpoint import located_checkpoint, read_structure, read_tensors, scalar_value
 
@@ -55,7 +56,16 @@ def import_weights(checkpoint: str, model: str, id: str, workdir: Optional[str] 
     mean = _pixel_mean(pixel_mean, metadata, data, base)
 
     config, values, source, ignored = _read_original(checkpoint, base, mean, preprocessing)
-    label_names = _label_names(labels, metadata, config.num_classes, data)
+    if metadata is not None and int(metadata["num_classes"]) != config.num_classes:
+        # Other classes than the dataset's: the weights become an experiment to fine-tune from.
+        log.warning("the checkpoint has %d classes and dataset %s has %d: imported as a %d-class experiment that "
+                    "does not record the dataset; fine-tune it onto the dataset with `cli.py train --init-from %s "
+                    "--data %s --id NEW`", config.num_classes, data, metadata["num_classes"], config.num_classes,
+                    id, data)
+        data_for_experiment, metadata_for_experiment = None, None
+    else:
+        data_for_experiment, metadata_for_experiment = data, metadata
+    label_names = _label_names(labels, metadata_for_experiment, config.num_classes)
     network = build_model(config)
     targets = original_variable_map(network)
     assign_weights(targets, values)
@@ -66,10 +76,11 @@ def import_weights(checkpoint: str, model: str, id: str, workdir: Optional[str] 
               "input_normalization": config.input_normalization, "preprocessing": config.preprocessing,
               "checkpoint": source, "mapped": counts,
               "ignored": {kind: ignored.get(kind, 0) for kind in ("optimizer_slot", "counter", "learning_rate")}}
-    exp_dir = _write_experiment(workdir, id, network, _data_part(data, metadata, config.num_classes, label_names),
+    exp_dir = _write_experiment(workdir, id, network,
+                                _data_part(data_for_experiment, metadata_for_experiment, label_names),
                                 report)
     report["experiment_dir"] = os.path.abspath(exp_dir)
-    if data is None:
+    if data_for_experiment is None and data is None:
         log.warning("imported without --data: `eval --id` and `train --id` need a dataset; export works as is")
     log.info("imported %s (%d tensors, %d parameters) as %s", checkpoint, counts["tensors"], counts["parameters"],
              exp_dir)
@@ -149,9 +160,7 @@ def _imported_config(base, shapes, pixel_mean, preprocessing: Optional[str]):
                       **normalization)
 
 
-def _label_names(labels: Optional[str], metadata: Optional[Dict], num_classes: int, data: Optional[str]) -> List[str]:
-    if metadata is not None and int(metadata["num_classes"]) != num_classes:
-        raise UserError(f"the checkpoint has {num_classes} classes but dataset {data!r} has {metadata['num_classes']}")
+def _label_names(labels: Optional[str], metadata: Optional[Dict], num_classes: int) -> List[str]:
     if labels is None:
         return list((metadata or {}).get("label_names") or [])
     try:
@@ -167,14 +176,10 @@ def _label_names(labels: Optional[str], metadata: Optional[Dict], num_classes: i
     return names
 
 
-def _data_part(data: Optional[str], metadata: Optional[Dict], num_classes: int, label_names: List[str]) -> Dict:
-    from revnet.preprocess import input_pipeline
-
-    splits = (metadata or {}).get("splits", {})
-    return {"dir": os.path.abspath(data) if data else None, "dataset": (metadata or {}).get("dataset"),
-            "num_classes": num_classes, "label_names": label_names or None,
-            "train_examples": input_pipeline.split_size(metadata, "train") if "train" in splits else 0,
-            "validation_examples": input_pipeline.split_size(metadata, "validation") if "validation" in splits else 0}
+def _data_part(data: Optional[str], metadata: Optional[Dict], label_names: List[str]) -> DataConfig:
+    if metadata is None:
+        return DataConfig(dir=None, label_names=tuple(label_names) or None)
+    return dataclasses.replace(experiment.dataset_config(data, metadata), label_names=tuple(label_names) or None)
 
 
 def _mapped_counts(network, targets) -> Dict[str, int]:
@@ -190,15 +195,15 @@ def _mapped_counts(network, targets) -> Dict[str, int]:
             "variables": len(variables), "parameters": network.count_params()}
 
 
-def _write_experiment(workdir: str, exp_id: str, network, data: Dict, report: Dict) -> str:
+def _write_experiment(workdir: str, exp_id: str, network, data: DataConfig, report: Dict) -> str:
     """create_experiment under a temporary id, then rename into place, so a failure leaves nothing behind."""
     final_dir = experiment.experiment_dir(workdir, exp_id)
     staging_id = f".import-{exp_id}-{secrets.token_hex(4)}"
     staging_dir = experiment.experiment_dir(workdir, staging_id)
-    train = recipe_for(network.config.family).with_seed().to_json()  # the recipe fine-tuning starts from
+    train = recipe_for(network.config.family).with_seed()  # the recipe fine-tuning starts from
     made_workdir = not os.path.isdir(workdir)
     try:
-        experiment.create_experiment(workdir, staging_id, network, data=data, train=train)
+        experiment.create_experiment(workdir, staging_id, network, data, train)
         atomic_write_json(os.path.join(staging_dir, IMPORT_FILE), report)
         if os.path.lexists(final_dir):
             raise UserError(f"{final_dir!r} appeared while importing; choose another --id")

@@ -7,8 +7,19 @@ import numpy as np
 import tensorflow as tf
 
 
+def cross_entropy(labels, logits, label_smoothing: float = 0.0):
+    """Per-example cross entropy; with label smoothing e the target is (1 - e) on the label plus e spread
+    uniformly over every class: -(1 - e) log p_label - e * mean_k log p_k."""
+    if not label_smoothing:
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+    log_probabilities = tf.nn.log_softmax(logits)
+    picked = tf.gather(log_probabilities, labels, batch_dims=1)
+    return -((1.0 - label_smoothing) * picked + label_smoothing * tf.reduce_mean(log_probabilities, axis=-1))
+
+
 def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, global_batch_size: int, step, position,
-                    learning_rate_fn: Callable, steps_per_call: int = 1, jit: bool = False):
+                    learning_rate_fn: Callable, steps_per_call: int = 1, jit: bool = False,
+                    label_smoothing: float = 0.0, variables=None):
     """`train_steps(iterator, num_steps) -> (loss, accuracy, all_finite)`: `num_steps` (<= `steps_per_call`)
     training steps in one call; loss and accuracy are the last step's, `all_finite` covers every step's loss.
 
@@ -18,15 +29,16 @@ def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, global_b
     statistics are ON_READ/MEAN variables, so reading them averages the replicas. The learning rate
     is `learning_rate_fn(step)`, read inside the call, so several steps per call keep the schedule.
     With `jit`, each replica's forward and backward pass is one XLA computation; the cross-replica
-    gradient sum and the update stay outside it (XLA compiles for one device).
+    gradient sum and the update stay outside it (XLA compiles for one device). `variables` (default: all
+    the model's trainable variables) are the ones trained; the optimizer must have been made for them.
     """
     loss_scale = optimizer.loss_scale
-    variables = model.trainable_variables
+    variables = list(model.trainable_variables if variables is None else variables)
 
     def forward_backward(images, labels):
         with tf.GradientTape() as tape:
             logits = model(images, training=True)
-            per_example = tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits)
+            per_example = cross_entropy(labels, logits, label_smoothing)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             scaled_loss = loss * loss_scale.scale if loss_scale is not None else loss
         gradients = tape.gradient(scaled_loss, variables)

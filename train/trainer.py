@@ -1,5 +1,9 @@
 """`run`: synchronous momentum-SGD training with tf.distribute, checkpoints, resume and summaries.
 
+A run is resolved once into an ExperimentConfig (`resolve_experiment`: the paper recipe, then the saved
+config on resume, then the flags), saved as config.json, and trained by `TrainingRun`, whose steps read
+top to bottom: build the state, restore or start, make the input and the compiled step, loop, summarise.
+
 Resume never silently starts over: it restores the newest readable checkpoint (warning about any newer
 one that is damaged or missing), stops with a UserError when checkpoints exist but none is readable,
 and starts at step 0 only when the checkpoints folder holds none. `experiment.create_experiment`'s step-0
@@ -22,56 +26,79 @@ from typing import Dict, Optional
 import tensorflow as tf
 
 from revnet.common.errors import UserError, error_reason
+from revnet.common.fileio import atomic_write_json
+from revnet.common.options import option_fields
 from revnet.models import build_model, get_config
+from revnet.models.registry import ModelConfig
 from revnet.preprocess import input_pipeline, schema
 from revnet.train import data_service as service, experiment, summaries
+from revnet.train.config import DEFAULT_WORKDIR, FINE_TUNING, ExperimentConfig, TrainConfig, recipe_for
 from revnet.train.distribute import make_placement
 from revnet.train.input_normalization import training_normalization
 from revnet.train.optimizer import DynamicLossScale, MomentumSGD
 from revnet.train.preemption import Preemption, watch_sigterm
+from revnet.train.schedule import learning_rate_fn
 from revnet.train.step_progress import Progress
-from revnet.train.config import DEFAULT_WORKDIR, TrainConfig, learning_rate_at, recipe_for
 from revnet.train.steps import copy_weights, make_eval_step, make_train_step, run_evaluation
 
 log = logging.getLogger(__name__)
+
+TRAIN_OPTIONS = tuple(f.name for f in option_fields(TrainConfig))
+MODEL_OPTIONS = tuple(f.name for f in option_fields(ModelConfig))   # mode, compute_dtype, bn_momentum
+
 
 def new_experiment_id(model_name: str) -> str:
     return f"{model_name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
-def resolve_config(model: str, data: Optional[str], exp_dir: str, saved: Optional[Dict], overrides: Dict) -> Dict:
-    """The experiment's config: paper recipe <- saved config (on resume) <- explicit flags."""
-    model_config = get_config(model)
-    if saved is not None and saved["model"]["name"] != model_config.name:
-        raise UserError(f"experiment {os.path.basename(exp_dir)!r} was trained with model {saved['model']['name']!r}, "
-                        f"not {model_config.name!r}; use another --id or --model {saved['model']['name']}")
-    data_dir = data or (saved or {}).get("data", {}).get("dir")
+def resolve_experiment(model: str, data: Optional[str], exp_dir: str, saved: Optional[ExperimentConfig],
+                       overrides: Dict) -> ExperimentConfig:
+    """The experiment's config, resolved once: paper recipe <- saved config (on resume) <- explicit flags.
+    `overrides` are TrainConfig option fields and the ModelConfig ones (mode, compute_dtype, bn_momentum)."""
+    unknown = sorted(set(overrides) - set(TRAIN_OPTIONS) - set(MODEL_OPTIONS))
+    if unknown:
+        raise UserError(f"unknown training option(s) {', '.join(unknown)}; expected some of: "
+                        f"{', '.join(TRAIN_OPTIONS + MODEL_OPTIONS)}")
+    train_overrides = {k: v for k, v in overrides.items() if k in TRAIN_OPTIONS}
+    model_overrides = {k: v for k, v in overrides.items() if k in MODEL_OPTIONS}
+    registered = get_config(model)
+    if saved is not None and saved.model.name != registered.name:
+        raise UserError(f"experiment {os.path.basename(exp_dir)!r} was trained with model {saved.model.name!r}, "
+                        f"not {registered.name!r}; use another --id or --model {saved.model.name}")
+    data_dir = data or (saved.data.dir if saved else None)
     if not data_dir:
         raise UserError("--data is required for a new experiment (a folder written by `cli.py preprocess`)")
     metadata = schema.load_metadata(data_dir)
     num_classes = int(metadata["num_classes"])
     schema.split_files(data_dir, metadata, "train")
-    # create_experiment's folders save an empty "train" part: the recipe fills what a saved config lacks.
-    base = TrainConfig.from_json((saved or {}).get("train") or {}, base=recipe_for(model_config.family))
-    train = base.replace(**overrides).with_seed()
-    if train.bn_momentum is None:
-        train = train.replace(bn_momentum=model_config.bn_momentum)
-    if saved is not None:
-        if saved["model"]["num_classes"] != num_classes:
-            raise UserError(f"model of experiment {os.path.basename(exp_dir)!r} has {saved['model']['num_classes']} "
-                            f"classes but the data in {data_dir!r} has {num_classes}; use the data it was trained on")
-        model_json = dict(saved["model"], mode=train.mode, compute_dtype=train.compute_dtype,
-                          bn_momentum=train.bn_momentum)
+    if saved is None:
+        train = _fine_tuning(recipe_for(registered.family), train_overrides).with_seed()
     else:
-        model_json = get_config(model, num_classes=num_classes, mode=train.mode, seed=train.seed % 2 ** 31,
-                                compute_dtype=train.compute_dtype, bn_momentum=train.bn_momentum,
-                                **training_normalization(model_config, metadata, data_dir)).to_json()
-    return {"model": model_json, "train": train.to_json(),
-            "data": {"dir": os.path.abspath(data_dir), "dataset": metadata.get("dataset"), "num_classes": num_classes,
-                     "label_names": metadata.get("label_names"),
-                     "train_examples": input_pipeline.split_size(metadata, "train"),
-                     "validation_examples": (input_pipeline.split_size(metadata, "validation")
-                                             if "validation" in metadata["splits"] else 0)}}
+        if train_overrides.get("init_from") and train_overrides["init_from"] != saved.train.init_from:
+            raise UserError(f"--init-from starts a new experiment; {os.path.basename(exp_dir)!r} exists already "
+                            f"(choose a new --id)")
+        train = saved.train.replace(**train_overrides).with_seed()
+    if saved is not None:
+        if saved.model.num_classes != num_classes:
+            raise UserError(f"model of experiment {os.path.basename(exp_dir)!r} has {saved.model.num_classes} "
+                            f"classes but the data in {data_dir!r} has {num_classes}; use the data it was trained on")
+        model_config = saved.model.replace(**model_overrides)
+    else:
+        model_config = registered.replace(num_classes=num_classes, seed=train.seed % 2 ** 31, **model_overrides,
+                                          **training_normalization(registered, metadata, data_dir))
+    return ExperimentConfig(model_config, train, experiment.dataset_config(data_dir, metadata))
+
+
+def _fine_tuning(recipe: TrainConfig, overrides: Dict) -> TrainConfig:
+    """The recipe with `overrides`; with --init-from, what the user left unset follows FINE_TUNING (a tenth of
+    the learning rate, cosine, 5% warm-up)."""
+    if not overrides.get("init_from"):
+        return recipe.replace(**overrides)
+    tuned = recipe.replace(learning_rate=recipe.learning_rate * FINE_TUNING["learning_rate_factor"],
+                           schedule=FINE_TUNING["schedule"]).replace(**overrides)
+    if overrides.get("warmup_steps") is None:
+        tuned = tuned.replace(warmup_steps=int(round(FINE_TUNING["warmup_fraction"] * tuned.steps)))
+    return tuned
 
 
 @contextlib.contextmanager
@@ -105,238 +132,246 @@ def _memory_peak_bytes(device: str) -> Optional[int]:
 def run(model: str, data: Optional[str] = None, id: Optional[str] = None, workdir: Optional[str] = None,
         gpus: Optional[int] = None, cpu_replicas: Optional[int] = None, data_service: Optional[str] = None,
         data_service_timeout: float = 600.0, progress: Optional[bool] = None, **overrides) -> Dict:
-    """Train (or resume) experiment WORKDIR/ID; returns a summary dict. `overrides` are TrainConfig fields
-    (flags given on the command line); on resume they override the saved config. `data_service`
-    ("grpc://HOST:PORT") reads training batches from a tf.data service instead of decoding locally; if
-    no batch arrives for `data_service_timeout` seconds the process saves a checkpoint and exits with
-    code 1 (the blocked TensorFlow call cannot be interrupted otherwise)."""
+    """Train (or resume) experiment WORKDIR/ID; returns a summary dict. `overrides` are the flags given on the
+    command line (TrainConfig fields and the ModelConfig options mode, compute_dtype, bn_momentum); on resume
+    they override the saved config. `data_service` ("grpc://HOST:PORT") reads training batches from a
+    tf.data service instead of decoding locally; if no batch arrives for `data_service_timeout` seconds the
+    process saves a checkpoint and exits with code 1 (the blocked TensorFlow call cannot be interrupted
+    otherwise)."""
     with watch_sigterm() as preemption:  # SIGTERM during start-up stops at once; in the loop it saves first
         workdir = workdir or DEFAULT_WORKDIR
         if data_service:
             data_service = service.service_target(data_service)
             service.wait_until_reachable(data_service, timeout_seconds=min(30.0, data_service_timeout))
         placement = make_placement(gpus, cpu_replicas)
+        announce_id = id is None
         if id is None:
             if placement.num_workers > 1:
                 raise UserError("--id is required when TF_CONFIG names several workers (they must share one experiment)")
             id = new_experiment_id(get_config(model).name)
-            announce_id = True
-        else:
-            announce_id = False
         exp_dir = experiment.experiment_dir(workdir, id)
-        config_path = os.path.join(exp_dir, experiment.CONFIG_FILE)
-        saved = experiment.load_config(workdir, id)[1] if os.path.exists(config_path) else None
-        config = resolve_config(model, data, exp_dir, saved, overrides)
-        strategy = placement.strategy
-        global_batch = config["train"]["batch_size"]
-        if global_batch % strategy.num_replicas_in_sync:
-            raise UserError(f"--batch-size {global_batch} must be divisible by the {strategy.num_replicas_in_sync} replicas")
+        config = resolve_experiment(model, data, exp_dir, experiment.read_config(exp_dir), overrides)
+        replicas = placement.strategy.num_replicas_in_sync
+        if config.train.batch_size % replicas:
+            raise UserError(f"--batch-size {config.train.batch_size} must be divisible by the {replicas} replicas")
         if announce_id:
             print(f"experiment id: {id}", file=sys.stderr)
         if placement.is_chief:
             os.makedirs(exp_dir, exist_ok=True)
             experiment.save_config(exp_dir, config)
         with _train_log(exp_dir, placement.is_chief):
-            return _train(config, exp_dir, id, placement, progress, preemption, data_service, data_service_timeout)
+            return TrainingRun(config, exp_dir, id, placement, preemption, data_service, data_service_timeout,
+                               progress).run()
 
 
-def _train(config: Dict, exp_dir: str, exp_id: str, placement, progress_enabled: Optional[bool],
-           preemption: Preemption, data_service: Optional[str], data_service_timeout: float) -> Dict:
-    train_cfg, strategy = TrainConfig.from_json(config["train"]), placement.strategy
-    model_config = experiment.model_config_from(config)
-    global_batch, total_steps = train_cfg.batch_size, train_cfg.steps
-    metadata = schema.load_metadata(config["data"]["dir"])
-    log.info("experiment %s: %s, %s, global batch %d, %d steps%s%s%s", exp_id, model_config.name,
-             placement.description, global_batch, total_steps,
-             f", {train_cfg.steps_per_call} steps per call" if train_cfg.steps_per_call > 1 else "",
-             ", XLA (--jit)" if train_cfg.jit else "", f", input from the tf.data service {data_service}"
-             if data_service else "")
-    warning = jit_warning(train_cfg, model_config)
-    if warning:
-        log.warning("%s", warning)
+class TrainingRun:
+    """One training run of a resolved experiment, as named steps (see `run`)."""
 
-    with strategy.scope():
-        model = build_model(model_config)
-        loss_scale = DynamicLossScale() if train_cfg.mixed_precision == "fp16" else None
-        optimizer = MomentumSGD(model.trainable_variables, train_cfg.momentum, train_cfg.weight_decay,
-                                model.decay_variables, loss_scale)
-        step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
-                           aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-        position = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_position",
-                               aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
-    checkpoint = experiment.training_checkpoint(model, optimizer, step, position)
-    ckpt_dir = experiment.checkpoints_dir(exp_dir)
-    if placement.is_chief:
-        for path in experiment.clean_interrupted_saves(ckpt_dir):
-            log.warning("removed %s, left by a checkpoint save that was interrupted", path)
-    restored = _resume(ckpt_dir, model, optimizer, step, position, placement.is_chief)
-    if not placement.is_chief:  # other workers join the collective save but write to a scratch folder
-        ckpt_dir = os.path.join(exp_dir, "workers", f"worker-{placement.worker_index}")
-    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=train_cfg.keep_checkpoints, step_counter=step,
-                                         checkpoint_name="ckpt")
-    start_step = int(step.numpy())
+    def __init__(self, config: ExperimentConfig, exp_dir: str, exp_id: str, placement, preemption: Preemption,
+                 data_service: Optional[str], data_service_timeout: float, progress_enabled: Optional[bool]):
+        self.config, self.exp_dir, self.exp_id, self.placement = config, exp_dir, exp_id, placement
+        self.preemption, self.data_service, self.data_service_timeout = preemption, data_service, data_service_timeout
+        self.progress_enabled = progress_enabled
+        self.train, self.strategy = config.train, placement.strategy
+        self.metadata = schema.load_metadata(config.data.dir)
+        self.learning_rate = learning_rate_fn(self.train)
 
-    def dataset_fn(context: tf.distribute.InputContext):
-        return input_pipeline.train_dataset(
-            config["data"]["dir"], metadata, augmentation=train_cfg.augmentation,
-            image_size=model_config.input_size, batch_size=context.get_per_replica_batch_size(global_batch),
-            seed=train_cfg.seed, position=int(position.numpy()),
-            num_input_pipelines=context.num_input_pipelines, input_pipeline_id=context.input_pipeline_id,
-            data_service=data_service,
-            job_name=f"{exp_id}-from-step-{start_step}" if context.num_input_pipelines > 1 else None)
+    def run(self) -> Dict:
+        self._announce()
+        self._create_state()
+        restored = self._restore_or_start()
+        train_steps = self._compiled_steps()
+        status, last_eval = self._step_loop(train_steps)
+        return self._summary(status, restored, last_eval)
 
-    iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-    boundaries = train_cfg.lr_boundaries
+    # --- the steps --------------------------------------------------------------------------------------
+    def _announce(self) -> None:
+        train, model = self.train, self.config.model
+        log.info("experiment %s: %s, %s, global batch %d, %d steps%s%s%s%s", self.exp_id, model.name,
+                 self.placement.description, train.batch_size, train.steps,
+                 f", {train.steps_per_call} steps per call" if train.steps_per_call > 1 else "",
+                 ", XLA (--jit)" if train.jit else "",
+                 f", compute in {model.compute_dtype}" if model.compute_dtype else "",
+                 f", input from the tf.data service {self.data_service}" if self.data_service else "")
+        warning = jit_warning(train, model)
+        if warning:
+            log.warning("%s", warning)
 
-    def learning_rate(at_step):
-        return learning_rate_at(at_step, train_cfg.learning_rate, boundaries, train_cfg.decay_factor)
+    def _create_state(self) -> None:
+        """The network, the optimizer and the counters, mirrored across replicas, and their checkpoint."""
+        with self.strategy.scope():
+            self.model = build_model(self.config.model)
+            loss_scale = DynamicLossScale() if self.config.model.compute_dtype == "float16" else None
+            self.optimizer = MomentumSGD(self.model.trainable_variables, self.train.momentum,
+                                         self.train.weight_decay, self.model.decay_variables, loss_scale)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
+                                    aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+            self.position = tf.Variable(0, dtype=tf.int64, trainable=False, name="data_position",
+                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.checkpoint = experiment.training_checkpoint(self.model, self.optimizer, self.step, self.position)
 
-    train_steps = make_train_step(model, optimizer, strategy, global_batch, step, position, learning_rate,
-                                  steps_per_call=train_cfg.steps_per_call, jit=train_cfg.jit)
-    evaluator = _InTrainingEval(config, metadata, placement) if train_cfg.eval_every else None
-    writer = tf.summary.create_file_writer(os.path.join(exp_dir, "tensorboard", "train")) \
-        if placement.is_chief else tf.summary.create_noop_writer()
-    progress = Progress(total_steps, start_step, global_batch, train_cfg.log_every, progress_enabled)
-    # A call of several steps ends at every step where something is due, so these land exactly.
-    every = [train_cfg.log_every, train_cfg.checkpoint_every] + ([train_cfg.eval_every] if evaluator else [])
+    def _restore_or_start(self) -> Optional[str]:
+        """Resume from the newest readable checkpoint (or start at step 0); set up the checkpoint manager."""
+        ckpt_dir = experiment.checkpoints_dir(self.exp_dir)
+        if self.placement.is_chief:
+            for path in experiment.clean_interrupted_saves(ckpt_dir):
+                log.warning("removed %s, left by a checkpoint save that was interrupted", path)
+        restored = experiment.resume_newest(ckpt_dir, self.model, self.optimizer, self.step, self.position,
+                                            self.placement.is_chief)
+        if restored is None and self.train.init_from:
+            self._init_weights()
+        if not self.placement.is_chief:  # other workers join the collective save but write to a scratch folder
+            ckpt_dir = os.path.join(self.exp_dir, "workers", f"worker-{self.placement.worker_index}")
+        self.ckpt_dir = ckpt_dir
+        self.manager = tf.train.CheckpointManager(self.checkpoint, ckpt_dir, max_to_keep=self.train.keep_checkpoints,
+                                                  step_counter=self.step, checkpoint_name="ckpt")
+        self.start_step = int(self.step.numpy())
+        return restored
 
-    def save(reason: str) -> str:
-        if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in model.trainable_variables):
-            raise FloatingPointError(f"weights became non-finite by step {int(step.numpy())}; not saving; the last "
-                                     f"good checkpoint {manager.latest_checkpoint or '(none yet)'} was kept")
-        path = manager.save(checkpoint_number=step)
-        if not placement.is_chief:
-            shutil.rmtree(ckpt_dir, ignore_errors=True)
+    def _init_weights(self) -> None:
+        """--init-from at the start of a new experiment: load what fits, report it beside the config."""
+        from revnet.train.init_from import REPORT_FILE, format_report, init_from
+
+        report = init_from(self.model, self.train.init_from, os.path.dirname(self.exp_dir),
+                           self.train.init_skip_mismatched)
+        log.info("%s", format_report(report))
+        if self.placement.is_chief:
+            atomic_write_json(os.path.join(self.exp_dir, REPORT_FILE), report)
+
+    def _compiled_steps(self):
+        """The distributed input (resuming at the saved data position) and the compiled training step."""
+        train, model_config, data_dir = self.train, self.config.model, self.config.data.dir
+        start_step, position = self.start_step, int(self.position.numpy())
+
+        def dataset_fn(context: tf.distribute.InputContext):
+            return input_pipeline.train_dataset(
+                data_dir, self.metadata, augmentation=train.augmentation, image_size=model_config.input_size,
+                batch_size=context.get_per_replica_batch_size(train.batch_size), seed=train.seed, position=position,
+                num_input_pipelines=context.num_input_pipelines, input_pipeline_id=context.input_pipeline_id,
+                data_service=self.data_service,
+                job_name=f"{self.exp_id}-from-step-{start_step}" if context.num_input_pipelines > 1 else None)
+
+        self.iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
+        return make_train_step(self.model, self.optimizer, self.strategy, train.batch_size, self.step, self.position,
+                               self.learning_rate, steps_per_call=train.steps_per_call, jit=train.jit,
+                               label_smoothing=train.label_smoothing)
+
+    def _step_loop(self, train_steps):
+        """Run calls of up to steps_per_call steps until the last step, SIGTERM or a failure."""
+        train, placement = self.train, self.placement
+        evaluator = _InTrainingEval(self.config, self.metadata, placement) if train.eval_every else None
+        writer = tf.summary.create_file_writer(os.path.join(self.exp_dir, "tensorboard", "train")) \
+            if placement.is_chief else tf.summary.create_noop_writer()
+        self.progress = Progress(train.steps, self.start_step, train.batch_size, train.log_every,
+                                 self.progress_enabled)
+        # A call of several steps ends at every step where something is due, so these land exactly.
+        every = [train.log_every, train.checkpoint_every] + ([train.eval_every] if evaluator else [])
+        watchdog = service.StallWatchdog(self.data_service, self.data_service_timeout, self._stalled) \
+            if self.data_service else None
+        status, last_eval, current = "completed", None, self.start_step
+        self.preemption.training_started()
+        with writer.as_default():
+            while current < train.steps:
+                count = min([train.steps_per_call, train.steps - current] + [n - current % n for n in every])
+                loss, accuracy, finite = self._call(train_steps, count, watchdog if current > self.start_step else None)
+                previous, current = current, current + count
+                self._check_finite(loss, finite, previous, current, count)
+                self._log_step(current, loss, accuracy)
+                if evaluator and (current % train.eval_every == 0 or current == train.steps):
+                    last_eval = evaluator(self.model, current)
+                if current % train.checkpoint_every == 0 and current < train.steps:
+                    self._save("periodic")
+                if self.preemption.requested:
+                    self.progress.close()
+                    self._save("SIGTERM")
+                    status = "preempted"
+                    break
+            self.progress.close()
+            if watchdog:
+                watchdog.close()
+            latest = self.manager.latest_checkpoint
+            if status == "completed" and (latest is None or not latest.endswith(f"ckpt-{current}")):
+                self._save("final")
+        writer.flush()
+        return status, last_eval
+
+    def _summary(self, status: str, restored: Optional[str], last_eval: Optional[Dict]) -> Dict:
+        summary = {"id": self.exp_id, "experiment_dir": os.path.abspath(self.exp_dir), "status": status,
+                   "model": self.config.model.name, "start_step": self.start_step, "step": int(self.step.numpy()),
+                   "data_position": int(self.position.numpy()), "replicas": self.strategy.num_replicas_in_sync,
+                   "global_batch_size": self.train.batch_size, "last_loss": self.progress.last_loss,
+                   "last_accuracy": self.progress.last_accuracy,
+                   "examples_per_second": self.progress.examples_per_second(),
+                   "checkpoint": self.manager.latest_checkpoint}
+        if restored is not None:
+            summary["resumed_from"] = restored
+        if last_eval is not None:
+            summary["validation"] = last_eval
+        log.info("finished: %s at step %d", status, summary["step"])
+        return summary
+
+    # --- what a step does besides training --------------------------------------------------------------
+    def _call(self, train_steps, count: int, watchdog):
+        try:
+            with watchdog.call() if watchdog else contextlib.nullcontext():
+                loss, accuracy, finite = train_steps(self.iterator, tf.constant(count))
+        except (tf.errors.DataLossError, tf.errors.UnavailableError) as error:
+            self.progress.close()
+            raise _input_failure(error, self.config, self.metadata, self.data_service, self._save,
+                                 int(self.step.numpy())) from None
+        except tf.errors.InvalidArgumentError as error:
+            if self.train.jit and int(self.step.numpy()) == self.start_step:
+                raise UserError(f"--jit: XLA could not compile the training step of {self.config.model.name} "
+                                f"({error_reason(error)}); train without --jit") from None
+            raise
+        return float(loss), float(accuracy), bool(finite)
+
+    def _check_finite(self, loss: float, finite: bool, previous: int, current: int, count: int) -> None:
+        if finite:
+            return
+        self.progress.close()
+        where = f"step {current}" if count == 1 else f"steps {previous + 1}-{current}"
+        raise FloatingPointError(
+            f"loss became {loss if not math.isfinite(loss) else 'non-finite'} at {where}; training stopped and the "
+            f"last good checkpoint {self.manager.latest_checkpoint or '(none yet)'} was kept; lower --lr or check "
+            f"the data")
+
+    def _log_step(self, current: int, loss: float, accuracy: float) -> None:
+        line = self.progress.update(current, loss, accuracy)
+        if line is None:
+            return
+        summaries.scalar("loss", loss, step=current)
+        summaries.scalar("accuracy", accuracy, step=current)
+        summaries.scalar("learning_rate", float(self.learning_rate(current - 1)), step=current)
+        summaries.scalar("examples_per_second", line["examples_per_second"], step=current)
+        memory = _memory_peak_bytes(self.placement.memory_device)
+        if memory is not None:
+            summaries.scalar("memory_peak_bytes", memory, step=current)
+
+    def _save(self, reason: str) -> str:
+        if not all(bool(tf.reduce_all(tf.math.is_finite(v))) for v in self.model.trainable_variables):
+            raise FloatingPointError(f"weights became non-finite by step {int(self.step.numpy())}; not saving; the "
+                                     f"last good checkpoint {self.manager.latest_checkpoint or '(none yet)'} was kept")
+        path = self.manager.save(checkpoint_number=self.step)
+        if not self.placement.is_chief:
+            shutil.rmtree(self.ckpt_dir, ignore_errors=True)
         log.info("saved checkpoint %s (%s)", path, reason)
         return path
 
-    def stalled(seconds: float) -> None:
+    def _stalled(self, seconds: float) -> None:
         """Watchdog thread: the main thread is stuck inside TensorFlow, so save from here and exit."""
         try:
-            kept = f"progress up to step {int(step.numpy())} is saved in {save('tf.data service stalled')}"
+            kept = f"progress up to step {int(self.step.numpy())} is saved in {self._save('tf.data service stalled')}"
         except Exception as error:  # noqa: BLE001 - the exit below must happen whatever the save does
             kept = f"no checkpoint could be saved ({error})"
         log.error("no training batch from the tf.data service %s for %.0f s (TensorFlow waits for a worker that "
                   "died mid-epoch until it returns at the same address); %s; restart the workers and resume with "
-                  "--id %s", data_service, seconds, kept, exp_id)
+                  "--id %s", self.data_service, seconds, kept, self.exp_id)
         logging.shutdown()
         os._exit(1)
 
-    watchdog = service.StallWatchdog(data_service, data_service_timeout, stalled) if data_service else None
-    status, last_eval = "completed", None
-    preemption.training_started()
-    with writer.as_default():
-        current = start_step
-        while current < total_steps:
-            count = min([train_cfg.steps_per_call, total_steps - current] + [n - current % n for n in every])
-            try:
-                with watchdog.call() if watchdog and current > start_step else contextlib.nullcontext():
-                    loss, accuracy, finite = train_steps(iterator, tf.constant(count))
-            except (tf.errors.DataLossError, tf.errors.UnavailableError) as error:
-                progress.close()
-                raise _input_failure(error, config, metadata, data_service, save, int(step.numpy())) from None
-            except tf.errors.InvalidArgumentError as error:
-                if train_cfg.jit and current == start_step:
-                    raise UserError(f"--jit: XLA could not compile the training step of {model_config.name} "
-                                    f"({error_reason(error)}); train without --jit") from None
-                raise
-            loss, accuracy, previous, current = float(loss), float(accuracy), current, current + count
-            if not bool(finite):
-                good = manager.latest_checkpoint
-                progress.close()
-                where = f"step {current}" if count == 1 else f"steps {previous + 1}-{current}"
-                raise FloatingPointError(
-                    f"loss became {loss if not math.isfinite(loss) else 'non-finite'} at {where}; training stopped "
-                    f"and the last good checkpoint "
-                    f"{good or '(none yet)'} was kept; lower --lr or check the data")
-            line = progress.update(current, loss, accuracy)
-            if line is not None:
-                memory = _memory_peak_bytes(placement.memory_device)
-                summaries.scalar("loss", loss, step=current)
-                summaries.scalar("accuracy", accuracy, step=current)
-                summaries.scalar("learning_rate", float(learning_rate(current - 1)), step=current)
-                summaries.scalar("examples_per_second", line["examples_per_second"], step=current)
-                if memory is not None:
-                    summaries.scalar("memory_peak_bytes", memory, step=current)
-            if evaluator and (current % train_cfg.eval_every == 0 or current == total_steps):
-                last_eval = evaluator(model, current)
-            if current % train_cfg.checkpoint_every == 0 and current < total_steps:
-                save("periodic")
-            if preemption.requested:
-                progress.close()
-                save("SIGTERM")
-                status = "preempted"
-                break
-        progress.close()
-        if watchdog:
-            watchdog.close()
-        if status == "completed" and (manager.latest_checkpoint is None or
-                                      not manager.latest_checkpoint.endswith(f"ckpt-{current}")):
-            save("final")
-    writer.flush()
-    summary = {"id": exp_id, "experiment_dir": os.path.abspath(exp_dir), "status": status, "model": model_config.name,
-               "start_step": start_step, "step": int(step.numpy()), "data_position": int(position.numpy()),
-               "replicas": strategy.num_replicas_in_sync, "global_batch_size": global_batch,
-               "last_loss": progress.last_loss, "last_accuracy": progress.last_accuracy,
-               "examples_per_second": progress.examples_per_second(), "checkpoint": manager.latest_checkpoint}
-    if restored is not None:
-        summary["resumed_from"] = restored
-    if last_eval is not None:
-        summary["validation"] = last_eval
-    log.info("finished: %s at step %d", status, summary["step"])
-    return summary
 
-
-def _resume(ckpt_dir: str, model, optimizer, step, position, is_chief: bool) -> Optional[str]:
-    """Restore the newest readable checkpoint of `ckpt_dir` (see the module docstring); returns its path, or
-    None for a fresh start."""
-    candidates, problems = experiment.resume_candidates(ckpt_dir)
-    for problem in problems:
-        log.warning("%s", problem)
-    skipped = []
-    for path in candidates:
-        try:
-            names = experiment.checkpoint_variable_names(path)
-            if experiment.holds_optimizer(names):
-                # A run with a float16 loss scale can resume a checkpoint without one (a float32 or bf16 run,
-                # imported weights): everything else is restored and the scale starts at its initial value.
-                with_scale = optimizer.loss_scale is None or experiment.holds_loss_scale(names)
-                if not with_scale:
-                    log.info("%s holds no float16 loss scale (it was not saved by an fp16 run): the scale starts "
-                             "at %g", path, float(optimizer.loss_scale.scale.numpy()))
-                restorable = experiment.training_checkpoint(model, optimizer, step, position, with_scale)
-                experiment.restore_checkpoint(restorable, path).assert_existing_objects_matched()
-                log.info("resumed from %s at step %d (data position %d)", path, int(step.numpy()),
-                         int(position.numpy()))
-            else:
-                experiment.restore_checkpoint(tf.train.Checkpoint(model=model, step=step), path) \
-                    .assert_existing_objects_matched()
-                log.info("fine-tuning from the weights in %s (step %d; it holds no optimizer state, so momentum "
-                         "starts at zero)", path, int(step.numpy()))
-        except (experiment.UnreadableCheckpoint, tf.errors.OpError) as error:
-            log.warning("%s; trying an older checkpoint", error if isinstance(error, UserError) else
-                        f"checkpoint {path} is unreadable ({error_reason(error)})")
-            skipped.append(path)
-            continue
-        if (skipped or problems) and is_chief:
-            # Drop what could not be read from the state file, so CheckpointManager starts from a true list.
-            readable = [os.path.basename(p) for p in reversed(candidates)
-                        if experiment.checkpoint_step(p) <= experiment.checkpoint_step(path) and p not in skipped]
-            tf.compat.v1.train.update_checkpoint_state(ckpt_dir, os.path.basename(path),
-                                                       all_model_checkpoint_paths=readable)
-            log.warning("resumed from %s, the newest readable checkpoint%s", path,
-                        f" (skipped: {', '.join(skipped)})" if skipped else "")
-        return path
-    if candidates or problems or experiment.has_checkpoint_files(ckpt_dir):
-        raise UserError(f"no readable checkpoint in {ckpt_dir} ({len(skipped)} damaged: "
-                        f"{', '.join(os.path.basename(p) for p in skipped) or 'none with an .index file'}); "
-                        f"refusing to start again at step 0 over a trained experiment: restore the files, or "
-                        f"move {ckpt_dir} away to start afresh")
-    log.info("no checkpoint yet: starting at step 0")
-    return None
-
-
-def jit_warning(train_cfg: TrainConfig, model_config) -> Optional[str]:
+def jit_warning(train_cfg: TrainConfig, model_config: ModelConfig) -> Optional[str]:
     """The warning --jit deserves for this model, if any: XLA compiles the reversible stack's while_loops,
     but ran them 17-50x slower than TF's executor in `benchmark train` on CPU."""
     if train_cfg.jit and model_config.architecture == "revnet" and model_config.mode == "reversible":
@@ -345,7 +380,7 @@ def jit_warning(train_cfg: TrainConfig, model_config) -> Optional[str]:
     return None
 
 
-def _input_failure(error, config: Dict, metadata: Dict, data_service: Optional[str], save, at_step: int) -> Exception:
+def _input_failure(error, config: ExperimentConfig, metadata: Dict, data_service: Optional[str], save, at_step: int) -> Exception:
     """A UserError naming the damaged training shard (after saving the progress so far), or a clear error
     when the tf.data service stopped answering."""
     try:
@@ -357,9 +392,9 @@ def _input_failure(error, config: Dict, metadata: Dict, data_service: Optional[s
         return RuntimeError(f"the tf.data service {data_service} stopped answering at step {at_step} "
                             f"({error_reason(error)}){kept}; restart it and resume with the same --id")
     log.error("reading the training data failed (%s); checking every training shard", error_reason(error))
-    damaged = input_pipeline.find_damaged_shard(config["data"]["dir"], metadata, "train")
+    damaged = input_pipeline.find_damaged_shard(config.data.dir, metadata, "train")
     if damaged is None:
-        return UserError(f"reading the training data in {config['data']['dir']} failed ({error_reason(error)}), "
+        return UserError(f"reading the training data in {config.data.dir} failed ({error_reason(error)}), "
                          f"but every shard reads in full now{kept}")
     return UserError(f"training shard {damaged[0]} is damaged ({damaged[1]}){kept}; re-create the dataset with "
                      f"`cli.py preprocess ... --overwrite`")
@@ -368,13 +403,13 @@ def _input_failure(error, config: Dict, metadata: Dict, data_service: Optional[s
 class _InTrainingEval:
     """--eval-every: copy the weights into a plain model and evaluate the full validation split."""
 
-    def __init__(self, config: Dict, metadata: Dict, placement):
+    def __init__(self, config: ExperimentConfig, metadata: Dict, placement):
         self.placement = placement
-        self.model = build_model(experiment.model_config_from(config))
+        self.model = build_model(config.model)
         self.eval_step = make_eval_step(self.model)
         self.dataset = input_pipeline.eval_dataset(
-            config["data"]["dir"], metadata, "validation", preprocessing=self.model.config.preprocessing,
-            image_size=self.model.config.input_size, batch_size=config["train"]["eval_batch_size"])
+            config.data.dir, metadata, "validation", preprocessing=self.model.config.preprocessing,
+            image_size=self.model.config.input_size, batch_size=config.train.eval_batch_size)
 
     def __call__(self, model, step: int) -> Optional[Dict]:
         copy_weights(model, self.model)  # every worker joins the reads of replica-synced variables

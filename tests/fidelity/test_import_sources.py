@@ -3,6 +3,7 @@
 --labels)."""
 import io
 import json
+import logging
 import os
 import shutil
 import tarfile
@@ -124,8 +125,8 @@ def test_data_folders_per_pixel_mean_is_the_models(tmp_path):
     workdir = str(tmp_path / "experiments")
     import_weights(checkpoint=checkpoint_prefix("resnet-32"), model="resnet-32", id="r", workdir=workdir, data=data)
     model, config, _ = restore_model(workdir, "r")
-    assert config["model"]["input_normalization"] == "subtract_mean" and config["data"]["dir"] == data
-    assert config["data"]["label_names"][3] == "class 3"
+    assert config.model.input_normalization == "subtract_mean" and config.data.dir == data
+    assert config.data.label_names[3] == "class 3"
     assert_logits_match(model(tf.constant(raw_pixels("resnet-32"), tf.float32)), "resnet-32", "eval")
     # A mean image that is not constant: each pixel gets its own mean.
     ramp = (np.arange(32 * 32 * 3).reshape(32, 32, 3) % 251).astype(np.float64)
@@ -145,7 +146,7 @@ def test_pixel_mean_flag_wins_over_the_datasets(tmp_path):
     import_weights(checkpoint=checkpoint_prefix("resnet-32"), model="resnet-32", id="r", workdir=workdir, data=data,
                    pixel_mean=CIFAR_MEAN_FLAG)
     _, config, _ = restore_model(workdir, "r")
-    assert config["model"]["pixel_mean"] == list(CIFAR_MEAN) and config["data"]["dir"] == data
+    assert config.model.pixel_mean == tuple(CIFAR_MEAN) and config.data.dir == data
 
 
 @pytest.mark.parametrize("metadata_mean, fragment", [
@@ -162,13 +163,16 @@ def test_data_folder_without_a_usable_mean_is_refused(tmp_path, metadata_mean, f
     assert not os.path.exists(tmp_path / "experiments")
 
 
-def test_data_folder_with_another_class_count_is_refused(tmp_path):
-    from revnet.common.errors import UserError
-
+def test_data_folder_with_another_class_count_imports_to_fine_tune_from(tmp_path, caplog):
     data = write_dataset_metadata(str(tmp_path / "data"), [1.0, 2.0, 3.0], num_classes=100)
-    with pytest.raises(UserError, match="checkpoint has 10 classes but dataset"):
-        import_weights(checkpoint=checkpoint_prefix("resnet-32"), model="resnet-32", id="r",
-                       workdir=str(tmp_path / "experiments"), data=data)
+    workdir = str(tmp_path / "experiments")
+    with caplog.at_level(logging.WARNING):
+        report = import_weights(checkpoint=checkpoint_prefix("resnet-32"), model="resnet-32", id="r",
+                                workdir=workdir, data=data)
+    assert report["num_classes"] == 10 and "train --init-from r" in caplog.text
+    _, config, _ = restore_model(workdir, "r")
+    assert config.model.num_classes == 10 and config.data.dir is None and config.data.label_names is None
+    assert config.model.pixel_mean == (1.0, 2.0, 3.0)  # the dataset's mean still normalises the inputs
 
 
 def test_labels_file_names_the_classes(tmp_path):
@@ -177,7 +181,7 @@ def test_labels_file_names_the_classes(tmp_path):
     workdir = str(tmp_path / "experiments")
     import_resnet32(checkpoint_prefix("resnet-32"), workdir, labels=str(labels))
     _, config, _ = restore_model(workdir, "r")
-    assert config["data"]["label_names"] == [f"name {k}" for k in range(10)]
+    assert config.data.label_names == tuple(f"name {k}" for k in range(10))
 
 
 def test_eval_of_an_import_without_data_says_what_is_missing(tmp_path):

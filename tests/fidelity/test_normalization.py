@@ -46,21 +46,21 @@ def test_inconsistent_fields_are_refused(overrides, fragment):
 
 
 def test_configs_saved_before_the_field_keep_their_normalisation():
-    from revnet.train.experiment import model_config_from
+    from revnet.models.registry import model_config_from_json
 
     saved = get_config("revnet-38").to_json()
     for key in ("input_normalization", "pixel_mean"):
         saved.pop(key)
-    config = model_config_from(json.loads(json.dumps({"model": saved})))
+    config = model_config_from_json(json.loads(json.dumps(saved)))
     assert config.input_normalization == "standardize" and config.pixel_mean is None
 
 
 def test_config_with_a_mean_image_round_trips_through_json():
-    from revnet.train.experiment import model_config_from
+    from revnet.models.registry import model_config_from_json
 
     image = np.random.RandomState(1).uniform(0, 255, (32, 32, 3))
     config = get_config("resnet-32", input_normalization="subtract_mean", pixel_mean=image.tolist())
-    again = model_config_from(json.loads(json.dumps({"model": config.to_json()})))
+    again = model_config_from_json(json.loads(json.dumps(config.to_json())))
     assert again == config and hash(again) == hash(config)
     np.testing.assert_array_equal(np.asarray(again.pixel_mean), image)
 
@@ -81,9 +81,9 @@ def test_training_normalization_follows_the_original(caplog):
 
 
 def test_a_new_training_run_takes_the_datasets_mean(tmp_path):
-    """trainer.resolve_config (the one hook): a dataset that records its mean gives the original's convention."""
+    """trainer.resolve_experiment (the one hook): a dataset that records its mean gives the original's convention."""
     from revnet.preprocess.fake_data import write_toy_dataset
-    from revnet.train.trainer import resolve_config
+    from revnet.train.trainer import resolve_experiment
 
     data = str(tmp_path / "toy")
     write_toy_dataset(data, num_train=8, num_validation=4, num_classes=4, num_shards=1)
@@ -93,12 +93,12 @@ def test_a_new_training_run_takes_the_datasets_mean(tmp_path):
     metadata["pixel_mean"] = np.full((32, 32, 3), 101.5).tolist()
     with open(path, "w") as handle:
         json.dump(metadata, handle)
-    config = resolve_config("resnet-32", data, str(tmp_path / "exp"), None, {"steps": 1})
-    assert config["model"]["input_normalization"] == "subtract_mean"
-    assert np.asarray(config["model"]["pixel_mean"]).shape == (32, 32, 3)
+    config = resolve_experiment("resnet-32", data, str(tmp_path / "exp"), None, {"steps": 1})
+    assert config.model.input_normalization == "subtract_mean"
+    assert np.asarray(config.model.pixel_mean).shape == (32, 32, 3)
     # On resume the saved convention is kept whatever the dataset says now.
     metadata.pop("pixel_mean")
     with open(path, "w") as handle:
         json.dump(metadata, handle)
-    resumed = resolve_config("resnet-32", data, str(tmp_path / "exp"), config, {})
-    assert resumed["model"]["input_normalization"] == "subtract_mean"
+    resumed = resolve_experiment("resnet-32", data, str(tmp_path / "exp"), config, {})
+    assert resumed.model.input_normalization == "subtract_mean"

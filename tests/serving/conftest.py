@@ -20,6 +20,7 @@ def make_experiment(workdir: str, exp_id: str, data_dir: str):
     import tensorflow as tf
 
     from revnet.models import build_model
+    from revnet.train.config import DataConfig
     from revnet.train.experiment import create_experiment
 
     model = build_model("revnet-38", num_classes=len(LABELS), seed=3)
@@ -28,9 +29,8 @@ def make_experiment(workdir: str, exp_id: str, data_dir: str):
     rng = np.random.RandomState(2)
     for _ in range(2):
         model(tf.constant(rng.uniform(0, 255, (8, 32, 32, 3)).astype(np.float32)), training=True)
-    create_experiment(workdir, exp_id, model, train={},
-                      data={"dir": data_dir, "dataset": "cifar-10", "num_classes": len(LABELS), "label_names": LABELS,
-                            "train_examples": 0, "validation_examples": NUM_IMAGES})
+    create_experiment(workdir, exp_id, model, DataConfig(dir=data_dir, dataset="cifar-10", label_names=tuple(LABELS),
+                                                         validation_examples=NUM_IMAGES))
     return model
 
 

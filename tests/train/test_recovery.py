@@ -99,11 +99,12 @@ def test_interrupted_saves_are_cleaned_on_the_next_run(experiment_copy, caplog):
 @pytest.mark.parametrize("without_optimizer", [False, True])
 def test_train_id_fine_tunes_a_create_experiment_folder(toy_data, tmp_path, caplog, without_optimizer):
     from revnet.models import build_model
+    from revnet.train.config import DataConfig
     from revnet.train.experiment import checkpoints_dir, create_experiment
 
     workdir = str(tmp_path)
     start = build_model("resnet-32", num_classes=4, seed=11)
-    exp_dir = create_experiment(workdir, "ft", start, data={"dir": toy_data}, train={})
+    exp_dir = create_experiment(workdir, "ft", start, DataConfig(dir=toy_data))
     if without_optimizer:   # the layout older versions of create_experiment wrote: model and step only
         shutil.rmtree(checkpoints_dir(exp_dir))
         step = tf.Variable(0, dtype=tf.int64)
@@ -129,7 +130,7 @@ def test_a_float32_run_continues_in_fp16_with_a_fresh_loss_scale(experiment_copy
     under --mixed-precision fp16; the restore asserts every other object matched (momentum included)."""
     workdir, exp_id, ckpt_dir = experiment_copy
     with caplog.at_level(logging.INFO):
-        summary = train_run(model="resnet-32", id=exp_id, workdir=workdir, steps=5, mixed_precision="fp16",
+        summary = train_run(model="resnet-32", id=exp_id, workdir=workdir, steps=5, compute_dtype="fp16",
                             checkpoint_every=1000, progress=False)
     assert summary["status"] == "completed" and summary["start_step"] == 4 and summary["step"] == 5
     assert "ckpt-4 holds no float16 loss scale" in caplog.text

@@ -129,7 +129,8 @@ def test_bad_input_gets_one_line_errors(toy_data, tmp_path):
         (dict(model="revnet-38", data=str(tmp_path)), "has no metadata.json"),
         (dict(model="revnet-38", data=toy_data, gpus=4), "--gpus 4 asks for more GPUs than the 0 visible"),
         (dict(model="revnet-38", data=toy_data, batch_size=7, cpu_replicas=2), "divisible"),
-        (dict(model="revnet-38", data=toy_data, mixed_precision="fp8"), "mixed-precision"),
+        (dict(model="revnet-38", data=toy_data, compute_dtype="fp8"), "compute dtype"),
+            (dict(model="revnet-38", data=toy_data, mixed_precision="bf16"), "unknown training option"),
     ]:
         with pytest.raises(UserError, match=message) as error:
             train_run(workdir=str(tmp_path), id="bad", **options)
