@@ -16,6 +16,7 @@ import click
 from revnet.common.options import click_options, given
 from revnet.models.registry import ModelConfig
 from revnet.train.config import DEFAULT_WORKDIR, TrainConfig
+from revnet.train.preflight import check_experiment_arguments, check_import_arguments, check_train_arguments
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -78,6 +79,33 @@ def _emit(result, as_json: bool, format_text) -> None:
         click.echo(format_text(result))
 
 
+class Command(click.Command):
+    """A command whose arguments are parsed, and checked by `preflight` (TensorFlow-free), before TensorFlow
+    is imported: a typo costs nothing. `tensorflow=False` for commands that never import it (preprocess)."""
+
+    def __init__(self, *args, tensorflow: bool = True, preflight=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tensorflow, self.preflight = tensorflow, preflight
+
+    def invoke(self, ctx):
+        if self.preflight is not None:
+            self.preflight(**ctx.params)
+        if self.tensorflow and not _debug_requested():
+            from revnet.common.devices import quiet_tensorflow
+
+            quiet_tensorflow()  # TensorFlow's C++ start-up chatter kept out of the user's stderr
+        return super().invoke(ctx)
+
+
+class CommandGroup(click.Group):
+    command_class = Command
+
+
+CommandGroup.group_class = CommandGroup
+ErrorHandlingGroup.command_class = Command
+ErrorHandlingGroup.group_class = CommandGroup
+
+
 @click.group(cls=ErrorHandlingGroup, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors (must come first).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug-level logging on stderr.")
@@ -90,12 +118,6 @@ def cli(debug, verbose):
     if debug:
         os.environ["REVNET_DEBUG"] = "1"
     _setup_logging(verbose)
-    # preprocess never imports TensorFlow (its workers write records without it): skip the 2-6 s start.
-    needs_tensorflow = click.get_current_context().invoked_subcommand != "preprocess"
-    if not debug and needs_tensorflow and not any(arg in ("-h", "--help") for arg in sys.argv):
-        from revnet.common.devices import quiet_tensorflow
-
-        quiet_tensorflow()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -154,7 +176,7 @@ def benchmark_memory_command(model_names, batch_sizes, steps, modes, precisions,
 # ---------------------------------------------------------------------------------------------------
 # preprocess
 # ---------------------------------------------------------------------------------------------------
-@cli.command("preprocess", context_settings={"ignore_unknown_options": True})
+@cli.command("preprocess", context_settings={"ignore_unknown_options": True}, tensorflow=False)
 @click.argument("dataset", type=click.Choice(["cifar-10", "cifar-100", "imagenet"]))
 @click.option("--input", "input_path", default=None,
               help="CIFAR: the official .tar.gz or its extracted folder [default: download it, MD5-checked]. "
@@ -236,7 +258,7 @@ def benchmark_preprocess_command(num_images, worker_counts, runners, repeats, se
 # ---------------------------------------------------------------------------------------------------
 # train / eval
 # ---------------------------------------------------------------------------------------------------
-@cli.command("train")
+@cli.command("train", preflight=check_train_arguments)
 @click.option("--model", required=True, help="Model name (see `cli.py models`), e.g. revnet-38 or revnet-104.")
 @click.option("--data", default=None, help="Dataset folder from `cli.py preprocess` (metadata.json + TFRecords); "
               "optional when resuming an --id.")
@@ -286,7 +308,7 @@ def train_command(model, data, exp_id, workdir, gpus, cpu_replicas, data_service
         sys.exit(143)
 
 
-@cli.command("eval")
+@cli.command("eval", preflight=check_experiment_arguments)
 @click.option("--id", "exp_id", required=True, help="Experiment id to evaluate.")
 @click.option("--workdir", default=DEFAULT_WORKDIR, help="Folder that holds the experiment folders.")
 @click.option("--once", is_flag=True, help="Evaluate the latest checkpoint once, print top1/top5/loss and exit.")
@@ -344,7 +366,7 @@ def data_service_worker_command(dispatcher, port, host, connect_timeout_seconds)
     run_worker(dispatcher=dispatcher, port=port, host=host, connect_timeout_seconds=connect_timeout_seconds)
 
 
-@cli.command("import-weights")
+@cli.command("import-weights", preflight=check_import_arguments)
 @click.option("--checkpoint", required=True,
               help="The original code's checkpoint: a prefix (PREFIX.index exists), a folder with a 'checkpoint' "
                    "state file, or the released .tar.gz (its checkpoint files are unpacked into a temporary folder).")
