@@ -61,8 +61,18 @@ def training_normalization(config, metadata: Dict, data_dir: str) -> Dict:
     family, input_size = config.family, config.input_size
     pixel_mean = dataset_pixel_mean(metadata, data_dir, input_size) if family == "cifar" else None
     if family == "cifar" and pixel_mean is None:
-        log.warning("%s/metadata.json has no %r (written by an older `preprocess`); normalising inputs with fixed "
-                    "per-channel statistics instead of the original's per-pixel mean; re-run `cli.py preprocess` "
-                    "to train as the original code does", data_dir, PIXEL_MEAN_KEY)
+        if metadata.get("image_size") != input_size:
+            # An ImageNet-style dataset (images of any size): preprocess records no per-pixel mean for it.
+            log.warning("%s holds %s images (%s) and no per-pixel mean, which preprocess records only for "
+                        "%dx%d datasets; the %dx%d model normalises them with fixed per-channel statistics (for the "
+                        "original's per-pixel mean, preprocess a %dx%d dataset, e.g. `preprocess folder "
+                        "--image-size %d`)", data_dir, metadata.get("dataset") or "its",
+                        f"{metadata['image_size']}x{metadata['image_size']}" if metadata.get("image_size")
+                        else "of varied sizes", input_size, input_size, input_size, input_size, input_size,
+                        input_size, input_size)
+        else:
+            log.warning("%s/metadata.json has no %r (written by an older `preprocess`); normalising inputs with "
+                        "fixed per-channel statistics instead of the original's per-pixel mean; re-run `cli.py "
+                        "preprocess` to train as the original code does", data_dir, PIXEL_MEAN_KEY)
         return {"input_normalization": "standardize", "pixel_mean": None}
     return original_normalization(family, input_size, pixel_mean)

@@ -74,8 +74,14 @@ def test_training_normalization_follows_the_original(caplog):
     assert training_normalization(imagenet, {"pixel_mean": None}, "d") == {"input_normalization": "symmetric",
                                                                             "pixel_mean": None}
     with caplog.at_level(logging.WARNING):
-        assert training_normalization(cifar, {}, "d")["input_normalization"] == "standardize"
+        assert training_normalization(cifar, {"image_size": 32}, "d")["input_normalization"] == "standardize"
     assert "re-run `cli.py preprocess`" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        imagenet_layout = {"dataset": "imagenet", "image_size": None, "pixel_mean": None}
+        assert training_normalization(cifar, imagenet_layout, "d")["input_normalization"] == "standardize"
+    assert "written by an older" not in caplog.text and "imagenet images (of varied sizes)" in caplog.text
+    assert "--image-size 32" in caplog.text
     with pytest.raises(UserError, match="d/metadata.json: pixel_mean has shape"):
         training_normalization(cifar, {"pixel_mean": [1.0]}, "d")
 
