@@ -35,7 +35,7 @@ def _stage(number: int, total: int, title: str) -> None:
 
 
 def _write_raw_data(raw_dir: str, num_train: int, num_val: int, seed: int) -> str:
-    from revnet.preprocess.cifar import write_cifar10_archive
+    from revnet.preprocess.sources.cifar import write_cifar10_archive
     from revnet.preprocess.fake_data import PATTERN_LABEL_NAMES, pattern_dataset
 
     train_images, train_labels = pattern_dataset(num_train, seed)

@@ -41,7 +41,8 @@ def _parse_counts(text: str, what: str) -> List[int]:
 
 def python_loop(input_dir: str, output_dir: str) -> Dict[str, int]:
     """Single-process baseline: list, decode, check, encode and write every image; returns counts."""
-    from revnet.preprocess import imagenet, images, tfrecord
+    from revnet.preprocess import images, tfrecord
+    from revnet.preprocess.sources import imagenet
 
     listing = imagenet.list_imagenet(input_dir)
     counts = {"written": 0, "rejected": len(listing.rejects)}

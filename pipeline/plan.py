@@ -57,7 +57,7 @@ def shard_positions(source_ids: List[str], seed: int, split: str, num_shards: in
 
 def plan_cifar(dataset: str, input_path: Optional[str], label: str, label_offset: int,
                download_dir: Optional[str]) -> Plan:
-    from revnet.preprocess import cifar
+    from revnet.preprocess.sources import cifar
 
     spec = cifar.SPECS[dataset]
     input_path = cifar.resolve_input(dataset, input_path, download_dir)
@@ -87,7 +87,7 @@ def plan_cifar(dataset: str, input_path: Optional[str], label: str, label_offset
 
 def plan_imagenet(input_path: Optional[str], val_labels: Optional[str], label_offset: int,
                   class_names: Optional[str]) -> Plan:
-    from revnet.preprocess import imagenet
+    from revnet.preprocess.sources import imagenet
 
     if not input_path:
         raise UserError("imagenet needs --input: the extracted ILSVRC2012 folder with train/<synset>/*.JPEG "

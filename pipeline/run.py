@@ -148,7 +148,7 @@ def _pixel_mean(summaries: List[dict], written: int) -> Optional[list]:
     sums = [s["pixel_sum"] for s in summaries if s["pixel_sum"] is not None]
     if not sums or not written:
         return None
-    from revnet.preprocess.cifar import planar_to_hwc
+    from revnet.preprocess.sources.cifar import planar_to_hwc
 
     total = np.sum(np.asarray(sums, dtype=np.int64), axis=0)
     return planar_to_hwc(total[None].astype(np.float64) / written)[0].tolist()

@@ -62,7 +62,7 @@ def encode_shard(work_dir: str, name: str) -> Dict:
 
 
 def _cifar_record(item: Dict, planar_row: np.ndarray, images, tfrecord) -> bytes:
-    from revnet.preprocess.cifar import IMAGE_SIZE, planar_to_hwc
+    from revnet.preprocess.sources.cifar import IMAGE_SIZE, planar_to_hwc
 
     pixels = np.ascontiguousarray(planar_to_hwc(planar_row[None])[0])
     return tfrecord.image_example(images.encode_png(pixels), "PNG", IMAGE_SIZE, IMAGE_SIZE, item["filename"],

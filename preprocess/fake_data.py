@@ -193,7 +193,7 @@ def photo_patches(count: int, seed: int, photos=None, image_size: int = 32):
 def write_photo_patch_archive(path: str, num_train: int = 4000, num_validation: int = 800, seed: int = 0) -> str:
     """The photo-quadrant patches written as a genuine cifar-10-python.tar.gz (8 classes), so the
     learning run goes through `cli.py preprocess cifar-10` like real CIFAR data."""
-    from revnet.preprocess.cifar import write_cifar10_archive
+    from revnet.preprocess.sources.cifar import write_cifar10_archive
 
     train_images, train_labels, names = photo_patches(num_train, seed * 2 + 100)
     val_images, val_labels, _ = photo_patches(num_validation, seed * 2 + 101)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from revnet.preprocess import cifar
+from revnet.preprocess.sources import cifar
 from revnet.preprocess.fake_data import write_imagenet_tree
 
 from preprocess_test_helpers import CIFAR10_NAMES

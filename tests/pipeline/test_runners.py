@@ -54,7 +54,8 @@ def test_a_remote_runner_gets_our_code_as_a_wheel_without_tensorflow(cifar10_arc
                        beam_args=["--runner=FlinkRunner", "--flink_master=localhost:8081"])
     assert len(seen["packages"]) == 1 and seen["packages"][0].endswith(".whl")
     for module in ("revnet/__init__.py", "revnet/pipeline/shards.py", "revnet/pipeline/beam_pipeline.py",
-                   "revnet/preprocess/tfrecord.py", "revnet/preprocess/images.py", "revnet/common/storage.py"):
+                   "revnet/preprocess/tfrecord.py", "revnet/preprocess/images.py", "revnet/common/storage.py",
+                   "revnet/preprocess/sources/cifar.py"):
         assert module in seen["names"]
     assert not any(name.startswith(("revnet/train/", "revnet/models/", "revnet/serving/")) for name in seen["names"])
     requirements = [line.split(":", 1)[1].strip() for line in seen["metadata"].splitlines()
