@@ -72,7 +72,7 @@ class CommaSeparated(click.ParamType):
 
 def _click_type(base, spec: Dict[str, Any]):
     if spec["choices"]:
-        return click.Choice([str(choice) for choice in spec["choices"]])
+        return click.Choice(list(spec["choices"]))  # click gives back the choice itself: an int stays an int
     if spec["path"]:
         return click.Path(file_okay=spec["path"] != "dir", dir_okay=spec["path"] != "file")
     if base is int and (spec["min"] is not None or spec["max"] is not None):

@@ -20,13 +20,13 @@ from revnet.common import storage
 from revnet.common.errors import UserError, choose
 from revnet.pipeline import plan as planning
 from revnet.pipeline import runners, shards
+from revnet.pipeline.config import PreprocessConfig
 from revnet.pipeline.plan import Plan
 from revnet.preprocess.tfrecord import METADATA_FILE, REJECTS_FILE, SPLITS, shard_name
 
 log = logging.getLogger(__name__)
 
 DEFAULT_SHARDS = {"cifar-10": (10, 2), "cifar-100": (10, 2), "imagenet": (1024, 128)}
-DATASETS = tuple(DEFAULT_SHARDS)
 
 
 def default_workers() -> int:
@@ -66,50 +66,33 @@ def check_output(output_dir: str, overwrite: bool) -> None:
                         f"--overwrite would delete it, so nothing was replaced (move it elsewhere first)")
 
 
-def run_preprocess(dataset: str, input_path: Optional[str], output_dir: str, *, train_shards: Optional[int] = None,
-                   val_shards: Optional[int] = None, seed: int = 0, label: str = "fine",
-                   val_labels: Optional[str] = None, label_offset: int = 0, class_names: Optional[str] = None,
-                   max_reject_fraction: float = 0.001, workers: Optional[int] = None, overwrite: bool = False,
-                   beam_args: Sequence[str] = (), download_dir: Optional[str] = None, runner: str = "direct",
-                   dask_address: Optional[str] = None) -> Dict:
-    """Turn a raw dataset into sharded TFRecords + metadata.json in `output_dir`; returns the metadata."""
-    choose("dataset", dataset, DATASETS)
-    choice = runners.choose_runner(beam_args, runner, dask_address)
-    choose("label", label, ("fine", "coarse"))
-    if label == "coarse" and dataset != "cifar-100":
-        raise UserError(f"--label coarse only applies to cifar-100, not {dataset}")
-    if val_labels and dataset != "imagenet":
-        raise UserError("--val-labels only applies to imagenet")
-    defaults = DEFAULT_SHARDS[dataset]
-    num_shards = {"train": train_shards or defaults[0], "validation": val_shards or defaults[1]}
-    for split, count in num_shards.items():
-        if count < 1 or count > 99999:
-            raise UserError(f"{split} shard count must be 1..99999, got {count}")
-    if not 0.0 <= max_reject_fraction <= 1.0:
-        raise UserError(f"--max-reject-fraction must be within 0..1, got {max_reject_fraction}")
-    workers = workers or default_workers()
-    if label_offset < 0 or workers < 1:
-        raise UserError("--label-offset must be >= 0 and --workers >= 1")
+def run_preprocess(config: PreprocessConfig) -> Dict:
+    """Turn a raw dataset into sharded TFRecords + metadata.json in `config.output_dir`; returns the metadata."""
+    choice = runners.choose_runner(config.beam_args, config.runner, config.dask_address)
+    defaults = DEFAULT_SHARDS[config.dataset]
+    config = config.replace(train_shards=config.train_shards or defaults[0],
+                            val_shards=config.val_shards or defaults[1],
+                            workers=config.workers or default_workers())
+    output_dir = config.output_dir
     if not storage.is_remote(output_dir):
         output_dir = os.path.abspath(output_dir)
-    check_output(output_dir, overwrite)
+    check_output(output_dir, config.overwrite)
 
-    if dataset == "imagenet":
-        plan = planning.plan_imagenet(input_path, val_labels, label_offset, class_names)
+    if config.dataset == "imagenet":
+        plan = planning.plan_imagenet(config.input_path, config.val_labels, config.label_offset, config.class_names)
     else:
-        plan = planning.plan_cifar(dataset, input_path, label, label_offset, download_dir)
+        plan = planning.plan_cifar(config.dataset, config.input_path, config.label, config.label_offset,
+                                   config.download_dir)
     read = plan.read_counts()
-    log.info("%s: %d training and %d validation inputs from %s", dataset, read["train"], read["validation"],
+    log.info("%s: %d training and %d validation inputs from %s", config.dataset, read["train"], read["validation"],
              plan.input_path)
 
     if not storage.is_remote(output_dir):
         os.makedirs(os.path.dirname(output_dir), exist_ok=True)
     work_dir = storage.temp_sibling(output_dir, "tmp")
     try:
-        metadata = _run_in(work_dir, dataset, plan, num_shards, read, choice, seed=seed, label=label,
-                           label_offset=label_offset, max_reject_fraction=max_reject_fraction, workers=workers,
-                           output_dir=output_dir)
-        check_output(output_dir, overwrite)  # again: something may have appeared there while we ran
+        metadata = _run_in(work_dir, config, plan, read, choice, output_dir)
+        check_output(output_dir, config.overwrite)  # again: something may have appeared there while we ran
         storage.publish_folder(work_dir, output_dir, METADATA_FILE)
     except BaseException:
         storage.remove_tree(work_dir)
@@ -154,12 +137,14 @@ def _pixel_mean(summaries: List[dict], written: int) -> Optional[list]:
     return planar_to_hwc(total[None].astype(np.float64) / written)[0].tolist()
 
 
-def _run_in(work_dir, dataset, plan: Plan, num_shards, read, choice, *, seed, label, label_offset,
-            max_reject_fraction, workers, output_dir) -> Dict:
+def _run_in(work_dir: str, config: PreprocessConfig, plan: Plan, read, choice, output_dir: str) -> Dict:
+    num_shards = {"train": config.train_shards, "validation": config.val_shards}
+    max_reject_fraction = config.max_reject_fraction
     shard_files = {split: [shard_name(split, i, count) for i in range(count)] for split, count in num_shards.items()}
-    task_names = planning.write_tasks(work_dir, plan, seed, shard_files)
+    task_names = planning.write_tasks(work_dir, plan, config.seed, shard_files)
     started = time.monotonic()
-    execution = _execute(work_dir, task_names, sum(len(items) for items in plan.items.values()), choice, workers)
+    execution = _execute(work_dir, task_names, sum(len(items) for items in plan.items.values()), choice,
+                         config.workers)
     seconds = time.monotonic() - started
     summaries = _collect(work_dir, task_names)
     rejects = list(plan.rejects) + [r for s in summaries.values() for r in s["rejects"]]
@@ -195,14 +180,13 @@ def _run_in(work_dir, dataset, plan: Plan, num_shards, read, choice, *, seed, la
                 storage.remove(storage.join(work_dir, name))
     train = [summaries[name] for name in task_names if summaries[name]["split"] == "train"]
     metadata = {
-        "dataset": dataset, "num_classes": len(plan.label_names), "label_names": plan.label_names,
-        "synsets": plan.synsets, "label_offset": label_offset, "label": label if dataset == "cifar-100" else None,
+        "dataset": config.dataset, "num_classes": len(plan.label_names), "label_names": plan.label_names,
+        "synsets": plan.synsets, "label_offset": config.label_offset,
+        "label": config.label if config.dataset == "cifar-100" else None,
         "splits": splits, "complete": True, "seconds": round(seconds, 2),
         "pixel_mean": _pixel_mean(train, splits["train"]["written"]),
-        "options": {"input": plan.input_path, "train_shards": num_shards["train"],
-                    "val_shards": num_shards["validation"], "seed": seed, "label_offset": label_offset,
-                    "max_reject_fraction": max_reject_fraction, "workers": workers,
-                    "runner": execution.description, "beam_args": list(execution.args)},
+        "options": dict(config.to_json(), input_path=plan.input_path, output_dir=output_dir),
+        "execution": {"runner": execution.description, "beam_args": list(execution.args)},
         **plan.extra,
     }
     # Last file of the folder: its presence with "complete": true is what marks a finished dataset.

@@ -24,6 +24,7 @@ class Example:
 class WithRequired:
     output: str = dataclasses.field(metadata=option("Where to write."))
     level: int = dataclasses.field(default=1, metadata=option("Level."))
+    size: int = dataclasses.field(default=224, metadata=option("Size.", choices=(32, 224)))
 
 
 def _command():
@@ -67,5 +68,5 @@ def test_a_field_without_a_default_is_a_required_flag():
 
     missing = CliRunner().invoke(command, ["--level", "2"])
     assert missing.exit_code == 2 and "Missing option '--output'" in missing.output
-    given_output = CliRunner().invoke(command, ["--output", "x"])
-    assert given_output.exit_code == 0 and given_output.output.strip() == repr(WithRequired(output="x"))
+    given_output = CliRunner().invoke(command, ["--output", "x", "--size", "32"])
+    assert given_output.exit_code == 0 and given_output.output.strip() == repr(WithRequired(output="x", size=32))

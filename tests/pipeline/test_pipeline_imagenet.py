@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from revnet.common.errors import UserError
-from revnet.pipeline import run_preprocess
+from revnet.pipeline import PreprocessConfig, run_preprocess
 from preprocess_test_helpers import read_records
 
 
@@ -16,8 +16,8 @@ from preprocess_test_helpers import read_records
 def imagenet_run(tmp_path_factory, imagenet_tree):
     root, info = imagenet_tree
     output = str(tmp_path_factory.mktemp("out") / "imagenet")
-    metadata = run_preprocess("imagenet", root, output, train_shards=3, val_shards=2, workers=1,
-                              max_reject_fraction=0.2)
+    metadata = run_preprocess(PreprocessConfig("imagenet", output, input_path=root, train_shards=3, val_shards=2,
+                                               workers=1, max_reject_fraction=0.2))
     return root, info, output, metadata
 
 
@@ -67,7 +67,8 @@ def test_too_many_rejects_fail_naming_the_rejects_file(imagenet_tree, tmp_path):
     output = tmp_path / "imagenet"
     with pytest.raises(UserError, match=r"train: 2 of 23 inputs rejected, more than --max-reject-fraction 0.001; "
                                         r"see .*imagenet.rejects.jsonl"):
-        run_preprocess("imagenet", root, str(output), train_shards=2, val_shards=1, workers=1)
+        run_preprocess(PreprocessConfig("imagenet", str(output), input_path=root, train_shards=2, val_shards=1,
+                                        workers=1))
     assert not output.exists()
     kept = [json.loads(line) for line in open(f"{output}.rejects.jsonl")]
     assert len(kept) == 2
@@ -78,8 +79,9 @@ def test_too_many_rejects_fail_naming_the_rejects_file(imagenet_tree, tmp_path):
 def test_flat_validation_with_either_label_file_and_label_offset(imagenet_flat_tree, tmp_path, label_file):
     root, info = imagenet_flat_tree
     output = str(tmp_path / "flat")
-    metadata = run_preprocess("imagenet", root, output, val_labels=os.path.join(root, label_file), label_offset=1,
-                              train_shards=2, val_shards=2, workers=1)
+    metadata = run_preprocess(PreprocessConfig("imagenet", output, input_path=root,
+                                               val_labels=os.path.join(root, label_file), label_offset=1,
+                                               train_shards=2, val_shards=2, workers=1))
     assert metadata["label_offset"] == 1 and metadata["num_classes"] == 3
     records = read_records(output, "validation")
     assert [r["image/filename"].decode() for r in records] == \
@@ -97,8 +99,8 @@ def test_object_store_code_paths_give_the_same_dataset(imagenet_run, tmp_path, m
     root, _, output, metadata = imagenet_run
     monkeypatch.setattr(storage, "is_remote", lambda path: True)
     remote_output = str(tmp_path / "remote")
-    again = run_preprocess("imagenet", root, remote_output, train_shards=3, val_shards=2, workers=1,
-                           max_reject_fraction=0.2)
+    again = run_preprocess(PreprocessConfig("imagenet", remote_output, input_path=root, train_shards=3, val_shards=2,
+                                            workers=1, max_reject_fraction=0.2))
     assert again["splits"] == metadata["splits"]
     shards = sorted(n for n in os.listdir(output) if n.endswith(".tfrecord"))
     assert sorted(n for n in os.listdir(remote_output) if n.endswith(".tfrecord")) == shards
@@ -106,8 +108,8 @@ def test_object_store_code_paths_give_the_same_dataset(imagenet_run, tmp_path, m
         assert open(os.path.join(remote_output, name), "rb").read() == open(os.path.join(output, name), "rb").read()
     assert json.load(open(os.path.join(remote_output, "metadata.json")))["complete"] is True
     # Replacing it goes through the per-file path too, and leaves only the new dataset.
-    run_preprocess("imagenet", root, remote_output, train_shards=2, val_shards=1, workers=1, max_reject_fraction=0.2,
-                   overwrite=True)
+    run_preprocess(PreprocessConfig("imagenet", remote_output, input_path=root, train_shards=2, val_shards=1, workers=1,
+                                    max_reject_fraction=0.2, overwrite=True))
     assert sorted(os.listdir(remote_output)) == ["metadata.json", "rejects.jsonl", "train-00000-of-00002.tfrecord",
                                                  "train-00001-of-00002.tfrecord", "validation-00000-of-00001.tfrecord"]
 
@@ -119,8 +121,8 @@ def test_a_name_that_is_not_utf8_is_a_reject_not_a_crash(imagenet_tree, tmp_path
     synset = imagenet_tree[1]["synsets"][0]
     good = open(os.path.join(root, "train", synset, f"{synset}_1.JPEG"), "rb").read()
     open(os.path.join(os.fsencode(root), b"train", os.fsencode(synset), b"caf\xe9.JPEG"), "wb").write(good)
-    metadata = run_preprocess("imagenet", root, str(tmp_path / "out"), train_shards=2, val_shards=1, workers=1,
-                              max_reject_fraction=0.5)
+    metadata = run_preprocess(PreprocessConfig("imagenet", str(tmp_path / "out"), input_path=root, train_shards=2,
+                                               val_shards=1, workers=1, max_reject_fraction=0.5))
     assert metadata["splits"]["train"]["rejected"] == 3 and metadata["pixel_mean"] is None
     rejects = [json.loads(line) for line in open(tmp_path / "out" / "rejects.jsonl")]
     assert {"path": os.path.join(root, "train", synset, "caf\\xe9.JPEG"), "split": "train",

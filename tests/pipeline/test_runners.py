@@ -5,7 +5,7 @@ import zipfile
 import pytest
 
 from revnet.common.errors import UserError
-from revnet.pipeline import run_preprocess, runners
+from revnet.pipeline import PreprocessConfig, run_preprocess, runners
 
 
 @pytest.mark.parametrize("args, runner, address, expected", [
@@ -50,8 +50,9 @@ def test_a_remote_runner_gets_our_code_as_a_wheel_without_tensorflow(cifar10_arc
 
     monkeypatch.setattr(runners, "run_to_completion", instead_of_running)
     with pytest.raises(RuntimeError, match="not run in a test"):
-        run_preprocess("cifar-10", cifar10_archive, str(tmp_path / "out"), train_shards=2, val_shards=1,
-                       beam_args=["--runner=FlinkRunner", "--flink_master=localhost:8081"])
+        run_preprocess(PreprocessConfig("cifar-10", str(tmp_path / "out"), input_path=cifar10_archive, train_shards=2,
+                                        val_shards=1,
+                                        beam_args=["--runner=FlinkRunner", "--flink_master=localhost:8081"]))
     assert len(seen["packages"]) == 1 and seen["packages"][0].endswith(".whl")
     for module in ("revnet/__init__.py", "revnet/pipeline/shards.py", "revnet/pipeline/beam_pipeline.py",
                    "revnet/preprocess/tfrecord.py", "revnet/preprocess/images.py", "revnet/common/storage.py",

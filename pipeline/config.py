@@ -1,0 +1,101 @@
+"""`PreprocessConfig`: every `preprocess` option in one frozen dataclass, the only place its defaults live.
+
+`cli.py preprocess` builds one flag per field (common/options.py: type from the annotation, default
+from the field, help and bounds from the metadata) and `run_preprocess(config)` takes the object. An
+option that only some datasets take is refused, naming its flag, when set for another one. What needs
+the file system (does --input exist?) is checked by `pipeline.run.check_arguments`, still before
+anything heavy is imported.
+
+Importing this module imports nothing heavy (the CLI builds its flags from it).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional, Tuple
+
+from revnet.common.errors import UserError, choose
+from revnet.common.options import flag_of, option
+
+DATASETS = ("cifar-10", "cifar-100", "imagenet")
+RUNNERS = ("direct", "dask")
+# The options that apply to some datasets only (every other option applies to all).
+DATASET_OPTIONS: Dict[str, Tuple[str, ...]] = {
+    "label": ("cifar-100",),
+    "download_dir": ("cifar-10", "cifar-100"),
+    "val_labels": ("imagenet",),
+    "class_names": ("imagenet",),
+}
+MAX_SHARDS = 99999  # the shard name's five digits
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessConfig:
+    dataset: str  # the command's DATASET argument
+    output_dir: str = dataclasses.field(metadata=option(
+        "Dataset folder to create (TFRecord shards, metadata.json, rejects.jsonl), written atomically.",
+        flag="--output", path="dir"))
+    input_path: Optional[str] = dataclasses.field(default=None, metadata=option(
+        "cifar-10/100: the official .tar.gz or its extracted folder [default: download it, MD5-checked]. "
+        "imagenet: the folder holding train/<synset>/*.JPEG and val/.",
+        flag="--input"))
+    train_shards: Optional[int] = dataclasses.field(default=None, metadata=option(
+        "Training shard files [default: 1024 for ImageNet, 10 for CIFAR].",
+        min=1, max=MAX_SHARDS))
+    val_shards: Optional[int] = dataclasses.field(default=None, metadata=option(
+        "Validation shard files [default: 128 for ImageNet, 2 for CIFAR].",
+        min=1, max=MAX_SHARDS))
+    seed: int = dataclasses.field(default=0, metadata=option(
+        "Seed of the deterministic shuffle of training examples across shards."))
+    label: str = dataclasses.field(default="fine", metadata=option(
+        "cifar-100: the label to train on.", choices=("fine", "coarse")))
+    val_labels: Optional[str] = dataclasses.field(default=None, metadata=option(
+        "imagenet with a flat val/: LOC_val_solution.csv or a file with one synset per line (sorted file names).",
+        path="file"))
+    label_offset: int = dataclasses.field(default=0, metadata=option(
+        "Added to every label; 1 gives the 1..1000 ImageNet convention of the classic TF scripts.", min=0))
+    class_names: Optional[str] = dataclasses.field(default=None, metadata=option(
+        "imagenet: class texts ('n01440764 tench, ...' per line) [default: INPUT/LOC_synset_mapping.txt or "
+        "synset_words.txt if present, else the synset].", path="file"))
+    max_reject_fraction: float = dataclasses.field(default=0.001, metadata=option(
+        "Fail (naming the rejects file) if a split rejects more than this fraction of its inputs.", min=0, max=1))
+    workers: Optional[int] = dataclasses.field(default=None, metadata=option(
+        "Parallel shard writers: forked processes on the local runner, or the size of the Dask LocalCluster "
+        "started by --runner dask without --dask-address [default: CPU count, the fastest setting measured by "
+        "`benchmark preprocess`].", min=1))
+    runner: str = dataclasses.field(default="direct", metadata=option(
+        "direct: Beam's local runner. dask: Beam's Dask runner on --dask-address, or on a local cluster of "
+        "--workers processes (127.0.0.1) started and stopped here. Other Beam runners: after `--`, e.g. "
+        "-- --runner=DataflowRunner.", choices=RUNNERS))
+    dask_address: Optional[str] = dataclasses.field(default=None, metadata=option(
+        "HOST:PORT (or tcp://HOST:PORT) of a running dask.distributed scheduler, for --runner dask."))
+    download_dir: Optional[str] = dataclasses.field(default=None, metadata=option(
+        "cifar-10/100: where a downloaded archive is kept [default: ~/.cache/revnet].", path="dir"))
+    overwrite: bool = dataclasses.field(default=False, metadata=option(
+        "Replace a dataset written by preprocess in --output (a folder holding anything else is refused)."))
+    beam_args: Tuple[str, ...] = ()  # Beam pipeline options, given after `--`
+
+    def __post_init__(self):
+        object.__setattr__(self, "beam_args", tuple(self.beam_args))
+        choose("dataset", self.dataset, DATASETS)
+        choose(flag_of(PreprocessConfig, "runner"), self.runner, RUNNERS)
+        choose(flag_of(PreprocessConfig, "label"), self.label, ("fine", "coarse"))
+        defaults = PreprocessConfig.__dataclass_fields__
+        for name, datasets in DATASET_OPTIONS.items():
+            value = getattr(self, name)
+            if self.dataset not in datasets and value != defaults[name].default:
+                raise UserError(f"{flag_of(PreprocessConfig, name)} {value} only applies to {' and '.join(datasets)}, "
+                                f"not {self.dataset}")
+        for name in ("train_shards", "val_shards"):
+            count = getattr(self, name)
+            if count is not None and not 1 <= count <= MAX_SHARDS:
+                raise UserError(f"{flag_of(PreprocessConfig, name)} must be 1..{MAX_SHARDS}, got {count}")
+        if not 0.0 <= self.max_reject_fraction <= 1.0:
+            raise UserError(f"--max-reject-fraction must be within 0..1, got {self.max_reject_fraction}")
+        if self.label_offset < 0 or (self.workers is not None and self.workers < 1):
+            raise UserError("--label-offset must be >= 0 and --workers >= 1")
+
+    def replace(self, **changes) -> "PreprocessConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> Dict:
+        return dict(dataclasses.asdict(self), beam_args=list(self.beam_args))
