@@ -12,12 +12,12 @@ import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 
 from revnet.common import storage
-from revnet.common.errors import UserError
+from revnet.pipeline.config import PreprocessConfig
 from revnet.pipeline.shards import TASKS_DIR, task_name
 from revnet.preprocess.tfrecord import SPLITS
 
@@ -55,12 +55,18 @@ def shard_positions(source_ids: List[str], seed: int, split: str, num_shards: in
     return shards
 
 
-def plan_cifar(dataset: str, input_path: Optional[str], label: str, label_offset: int,
-               download_dir: Optional[str]) -> Plan:
+def check_cifar(config: PreprocessConfig) -> None:
     from revnet.preprocess.sources import cifar
 
+    cifar.check_input(config.dataset, config.input_path)
+
+
+def plan_cifar(config: PreprocessConfig) -> Plan:
+    from revnet.preprocess.sources import cifar
+
+    dataset, label, label_offset = config.dataset, config.label, config.label_offset
     spec = cifar.SPECS[dataset]
-    input_path = cifar.resolve_input(dataset, input_path, download_dir)
+    input_path = cifar.resolve_input(dataset, config.input_path, config.download_dir)
     members = cifar.split_members(spec)
     raw = cifar.read_members(input_path, spec, [spec.meta_file] + [m for s in SPLITS for m in members[s]])
     tables = cifar.parse_meta(raw.pop(spec.meta_file), spec, spec.meta_file)
@@ -85,21 +91,33 @@ def plan_cifar(dataset: str, input_path: Optional[str], label: str, label_offset
                 extra={"image_format": "PNG", "image_size": cifar.IMAGE_SIZE, **extra})
 
 
-def plan_imagenet(input_path: Optional[str], val_labels: Optional[str], label_offset: int,
-                  class_names: Optional[str]) -> Plan:
+def check_imagenet(config: PreprocessConfig) -> None:
     from revnet.preprocess.sources import imagenet
 
-    if not input_path:
-        raise UserError("imagenet needs --input: the extracted ILSVRC2012 folder with train/<synset>/*.JPEG "
-                        "(it cannot be downloaded automatically)")
-    listing = imagenet.list_imagenet(input_path, val_labels, label_offset, class_names)
+    imagenet.check_input(config.input_path, config.val_labels, config.class_names)
+
+
+def plan_imagenet(config: PreprocessConfig) -> Plan:
+    from revnet.preprocess.sources import imagenet
+
+    listing = imagenet.list_imagenet(config.input_path, config.val_labels, config.label_offset, config.class_names)
     items = {split: [{"source_id": item.source_id, "filename": storage.basename(item.path),
                       "path": item.path if storage.is_remote(item.path) else os.path.abspath(item.path),
                       "label": item.label, "synset": item.synset, "text": item.text}
                      for item in listing.items[split]] for split in SPLITS}
     rejects = [{"path": reject.path, "split": reject.split, "reason": reject.reason} for reject in listing.rejects]
-    return Plan(input_path, items, listing.texts, rejects=rejects, synsets=listing.synsets,
+    return Plan(config.input_path, items, listing.texts, rejects=rejects, synsets=listing.synsets,
                 extra={"image_format": "JPEG", "image_size": None})
+
+
+class Source(NamedTuple):
+    """How a dataset is read: a cheap check of its inputs (before anything heavy) and its planner."""
+    check: Callable[[PreprocessConfig], None]
+    plan: Callable[[PreprocessConfig], Plan]
+
+
+SOURCES: Dict[str, Source] = {"cifar-10": Source(check_cifar, plan_cifar), "cifar-100": Source(check_cifar, plan_cifar),
+                              "imagenet": Source(check_imagenet, plan_imagenet)}
 
 
 def write_tasks(work_dir: str, plan: Plan, seed: int, shard_files: Dict[str, List[str]]) -> List[str]:

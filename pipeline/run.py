@@ -68,21 +68,20 @@ def check_output(output_dir: str, overwrite: bool) -> None:
 
 def run_preprocess(config: PreprocessConfig) -> Dict:
     """Turn a raw dataset into sharded TFRecords + metadata.json in `config.output_dir`; returns the metadata."""
+    source = planning.SOURCES[config.dataset]
+    output_dir = config.output_dir
+    if not storage.is_remote(output_dir):
+        output_dir = os.path.abspath(output_dir)
+    # What the user can get wrong is checked first, before Beam, Dask or a long listing starts.
+    source.check(config)
+    check_output(output_dir, config.overwrite)
     choice = runners.choose_runner(config.beam_args, config.runner, config.dask_address)
     defaults = DEFAULT_SHARDS[config.dataset]
     config = config.replace(train_shards=config.train_shards or defaults[0],
                             val_shards=config.val_shards or defaults[1],
                             workers=config.workers or default_workers())
-    output_dir = config.output_dir
-    if not storage.is_remote(output_dir):
-        output_dir = os.path.abspath(output_dir)
-    check_output(output_dir, config.overwrite)
 
-    if config.dataset == "imagenet":
-        plan = planning.plan_imagenet(config.input_path, config.val_labels, config.label_offset, config.class_names)
-    else:
-        plan = planning.plan_cifar(config.dataset, config.input_path, config.label, config.label_offset,
-                                   config.download_dir)
+    plan = source.plan(config)
     read = plan.read_counts()
     log.info("%s: %d training and %d validation inputs from %s", config.dataset, read["train"], read["validation"],
              plan.input_path)

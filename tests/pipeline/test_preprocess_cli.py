@@ -104,6 +104,28 @@ def test_missing_archive_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+HEAVY_MODULES = {"apache_beam", "distributed", "dask", "tensorflow", "PIL"}
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["imagenett", "--output", "OUT"], "'imagenett' is not one of"),
+    (["imagenet", "--input", "MISSING", "--output", "OUT", "--runner", "dask"], "does not exist; expected a folder"),
+    (["imagenet", "--input", "MISSING", "--output", "OUT", "--", "--runner=FlinkRunner"], "does not exist"),
+    (["cifar-10", "--input", "MISSING", "--output", "OUT", "--runner", "dask"], "does not exist; expected the official"),
+    (["cifar-10", "--output", "OUT", "--val-labels", "v.csv", "--runner", "dask"], "--val-labels v.csv only applies"),
+], ids=["unknown-dataset", "imagenet-dask", "imagenet-beam-args", "cifar-dask", "option-of-another-dataset"])
+def test_argument_errors_come_before_anything_heavy_is_imported(tmp_path, args, expected):
+    args = [str(tmp_path / arg) if arg in ("MISSING", "OUT") else arg for arg in args]
+    result = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "cli.py"), "preprocess", *args],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "click" in imported  # the importtime listing is there to look at
+    assert not imported & HEAVY_MODULES
+    assert not (tmp_path / "OUT").exists()
+
+
 def test_benchmark_rows_compare_the_loop_and_beam(tmp_path):
     rows = run_preprocess_benchmark(num_images=25, worker_counts="1,2", seed=0, runners="direct")
     assert [(r["method"], r["workers"]) for r in rows] == \

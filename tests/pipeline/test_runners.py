@@ -71,13 +71,13 @@ def test_a_user_setup_file_replaces_the_wheel(tmp_path):
         assert not any(arg.startswith("--extra_package") for arg in execution.args)
 
 
-def test_the_dask_runner_without_its_extra_is_one_line_naming_the_install(tmp_path, monkeypatch):
+def test_the_dask_runner_without_its_extra_is_one_line_naming_the_install(cifar10_archive, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from revnet.cli import cli
 
     monkeypatch.setitem(__import__("sys").modules, "distributed", None)  # what a missing package looks like
-    result = CliRunner().invoke(cli, ["preprocess", "cifar-10", "--input", str(tmp_path / "none.tar.gz"),
+    result = CliRunner().invoke(cli, ["preprocess", "cifar-10", "--input", cifar10_archive,
                                       "--output", str(tmp_path / "out"), "--runner", "dask"])
     assert result.exit_code == 2
     assert result.output.strip() == ("error: the Dask runner (--runner dask) needs the optional package "
