@@ -71,7 +71,9 @@ def _cifar_record(item: Dict, planar_row: np.ndarray, images, tfrecord) -> bytes
 
 def _image_record(item: Dict, images, tfrecord):
     try:
-        data = storage.read_bytes(item["path"])
+        data = storage.read_input_file(item["path"], images.DEFAULT_MAX_FILE_BYTES)
+    except storage.NotAnInputFile as error:
+        raise images.ImageRejected(str(error)) from None
     except OSError as error:
         raise images.ImageRejected(f"cannot read file: {error}") from None
     encoded = images.to_rgb_jpeg(data)

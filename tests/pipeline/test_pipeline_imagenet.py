@@ -127,3 +127,33 @@ def test_a_name_that_is_not_utf8_is_a_reject_not_a_crash(imagenet_tree, tmp_path
     rejects = [json.loads(line) for line in open(tmp_path / "out" / "rejects.jsonl")]
     assert {"path": os.path.join(root, "train", synset, "caf\\xe9.JPEG"), "split": "train",
             "reason": "file name is not valid UTF-8"} in rejects
+
+
+@pytest.mark.timeout(120)  # a FIFO used to block its reader forever: fail, never hang
+def test_special_files_and_symlink_loops_are_rejects_not_hangs(imagenet_tree, tmp_path, monkeypatch):
+    """Rough-edges issue: a FIFO named *.JPEG hung the run; a self-referencing symlink aborted it with
+    `OSError: [Errno 40] Too many levels of symbolic links`."""
+    import socket
+
+    root = str(tmp_path / "tree")
+    shutil.copytree(imagenet_tree[0], root)
+    folder = os.path.join(root, "train", imagenet_tree[1]["synsets"][0])
+    os.mkfifo(os.path.join(folder, "fifo.JPEG"))
+    os.symlink("loop.JPEG", os.path.join(folder, "loop.JPEG"))
+    os.symlink(os.devnull, os.path.join(folder, "device.JPEG"))
+    monkeypatch.chdir(folder)  # a socket's path is limited to about 100 bytes
+    server = socket.socket(socket.AF_UNIX)
+    server.bind("socket.JPEG")
+    try:
+        metadata = run_preprocess(PreprocessConfig("imagenet", str(tmp_path / "out"), input_path=root, train_shards=2,
+                                                   val_shards=1, workers=2, max_reject_fraction=0.5))
+    finally:
+        server.close()
+    reasons = {os.path.basename(r["path"]): r["reason"]
+               for r in map(json.loads, open(tmp_path / "out" / "rejects.jsonl"))}
+    assert reasons["fifo.JPEG"] == "not a regular file (a FIFO)"
+    assert reasons["socket.JPEG"] == "not a regular file (a socket)"
+    assert reasons["device.JPEG"] == "not a regular file (a character device)"
+    assert "Too many levels of symbolic links" in reasons["loop.JPEG"]
+    train = metadata["splits"]["train"]
+    assert train["rejected"] == 2 + 4 and train["read"] == train["written"] + train["rejected"]
