@@ -42,6 +42,16 @@ def is_file(path: str) -> bool:
     return _fs().exists(path) if is_remote(path) else os.path.isfile(path)
 
 
+def file_size(path: str) -> Optional[int]:
+    """The size of a file in bytes, or None if it cannot be found out."""
+    try:
+        if is_remote(path):
+            return _fs().match([path])[0].metadata_list[0].size_in_bytes
+        return os.path.getsize(path)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def children(folder: str) -> Tuple[List[str], List[str]]:
     """(file names, subfolder names) directly inside `folder`, sorted; empty if it does not exist."""
     if not is_remote(folder):

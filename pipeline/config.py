@@ -39,10 +39,11 @@ class PreprocessConfig:
         "imagenet: the folder holding train/<synset>/*.JPEG and val/.",
         flag="--input"))
     train_shards: Optional[int] = dataclasses.field(default=None, metadata=option(
-        "Training shard files [default: 1024 for ImageNet, 10 for CIFAR].",
+        "Training shard files [default: about 128 MB each and at most one per 100 images, within 10..1024].",
         min=1, max=MAX_SHARDS))
     val_shards: Optional[int] = dataclasses.field(default=None, metadata=option(
-        "Validation shard files [default: 128 for ImageNet, 2 for CIFAR].",
+        "Validation (and test) shard files [default: about 128 MB each and at most one per 100 images, within "
+        "2..128].",
         min=1, max=MAX_SHARDS))
     seed: int = dataclasses.field(default=0, metadata=option(
         "Seed of the deterministic shuffle of training examples across shards."))
@@ -56,8 +57,11 @@ class PreprocessConfig:
     class_names: Optional[str] = dataclasses.field(default=None, metadata=option(
         "imagenet: class texts ('n01440764 tench, ...' per line) [default: INPUT/LOC_synset_mapping.txt or "
         "synset_words.txt if present, else the synset].", path="file"))
-    max_reject_fraction: float = dataclasses.field(default=0.001, metadata=option(
-        "Fail (naming the rejects file) if a split rejects more than this fraction of its inputs.", min=0, max=1))
+    max_reject_fraction: float = dataclasses.field(default=0.01, metadata=option(
+        "Fail, publishing nothing and keeping the list of rejects beside --output, if a split rejects more than "
+        "this fraction of its inputs and more than --max-rejects.", min=0, max=1))
+    max_rejects: int = dataclasses.field(default=3, metadata=option(
+        "Rejects a split may have whatever its size (its limit is the larger of this and the fraction).", min=0))
     workers: Optional[int] = dataclasses.field(default=None, metadata=option(
         "Parallel shard writers: forked processes on the local runner, or the size of the Dask LocalCluster "
         "started by --runner dask without --dask-address [default: CPU count, the fastest setting measured by "
@@ -89,8 +93,9 @@ class PreprocessConfig:
             count = getattr(self, name)
             if count is not None and not 1 <= count <= MAX_SHARDS:
                 raise UserError(f"{flag_of(PreprocessConfig, name)} must be 1..{MAX_SHARDS}, got {count}")
-        if not 0.0 <= self.max_reject_fraction <= 1.0:
-            raise UserError(f"--max-reject-fraction must be within 0..1, got {self.max_reject_fraction}")
+        if not 0.0 <= self.max_reject_fraction <= 1.0 or self.max_rejects < 0:
+            raise UserError(f"--max-reject-fraction must be within 0..1 and --max-rejects at least 0, got "
+                            f"{self.max_reject_fraction} and {self.max_rejects}")
         if self.label_offset < 0 or (self.workers is not None and self.workers < 1):
             raise UserError("--label-offset must be >= 0 and --workers >= 1")
 

@@ -32,10 +32,46 @@ class Plan:
     rejects: List[dict] = field(default_factory=list)
     synsets: Optional[List[str]] = None
     extra: Dict[str, object] = field(default_factory=dict)
+    estimated_bytes: Dict[str, int] = field(default_factory=dict)  # of each split's records, for the shard count
 
     def read_counts(self) -> Dict[str, int]:
         return {split: len(self.items[split]) + sum(1 for r in self.rejects if r["split"] == split)
                 for split in SPLITS}
+
+
+# Default shard counts: about SHARD_BYTES of records per file, at most one file per IMAGES_PER_SHARD images,
+# and (when there are that many images) at least enough files for parallel reads, at most the classic
+# ImageNet layout: 10..1024 training and 2..128 validation (or test) files.
+SHARD_BYTES = 128 << 20
+IMAGES_PER_SHARD = 100
+SHARD_RANGE = {"train": (10, 1024), "evaluation": (2, 128)}
+
+
+def default_shards(split: str, images: int, estimated_bytes: int) -> int:
+    """The shard count of a split of `images` inputs whose records take about `estimated_bytes`."""
+    low, high = SHARD_RANGE["train" if split == "train" else "evaluation"]
+    by_size = max(low, -(-estimated_bytes // SHARD_BYTES))
+    return max(1, min(high, images // IMAGES_PER_SHARD, by_size))
+
+
+def shard_counts(plan: Plan, train_shards: Optional[int], eval_shards: Optional[int]) -> Dict[str, int]:
+    """Each split's shard count: as given (--val-shards for every evaluation split), else the default."""
+    counts = {}
+    for split in SPLITS:
+        given = train_shards if split == "train" else eval_shards
+        images = len(plan.items[split])
+        counts[split] = given or default_shards(split, images, plan.estimated_bytes.get(split, 0))
+    return counts
+
+
+def estimate_bytes(paths: List[str], samples: int = 32) -> int:
+    """The total size of `paths`, from the mean size of up to `samples` of them spread over the list (a
+    size on an object store costs a request)."""
+    if not paths:
+        return 0
+    step = max(1, len(paths) // samples)
+    sizes = [size for size in (storage.file_size(path) for path in paths[::step][:samples]) if size is not None]
+    return int(len(paths) * sum(sizes) / len(sizes)) if sizes else 0
 
 
 def order_key(seed: int, split: str, source_id: str) -> Tuple[str, str]:
@@ -88,7 +124,8 @@ def plan_cifar(config: PreprocessConfig) -> Plan:
         rows[split] = np.concatenate(pixels) if pixels else np.zeros((0, cifar.ROW_BYTES), np.uint8)
     extra = {"coarse_label_names": tables["coarse_labels"]} if dataset == "cifar-100" else {}
     return Plan(input_path, items, tables[label_key], rows=rows,
-                extra={"image_format": "PNG", "image_size": cifar.IMAGE_SIZE, **extra})
+                extra={"image_format": "PNG", "image_size": cifar.IMAGE_SIZE, **extra},
+                estimated_bytes={split: len(items[split]) * cifar.ROW_BYTES for split in SPLITS})
 
 
 def check_imagenet(config: PreprocessConfig) -> None:
@@ -107,7 +144,8 @@ def plan_imagenet(config: PreprocessConfig) -> Plan:
                      for item in listing.items[split]] for split in SPLITS}
     rejects = [{"path": reject.path, "split": reject.split, "reason": reject.reason} for reject in listing.rejects]
     return Plan(config.input_path, items, listing.texts, rejects=rejects, synsets=listing.synsets,
-                extra={"image_format": "JPEG", "image_size": None})
+                extra={"image_format": "JPEG", "image_size": None},
+                estimated_bytes={split: estimate_bytes([item["path"] for item in items[split]]) for split in SPLITS})
 
 
 class Source(NamedTuple):

@@ -12,21 +12,20 @@ import json
 import logging
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from revnet.common import storage
-from revnet.common.errors import UserError, choose
+from revnet.common.errors import UserError
 from revnet.pipeline import plan as planning
+from revnet.pipeline import rejects as limits
 from revnet.pipeline import runners, shards
 from revnet.pipeline.config import PreprocessConfig
 from revnet.pipeline.plan import Plan
 from revnet.preprocess.tfrecord import METADATA_FILE, REJECTS_FILE, SPLITS, shard_name
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SHARDS = {"cifar-10": (10, 2), "cifar-100": (10, 2), "imagenet": (1024, 128)}
 
 
 def default_workers() -> int:
@@ -76,12 +75,11 @@ def run_preprocess(config: PreprocessConfig) -> Dict:
     source.check(config)
     check_output(output_dir, config.overwrite)
     choice = runners.choose_runner(config.beam_args, config.runner, config.dask_address)
-    defaults = DEFAULT_SHARDS[config.dataset]
-    config = config.replace(train_shards=config.train_shards or defaults[0],
-                            val_shards=config.val_shards or defaults[1],
-                            workers=config.workers or default_workers())
 
     plan = source.plan(config)
+    num_shards = planning.shard_counts(plan, config.train_shards, config.val_shards)
+    config = config.replace(train_shards=num_shards["train"], val_shards=num_shards["validation"],
+                            workers=config.workers or default_workers())
     read = plan.read_counts()
     log.info("%s: %d training and %d validation inputs from %s", config.dataset, read["train"], read["validation"],
              plan.input_path)
@@ -90,12 +88,13 @@ def run_preprocess(config: PreprocessConfig) -> Dict:
         os.makedirs(os.path.dirname(output_dir), exist_ok=True)
     work_dir = storage.temp_sibling(output_dir, "tmp")
     try:
-        metadata = _run_in(work_dir, config, plan, read, choice, output_dir)
+        metadata = _run_in(work_dir, config, plan, num_shards, read, choice, output_dir)
         check_output(output_dir, config.overwrite)  # again: something may have appeared there while we ran
         storage.publish_folder(work_dir, output_dir, METADATA_FILE)
     except BaseException:
         storage.remove_tree(work_dir)
         raise
+    limits.remove_kept_list(output_dir)
     log.info("wrote %s", output_dir)
     return metadata
 
@@ -136,9 +135,8 @@ def _pixel_mean(summaries: List[dict], written: int) -> Optional[list]:
     return planar_to_hwc(total[None].astype(np.float64) / written)[0].tolist()
 
 
-def _run_in(work_dir: str, config: PreprocessConfig, plan: Plan, read, choice, output_dir: str) -> Dict:
-    num_shards = {"train": config.train_shards, "validation": config.val_shards}
-    max_reject_fraction = config.max_reject_fraction
+def _run_in(work_dir: str, config: PreprocessConfig, plan: Plan, num_shards: Dict[str, int], read, choice,
+            output_dir: str) -> Dict:
     shard_files = {split: [shard_name(split, i, count) for i in range(count)] for split, count in num_shards.items()}
     task_names = planning.write_tasks(work_dir, plan, config.seed, shard_files)
     started = time.monotonic()
@@ -161,14 +159,9 @@ def _run_in(work_dir: str, config: PreprocessConfig, plan: Plan, read, choice, o
                 converted[action] = converted.get(action, 0) + count
         splits[split] = {"read": read[split], "written": written, "rejected": rejected, "converted": converted,
                          "shards": [{"file": s["file"], "records": s["records"]} for s in mine]}
-    rejects_text = "".join(line + "\n" for line in sorted(json.dumps(r, sort_keys=True) for r in rejects))
-    for split, counts in splits.items():
-        if counts["read"] and counts["rejected"] / counts["read"] > max_reject_fraction:
-            kept = f"{output_dir}.rejects.jsonl"
-            storage.write_bytes(kept, rejects_text.encode("utf-8"))
-            raise UserError(f"{split}: {counts['rejected']} of {counts['read']} inputs rejected, more than "
-                            f"--max-reject-fraction {max_reject_fraction}; see {kept}")
-    storage.write_bytes(storage.join(work_dir, REJECTS_FILE), rejects_text.encode("utf-8"))
+    limits.check_limits(read, {split: counts["rejected"] for split, counts in splits.items()}, rejects, config,
+                        output_dir)
+    storage.write_bytes(storage.join(work_dir, REJECTS_FILE), limits.rejects_jsonl(rejects))
     # Only the dataset is published: scratch folders and any temporary file a killed worker left go.
     expected = {REJECTS_FILE} | {name for files in shard_files.values() for name in files}
     for name in storage.list_names(work_dir):

@@ -62,17 +62,44 @@ def test_records_have_the_imagenet_schema_and_labels(imagenet_run):
         assert os.path.basename(info["specials"][kind]) not in by_name
 
 
-def test_too_many_rejects_fail_naming_the_rejects_file(imagenet_tree, tmp_path):
-    root, _ = imagenet_tree
+def test_too_many_rejects_fail_keeping_their_list_beside_the_output(imagenet_tree, tmp_path):
+    root, info = imagenet_tree
     output = tmp_path / "imagenet"
-    with pytest.raises(UserError, match=r"train: 2 of 23 inputs rejected, more than --max-reject-fraction 0.001; "
-                                        r"see .*imagenet.rejects.jsonl"):
-        run_preprocess(PreprocessConfig("imagenet", str(output), input_path=root, train_shards=2, val_shards=1,
-                                        workers=1))
+    with pytest.raises(UserError) as failure:
+        run_preprocess(PreprocessConfig("imagenet", str(output), input_path=root, max_rejects=1, workers=1))
+    message = str(failure.value)
+    assert message.startswith("train: 2 of 23 inputs rejected, more than the 1 allowed (the larger of --max-rejects 1 "
+                              "and --max-reject-fraction 0.01 of 23); most often (1x) ")
+    assert f"all 2 are listed in {output}.rejects.jsonl" in message
+    assert message.endswith("raise --max-rejects or --max-reject-fraction to accept them")
     assert not output.exists()
     kept = [json.loads(line) for line in open(f"{output}.rejects.jsonl")]
-    assert len(kept) == 2
+    assert sorted(r["path"] for r in kept) == sorted([info["specials"]["truncated"], info["specials"]["empty"]])
     assert sorted(os.listdir(tmp_path)) == ["imagenet.rejects.jsonl"]
+    # The next run that succeeds publishes the dataset with its own rejects.jsonl; the stale list goes.
+    run_preprocess(PreprocessConfig("imagenet", str(output), input_path=root, workers=1))
+    assert sorted(os.listdir(tmp_path)) == ["imagenet"]
+
+
+def test_a_file_of_the_users_beside_the_output_is_never_touched(imagenet_tree, tmp_path):
+    root, _ = imagenet_tree
+    output = tmp_path / "imagenet"
+    beside = tmp_path / "imagenet.rejects.jsonl"
+    beside.write_text("my own notes\n")
+    with pytest.raises(UserError, match=r"imagenet.rejects.jsonl exists and was not written by preprocess, so the "
+                                        r"list was not saved"):
+        run_preprocess(PreprocessConfig("imagenet", str(output), input_path=root, max_rejects=0, workers=1))
+    run_preprocess(PreprocessConfig("imagenet", str(output), input_path=root, workers=1))
+    assert beside.read_text() == "my own notes\n"
+
+
+def test_small_data_gets_few_shards_and_a_few_rejects_pass(imagenet_tree, tmp_path):
+    """121 images used to become 1024 + 128 shard files, and 2 broken ones failed the run."""
+    root, info = imagenet_tree
+    metadata = run_preprocess(PreprocessConfig("imagenet", str(tmp_path / "out"), input_path=root, workers=1))
+    assert [len(metadata["splits"][split]["shards"]) for split in ("train", "validation")] == [1, 1]
+    assert metadata["options"]["train_shards"] == 1 and metadata["options"]["val_shards"] == 1
+    assert metadata["splits"]["train"]["rejected"] == 2 <= metadata["options"]["max_rejects"]
 
 
 @pytest.mark.parametrize("label_file", ["LOC_val_solution.csv", "val_synsets.txt"])
