@@ -26,6 +26,7 @@ DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
 # An input file is read whole, so its size is bounded too: 256 MiB holds an uncompressed 40-megapixel image
 # at 16 bits per channel (240 MB); a compressed photo is a small fraction of it.
 DEFAULT_MAX_FILE_BYTES = 1 << 28
+DRAFT_MARGIN = 2  # a JPEG is decoded at a reduced DCT scale that keeps >= 2x the size the resize needs
 # Pillow warns from 89 MP; our own limit is checked first and is stricter, so its warning is noise.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
@@ -156,3 +157,24 @@ def _rgb_array(image: Image.Image, band_bytes: int = 1 << 22) -> np.ndarray:
     for top in range(0, image.height, rows):
         pixels[top:top + rows] = np.asarray(image.crop((0, top, image.width, min(top + rows, image.height))))
     return pixels
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int, half_pixel_centers: bool = True) -> np.ndarray:
+    """tf.image.resize(method="bilinear") in numpy (the model server's resize; a folder dataset's 32x32
+    images are made with it, so a served photo becomes the pixels training saw): half-pixel centres, edge clamping, float output; with
+    half_pixel_centers=False, TF1's resize_bilinear (output pixel i samples input position i * in/out)."""
+    def axis(out_size, in_size):
+        if half_pixel_centers:
+            position = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+        else:
+            position = np.arange(out_size, dtype=np.float32) * np.float32(in_size / out_size)
+        low = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
+        high = np.minimum(low + 1, in_size - 1)
+        return low, high, (position - low).astype(np.float32)
+
+    top, bottom, y_weight = axis(height, image.shape[0])
+    left, right, x_weight = axis(width, image.shape[1])
+    # Gather the needed rows first, then go to float: a uint8 input never exists in float at full size.
+    upper, lower = image[top].astype(np.float32), image[bottom].astype(np.float32)
+    rows = upper + (lower - upper) * y_weight[:, None, None]
+    return rows[:, left] + (rows[:, right] - rows[:, left]) * x_weight[None, :, None]
