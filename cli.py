@@ -160,7 +160,8 @@ def benchmark_memory_command(model_names, batch_sizes, steps, modes, precisions,
 @click.option("--json", "as_json", is_flag=True, help="Print metadata.json instead of a summary table.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
 def preprocess_command(dataset, as_json, beam_args, **options):
-    """Turn a raw DATASET (cifar-10, cifar-100, imagenet) into sharded TFRecords with an Apache Beam pipeline.
+    """Turn a raw DATASET (cifar-10, cifar-100, imagenet, or a folder of your own images) into sharded
+    TFRecords with an Apache Beam pipeline (docs/data.md).
 
     Beam pipeline options go after `--`, e.g. `-- --runner=DataflowRunner --project=P --region=R
     --temp_location=gs://B/tmp` (our code is shipped to such workers as a wheel, without TensorFlow) or

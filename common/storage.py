@@ -109,12 +109,16 @@ class NotAnInputFile(OSError):
     """The path is not a regular file of a readable size; the message says what it is."""
 
 
+def not_regular(mode: int) -> Optional[str]:
+    """Why a file of this st_mode is not a regular file ("not a regular file (a FIFO)"), or None if it is one."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((f"not a regular file ({kind})" for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+
 def _check_regular(mode: int, size: int, max_bytes: int) -> None:
-    for test, kind in _FILE_KINDS:
-        if test(mode):
-            raise NotAnInputFile(f"not a regular file ({kind})")
-    if not stat.S_ISREG(mode):
-        raise NotAnInputFile("not a regular file")
+    if not_regular(mode):
+        raise NotAnInputFile(not_regular(mode))
     if size > max_bytes:
         raise NotAnInputFile(f"file of {size:,} bytes is over the limit of {max_bytes:,} bytes")
 

@@ -16,14 +16,19 @@ from typing import Dict, Optional, Tuple
 from revnet.common.errors import UserError, choose
 from revnet.common.options import flag_of, option
 
-DATASETS = ("cifar-10", "cifar-100", "imagenet")
+DATASETS = ("cifar-10", "cifar-100", "imagenet", "folder")
 RUNNERS = ("direct", "dask")
+# --image-size of a folder dataset: the input sizes of the model zoo (CIFAR-style 32, ImageNet-style 224).
+IMAGE_SIZES = (32, 224)
 # The options that apply to some datasets only (every other option applies to all).
 DATASET_OPTIONS: Dict[str, Tuple[str, ...]] = {
     "label": ("cifar-100",),
     "download_dir": ("cifar-10", "cifar-100"),
     "val_labels": ("imagenet",),
     "class_names": ("imagenet",),
+    "manifest": ("folder",),
+    "val_fraction": ("folder",),
+    "image_size": ("folder",),
 }
 MAX_SHARDS = 99999  # the shard name's five digits
 
@@ -36,8 +41,19 @@ class PreprocessConfig:
         flag="--output", path="dir"))
     input_path: Optional[str] = dataclasses.field(default=None, metadata=option(
         "cifar-10/100: the official .tar.gz or its extracted folder [default: download it, MD5-checked]. "
-        "imagenet: the folder holding train/<synset>/*.JPEG and val/.",
+        "imagenet: the folder holding train/<synset>/*.JPEG and val/. folder: DIR/<class>/**/<image>, or "
+        "DIR/train/<class>/..., DIR/val/<class>/... (and an optional DIR/test/); see docs/data.md.",
         flag="--input"))
+    manifest: Optional[str] = dataclasses.field(default=None, metadata=option(
+        "folder: a CSV file of path,label[,split] rows (a header row is optional; relative paths are taken from "
+        "--input, or else from the CSV's folder), for images kept outside a class tree.", path="file"))
+    val_fraction: float = dataclasses.field(default=0.1, metadata=option(
+        "folder without split folders: the fraction of images for validation, chosen by a hash of each file's "
+        "relative path (adding files never moves old ones across splits).", min=0, max=1))
+    image_size: int = dataclasses.field(default=224, metadata=option(
+        "folder: the input size recorded for training and serving. 32: CIFAR-style models (images resized to "
+        "32x32 and stored as PNG, the training pixel mean recorded); 224: ImageNet-style models (images stored "
+        "as JPEG).", choices=IMAGE_SIZES))
     train_shards: Optional[int] = dataclasses.field(default=None, metadata=option(
         "Training shard files [default: about 128 MB each and at most one per 100 images, within 10..1024].",
         min=1, max=MAX_SHARDS))
@@ -83,6 +99,7 @@ class PreprocessConfig:
         choose("dataset", self.dataset, DATASETS)
         choose(flag_of(PreprocessConfig, "runner"), self.runner, RUNNERS)
         choose(flag_of(PreprocessConfig, "label"), self.label, ("fine", "coarse"))
+        choose(flag_of(PreprocessConfig, "image_size"), self.image_size, IMAGE_SIZES)
         defaults = PreprocessConfig.__dataclass_fields__
         for name, datasets in DATASET_OPTIONS.items():
             value = getattr(self, name)
@@ -93,6 +110,9 @@ class PreprocessConfig:
             count = getattr(self, name)
             if count is not None and not 1 <= count <= MAX_SHARDS:
                 raise UserError(f"{flag_of(PreprocessConfig, name)} must be 1..{MAX_SHARDS}, got {count}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction must be at least 0 and below 1 (1 leaves no training images), "
+                            f"got {self.val_fraction}")
         if not 0.0 <= self.max_reject_fraction <= 1.0 or self.max_rejects < 0:
             raise UserError(f"--max-reject-fraction must be within 0..1 and --max-rejects at least 0, got "
                             f"{self.max_reject_fraction} and {self.max_rejects}")

@@ -22,9 +22,34 @@ from revnet.pipeline.shards import TASKS_DIR, task_name
 from revnet.preprocess.tfrecord import SPLITS
 
 
+class ImageStyle(NamedTuple):
+    """What a dataset's image size means: the model family whose training augmentation and evaluation
+    preprocessing fit it (train/config.py RECIPES, models/registry.py), and how its records store images."""
+    model_family: str
+    image_format: str
+    encoding: Dict[str, object]  # how a shard worker encodes an image file (pipeline/shards.py)
+
+
+# A folder dataset's 224 images keep their own size, reduced by 2, 4 or 8 (for a JPEG: decoded at that DCT
+# scale, as the server decodes requests) when both sides are at least twice DRAFT_MARGIN * 256, the 256 being
+# the shorter side evaluation resizes a 224 input from. "formats": "folder" is preprocess.images.FOLDER_FORMATS.
+IMAGE_STYLES: Dict[int, ImageStyle] = {
+    32: ImageStyle("cifar", "PNG", {"kind": "square_png", "size": 32, "formats": "folder"}),
+    224: ImageStyle("imagenet", "JPEG", {"kind": "jpeg", "orient": True, "evaluation_side": 256, "formats": "folder"}),
+}
+IMAGENET_ENCODING = {"kind": "jpeg"}  # ILSVRC2012 as the classic TF scripts store it: files kept or re-encoded
+
+
+def style_metadata(image_size: int) -> Dict[str, object]:
+    """metadata.json's description of the images: what the trainer picks augmentation and preprocessing by."""
+    style = IMAGE_STYLES[image_size]
+    return {"image_size": image_size, "image_format": style.image_format, "model_family": style.model_family,
+            "augmentation": style.model_family, "preprocessing": style.model_family}
+
+
 @dataclass
 class Plan:
-    """Inputs per split in source order (labels resolved), what listing already rejected, label tables."""
+    """Inputs per split in source order (labels resolved), what listing already rejected or skipped, label tables."""
     input_path: str
     items: Dict[str, List[dict]]
     label_names: List[str]
@@ -33,10 +58,14 @@ class Plan:
     synsets: Optional[List[str]] = None
     extra: Dict[str, object] = field(default_factory=dict)
     estimated_bytes: Dict[str, int] = field(default_factory=dict)  # of each split's records, for the shard count
+    splits: Tuple[str, ...] = SPLITS
+    skips: List[dict] = field(default_factory=list)  # {"path", "split", "reason"}: clearly not images, not read
+    encoding: Dict[str, object] = field(default_factory=lambda: dict(IMAGENET_ENCODING))
+    digests: bool = False  # workers record each written input's content hash (duplicates across splits)
 
     def read_counts(self) -> Dict[str, int]:
-        return {split: len(self.items[split]) + sum(1 for r in self.rejects if r["split"] == split)
-                for split in SPLITS}
+        return {split: len(self.items[split]) + sum(1 for r in self.rejects + self.skips if r["split"] == split)
+                for split in self.splits}
 
 
 # Default shard counts: about SHARD_BYTES of records per file, at most one file per IMAGES_PER_SHARD images,
@@ -57,7 +86,7 @@ def default_shards(split: str, images: int, estimated_bytes: int) -> int:
 def shard_counts(plan: Plan, train_shards: Optional[int], eval_shards: Optional[int]) -> Dict[str, int]:
     """Each split's shard count: as given (--val-shards for every evaluation split), else the default."""
     counts = {}
-    for split in SPLITS:
+    for split in plan.splits:
         given = train_shards if split == "train" else eval_shards
         images = len(plan.items[split])
         counts[split] = given or default_shards(split, images, plan.estimated_bytes.get(split, 0))
@@ -123,8 +152,7 @@ def plan_cifar(config: PreprocessConfig) -> Plan:
             pixels.append(batch["data"])
         rows[split] = np.concatenate(pixels) if pixels else np.zeros((0, cifar.ROW_BYTES), np.uint8)
     extra = {"coarse_label_names": tables["coarse_labels"]} if dataset == "cifar-100" else {}
-    return Plan(input_path, items, tables[label_key], rows=rows,
-                extra={"image_format": "PNG", "image_size": cifar.IMAGE_SIZE, **extra},
+    return Plan(input_path, items, tables[label_key], rows=rows, extra={**style_metadata(cifar.IMAGE_SIZE), **extra},
                 estimated_bytes={split: len(items[split]) * cifar.ROW_BYTES for split in SPLITS})
 
 
@@ -144,8 +172,35 @@ def plan_imagenet(config: PreprocessConfig) -> Plan:
                      for item in listing.items[split]] for split in SPLITS}
     rejects = [{"path": reject.path, "split": reject.split, "reason": reject.reason} for reject in listing.rejects]
     return Plan(config.input_path, items, listing.texts, rejects=rejects, synsets=listing.synsets,
-                extra={"image_format": "JPEG", "image_size": None},
+                extra=style_metadata(224),
                 estimated_bytes={split: estimate_bytes([item["path"] for item in items[split]]) for split in SPLITS})
+
+
+def check_folder(config: PreprocessConfig) -> None:
+    from revnet.preprocess.sources import folder
+
+    folder.check_input(config.input_path, config.manifest, _val_fraction_given(config))
+
+
+def _val_fraction_given(config: PreprocessConfig) -> bool:
+    return config.val_fraction != PreprocessConfig.__dataclass_fields__["val_fraction"].default
+
+
+def plan_folder(config: PreprocessConfig) -> Plan:
+    from revnet.preprocess.sources import folder
+
+    listing = folder.list_folder(config.input_path, config.manifest, config.val_fraction, _val_fraction_given(config))
+    label_of = {name: index + config.label_offset for index, name in enumerate(listing.class_names)}
+    items = {split: [{"source_id": item.source_id, "filename": item.source_id, "path": item.path,
+                      "label": label_of[item.class_name], "text": item.class_name, "synset": None}
+                     for item in listing.items[split]] for split in listing.splits}
+    size = config.image_size
+    style = IMAGE_STYLES[size]
+    estimated = {split: (len(items[split]) * size * size * 3 if style.image_format == "PNG"
+                         else estimate_bytes([item["path"] for item in items[split]])) for split in listing.splits}
+    return Plan(config.input_path, items, listing.class_names, rejects=listing.rejects,
+                extra={**style_metadata(size), "layout": listing.layout}, estimated_bytes=estimated,
+                splits=listing.splits, skips=listing.skips, encoding=style.encoding, digests=True)
 
 
 class Source(NamedTuple):
@@ -155,18 +210,20 @@ class Source(NamedTuple):
 
 
 SOURCES: Dict[str, Source] = {"cifar-10": Source(check_cifar, plan_cifar), "cifar-100": Source(check_cifar, plan_cifar),
-                              "imagenet": Source(check_imagenet, plan_imagenet)}
+                              "imagenet": Source(check_imagenet, plan_imagenet),
+                              "folder": Source(check_folder, plan_folder)}
 
 
 def write_tasks(work_dir: str, plan: Plan, seed: int, shard_files: Dict[str, List[str]]) -> List[str]:
     """Write one task file per output shard into work_dir/_tasks; returns the task names."""
     storage.makedirs(storage.join(work_dir, TASKS_DIR))
     jobs = []
-    for split in SPLITS:
+    for split in plan.splits:
         source_ids = [item["source_id"] for item in plan.items[split]]
         for shard, positions in enumerate(shard_positions(source_ids, seed, split, len(shard_files[split]))):
             name = task_name(split, shard)
-            task = {"split": split, "shard": shard, "file": shard_files[split][shard],
+            task = {"split": split, "shard": shard, "file": shard_files[split][shard], "encoding": plan.encoding,
+                    "digests": plan.digests,
                     "items": [dict(plan.items[split][p], row=row) if plan.rows is not None else plan.items[split][p]
                               for row, p in enumerate(positions)]}
             pixels = None

@@ -81,8 +81,8 @@ def run_preprocess(config: PreprocessConfig) -> Dict:
     config = config.replace(train_shards=num_shards["train"], val_shards=num_shards["validation"],
                             workers=config.workers or default_workers())
     read = plan.read_counts()
-    log.info("%s: %d training and %d validation inputs from %s", config.dataset, read["train"], read["validation"],
-             plan.input_path)
+    log.info("%s: %s inputs from %s", config.dataset, ", ".join(f"{count} {split}" for split, count in read.items()),
+             plan.input_path or config.manifest)
 
     if not storage.is_remote(output_dir):
         os.makedirs(os.path.dirname(output_dir), exist_ok=True)
@@ -125,14 +125,59 @@ def _collect(work_dir: str, task_names: List[str]) -> Dict[str, dict]:
 
 
 def _pixel_mean(summaries: List[dict], written: int) -> Optional[list]:
-    """Mean raw pixel value [32][32][3] over the written records, from the shards' exact integer sums."""
+    """Mean raw pixel value [H][W][3] over the written records, from the shards' exact integer sums; None
+    for datasets of JPEGs of any size (ImageNet-style models use no mean) or without training records."""
     sums = [s["pixel_sum"] for s in summaries if s["pixel_sum"] is not None]
     if not sums or not written:
         return None
-    from revnet.preprocess.sources.cifar import planar_to_hwc
-
     total = np.sum(np.asarray(sums, dtype=np.int64), axis=0)
-    return planar_to_hwc(total[None].astype(np.float64) / written)[0].tolist()
+    return (total.astype(np.float64) / written).tolist()
+
+
+def _split_counts(split: str, mine: List[dict], read: int, rejected: int, skipped: int, num_labels: int,
+                  label_offset: int) -> Dict:
+    """One split's entry of metadata.json, after checking that every input read is accounted for."""
+    written = sum(s["records"] for s in mine)
+    if written + rejected + skipped != read:
+        raise RuntimeError(f"{split}: read {read} inputs but wrote {written}, rejected {rejected} and skipped "
+                           f"{skipped}; records were lost, the output is not published")
+    converted: Dict[str, int] = {}
+    per_class = [0] * num_labels
+    for summary in mine:
+        for action, count in summary["converted"].items():
+            converted[action] = converted.get(action, 0) + count
+        for label, count in summary["labels"].items():
+            per_class[int(label) - label_offset] += count
+    return {"read": read, "written": written, "rejected": rejected, "skipped": skipped, "converted": converted,
+            "class_counts": per_class, "shards": [{"file": s["file"], "records": s["records"]} for s in mine]}
+
+
+def _duplicates(summaries: List[dict]) -> Dict:
+    """Inputs with the same bytes in two splits (an evaluation that measures memory), named."""
+    seen: Dict[str, tuple] = {}
+    pairs = []
+    for summary in summaries:
+        for digest, path in summary["digests"]:
+            first = seen.setdefault(digest, (summary["split"], path))
+            if first[0] != summary["split"]:
+                pairs.append(sorted([first[1], path]))
+    pairs.sort()
+    if pairs:
+        log.warning("%d image(s) appear in two splits with the same content, e.g. %s and %s; an evaluation on "
+                    "them measures memory, not generalisation (all are listed in metadata.json \"duplicates\")",
+                    len(pairs), *pairs[0])
+    return {"count": len(pairs), "pairs": pairs}
+
+
+def _skipped(skips: List[dict]) -> Dict:
+    """Skipped inputs by reason: how many, and a few of their paths."""
+    by_reason: Dict[str, Dict] = {}
+    for skip in sorted(skips, key=lambda s: s["path"]):
+        entry = by_reason.setdefault(skip["reason"], {"count": 0, "examples": []})
+        entry["count"] += 1
+        if len(entry["examples"]) < 5:
+            entry["examples"].append(skip["path"])
+    return by_reason
 
 
 def _run_in(work_dir: str, config: PreprocessConfig, plan: Plan, num_shards: Dict[str, int], read, choice,
@@ -145,23 +190,16 @@ def _run_in(work_dir: str, config: PreprocessConfig, plan: Plan, num_shards: Dic
     seconds = time.monotonic() - started
     summaries = _collect(work_dir, task_names)
     rejects = list(plan.rejects) + [r for s in summaries.values() for r in s["rejects"]]
-    splits = {}
-    for split in SPLITS:
-        mine = [summaries[name] for name in task_names if summaries[name]["split"] == split]
-        written = sum(s["records"] for s in mine)
-        rejected = sum(1 for r in rejects if r["split"] == split)
-        if written + rejected != read[split]:
-            raise RuntimeError(f"{split}: read {read[split]} inputs but wrote {written} and rejected {rejected}; "
-                               f"records were lost, the output is not published")
-        converted: Dict[str, int] = {}
-        for summary in mine:
-            for action, count in summary["converted"].items():
-                converted[action] = converted.get(action, 0) + count
-        splits[split] = {"read": read[split], "written": written, "rejected": rejected, "converted": converted,
-                         "shards": [{"file": s["file"], "records": s["records"]} for s in mine]}
+    splits = {split: _split_counts(split, [summaries[name] for name in task_names if summaries[name]["split"] == split],
+                                   read[split], sum(1 for r in rejects if r["split"] == split),
+                                   sum(1 for r in plan.skips if r["split"] == split), len(plan.label_names),
+                                   config.label_offset) for split in plan.splits}
     limits.check_limits(read, {split: counts["rejected"] for split, counts in splits.items()}, rejects, config,
                         output_dir)
     storage.write_bytes(storage.join(work_dir, REJECTS_FILE), limits.rejects_jsonl(rejects))
+    empty = [name for name, count in zip(plan.label_names, splits["train"]["class_counts"]) if not count]
+    if empty:
+        log.warning("class(es) %s have no training records (see %s)", ", ".join(map(repr, empty)), REJECTS_FILE)
     # Only the dataset is published: scratch folders and any temporary file a killed worker left go.
     expected = {REJECTS_FILE} | {name for files in shard_files.values() for name in files}
     for name in storage.list_names(work_dir):
@@ -181,6 +219,9 @@ def _run_in(work_dir: str, config: PreprocessConfig, plan: Plan, num_shards: Dic
         "execution": {"runner": execution.description, "beam_args": list(execution.args)},
         **plan.extra,
     }
+    if plan.digests:
+        metadata["duplicates"] = _duplicates(list(summaries.values()))
+        metadata["skipped"] = _skipped(plan.skips)
     # Last file of the folder: its presence with "complete": true is what marks a finished dataset.
     storage.write_bytes(storage.join(work_dir, METADATA_FILE),
                         (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode("utf-8"))
@@ -191,8 +232,8 @@ def format_summary(metadata: Dict, output_dir: str) -> str:
     """A short table of the per-split counts for the terminal."""
     lines = [f"{metadata['dataset']} -> {os.path.abspath(output_dir)} ({metadata['num_classes']} classes, "
              f"{metadata['seconds']:.1f} s)",
-             f"{'split':<12}{'read':>10}{'written':>10}{'rejected':>10}{'shards':>8}"]
+             f"{'split':<12}{'read':>10}{'written':>10}{'rejected':>10}{'skipped':>10}{'shards':>8}"]
     for split, counts in metadata["splits"].items():
         lines.append(f"{split:<12}{counts['read']:>10}{counts['written']:>10}{counts['rejected']:>10}"
-                     f"{len(counts['shards']):>8}")
+                     f"{counts.get('skipped', 0):>10}{len(counts['shards']):>8}")
     return "\n".join(lines)

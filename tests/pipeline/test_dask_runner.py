@@ -1,5 +1,6 @@
 """The pipeline on a real dask.distributed cluster (scheduler + 2 worker processes on 127.0.0.1, no
-dashboard): the same bytes as the DirectRunner, the same rejects, metadata.json last, and a worker
+dashboard): the same bytes as the DirectRunner (CIFAR, ImageNet and folder datasets of both image sizes),
+the same rejects, metadata.json last, and a worker
 killed mid-job either retried to the same result or failing clearly with nothing published."""
 import json
 import os
@@ -17,6 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CIFAR = dict(train_shards=4, val_shards=2, seed=3)
 IMAGENET = dict(train_shards=3, val_shards=2, seed=3, max_reject_fraction=0.2)
+FOLDER = dict(train_shards=3, val_shards=2, seed=3, max_rejects=4)
 
 
 def _cluster():
@@ -31,12 +33,16 @@ def cluster():
 
 
 @pytest.fixture(scope="module")
-def direct(tmp_path_factory, cifar10_archive, imagenet_tree):
+def direct(tmp_path_factory, cifar10_archive, imagenet_tree, folder_tree):
     root = tmp_path_factory.mktemp("direct")
+    for size in (32, 224):
+        run_preprocess(PreprocessConfig("folder", str(root / f"folder{size}"), input_path=folder_tree[0],
+                                        image_size=size, workers=1, **FOLDER))
     run_preprocess(PreprocessConfig("cifar-10", str(root / "cifar"), input_path=cifar10_archive, workers=1, **CIFAR))
     run_preprocess(PreprocessConfig("imagenet", str(root / "imagenet"), input_path=imagenet_tree[0], workers=1,
                                     **IMAGENET))
-    return {name: (str(root / name), json.load(open(root / name / "metadata.json"))) for name in ("cifar", "imagenet")}
+    return {name: (str(root / name), json.load(open(root / name / "metadata.json")))
+            for name in ("cifar", "imagenet", "folder32", "folder224")}
 
 
 def _assert_same_dataset(folder, reference):
@@ -63,6 +69,16 @@ def test_cifar_and_imagenet_on_a_dask_cluster_match_the_direct_runner(cluster, d
     assert metadata["splits"]["train"]["rejected"] == 2
     assert metadata["splits"]["train"]["converted"] == {"cmyk": 1, "png": 1, "grayscale": 1}
     _assert_same_dataset(str(tmp_path / "imagenet"), direct["imagenet"])
+
+
+def test_a_folder_dataset_on_a_dask_cluster_matches_the_direct_runner(cluster, direct, folder_tree, tmp_path):
+    for size in (32, 224):
+        config = PreprocessConfig("folder", str(tmp_path / f"folder{size}"), input_path=folder_tree[0],
+                                  image_size=size, runner="dask", dask_address=cluster.scheduler_address, **FOLDER)
+        metadata = run_preprocess(config)
+        assert metadata["splits"]["train"]["rejected"] + metadata["splits"]["validation"]["rejected"] == 4
+        same = _assert_same_dataset(str(tmp_path / f"folder{size}"), direct[f"folder{size}"])
+        assert same["duplicates"] == direct[f"folder{size}"][1]["duplicates"]
 
 
 def _cli(*args):
