@@ -166,3 +166,20 @@ def test_the_command_line(folder_tree, tmp_path):
     result = _cli("imagenet", "--input", root, "--output", str(tmp_path / "x"), "--image-size", "32")
     assert result.returncode == 2 and "error: --image-size 32 only applies to folder, not imagenet" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_object_store_code_paths_give_the_same_dataset(size_32, folder_tree, tmp_path, monkeypatch):
+    """The walk, reads and publishing as done for gs:// (Beam FileSystems: folders are name prefixes, no links
+    or special files), exercised on local paths, which FileSystems also serves."""
+    from revnet.common import storage
+
+    output, metadata = size_32
+    root = str(tmp_path / "tree")
+    shutil.copytree(folder_tree[0], root, ignore=shutil.ignore_patterns("loop.jpg"))  # no links on a bucket
+    monkeypatch.setattr(storage, "is_remote", lambda path: True)
+    again = _folder(tmp_path / "remote", root, image_size=32)
+    assert again["label_names"] == metadata["label_names"]
+    for split, counts in again["splits"].items():
+        assert counts["written"] == metadata["splits"][split]["written"]
+        assert [r["image/encoded"] for r in read_records(str(tmp_path / "remote"), split)] == \
+            [r["image/encoded"] for r in read_records(str(output), split)]
