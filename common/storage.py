@@ -42,6 +42,20 @@ def is_file(path: str) -> bool:
     return _fs().exists(path) if is_remote(path) else os.path.isfile(path)
 
 
+def is_utf8(name: str) -> bool:
+    """False for names the OS could not decode (os.listdir turns their bytes into lone surrogates)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable(path: str) -> str:
+    """A path that may hold undecodable bytes, with them shown as \\xNN escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def file_size(path: str) -> Optional[int]:
     """The size of a file in bytes, or None if it cannot be found out."""
     try:

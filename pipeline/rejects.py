@@ -69,8 +69,9 @@ def check_limits(read: Dict[str, int], rejected: Dict[str, int], rejects: List[D
     else:
         where = f"{kept} exists and was not written by preprocess, so the list was not saved"
     raise UserError(f"{split}: {rejected[split]} of {read[split]} inputs rejected, more than the "
-                    f"{reject_limit(read[split], config)} allowed (the larger of --max-rejects {config.max_rejects} and "
-                    f"--max-reject-fraction {config.max_reject_fraction} of {read[split]}); {_most_common(rejects, split)}; "
+                    f"{reject_limit(read[split], config)} allowed (the larger of --max-rejects {config.max_rejects} "
+                    f"and --max-reject-fraction {config.max_reject_fraction} of {read[split]}); "
+                    f"{_most_common(rejects, split)}; "
                     f"{where}; fix or remove those files, or raise --max-rejects or --max-reject-fraction to accept "
                     f"them")
 

@@ -23,7 +23,7 @@ from revnet.pipeline import rejects as limits
 from revnet.pipeline import runners, shards
 from revnet.pipeline.config import PreprocessConfig
 from revnet.pipeline.plan import Plan
-from revnet.preprocess.tfrecord import METADATA_FILE, REJECTS_FILE, SPLITS, shard_name
+from revnet.preprocess.tfrecord import METADATA_FILE, REJECTS_FILE, shard_name
 
 log = logging.getLogger(__name__)
 

@@ -20,6 +20,7 @@ what does not decode.
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import logging
@@ -67,18 +68,6 @@ def hash_split(source_id: str, val_fraction: float) -> str:
     """"validation" for a fraction `val_fraction` of all paths, chosen by a hash of this path alone."""
     digest = hashlib.sha256(f"{SPLIT_SALT}\x00{source_id}".encode("utf-8")).digest()
     return "validation" if int.from_bytes(digest[:8], "big") < val_fraction * 2 ** 64 else "train"
-
-
-def _printable(path: str) -> str:
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _visible_folders(folder: str) -> List[str]:
@@ -142,7 +131,7 @@ def _walk_local(root: str) -> Iterator[_Entry]:
                 status = os.stat(path)  # follows symlinks
             except OSError as error:
                 if entry.is_symlink():
-                    why = (f"{LOOP} (Too many levels of symbolic links)" if _is_loop(error)
+                    why = (f"{LOOP} (Too many levels of symbolic links)" if error.errno == errno.ELOOP
                            else "broken symlink (its target does not exist)")
                 else:
                     why = f"cannot read: {error.strerror}"
@@ -161,12 +150,6 @@ def _walk_local(root: str) -> Iterator[_Entry]:
 
     status = os.stat(root)
     yield from visit(root, "", ((status.st_dev, status.st_ino),))
-
-
-def _is_loop(error: OSError) -> bool:
-    import errno
-
-    return error.errno == errno.ELOOP
 
 
 def _walk_remote(root: str, relative: str = "") -> Iterator[_Entry]:
@@ -212,20 +195,20 @@ class _Collector:
         return split or hash_split(source_id, self.val_fraction)
 
     def reject(self, path: str, source_id: str, split: Optional[str], reason: str) -> None:
-        self.rejects.append({"path": _printable(path), "split": self.split_of(_printable(source_id), split),
-                             "reason": reason})
+        self.rejects.append({"path": storage.printable(path), "reason": reason,
+                             "split": self.split_of(storage.printable(source_id), split)})
 
     def add(self, entry: _Entry, source_id: str, split: Optional[str], class_name: Optional[str],
             class_key: Tuple[str, str]) -> None:
         """One file found in a tree: skipped, rejected or an item of `class_name` (None: outside any class)."""
         skip = _skip_reason(entry.relative)
         if skip and not (entry.problem or "").startswith(LOOP):  # what a loop points to cannot be told
-            self.skips.append({"path": _printable(entry.path), "split": self.split_of(_printable(source_id), split),
-                               "reason": skip})
+            self.skips.append({"path": storage.printable(entry.path), "reason": skip,
+                               "split": self.split_of(storage.printable(source_id), split)})
             return
         if class_name is not None:
             self.found[class_key] = self.found.get(class_key, 0) + 1
-        if not _is_utf8(entry.path):
+        if not storage.is_utf8(entry.path):
             self.reject(entry.path, source_id, split, "path is not valid UTF-8")
         elif entry.problem:
             self.reject(entry.path, source_id, split, entry.problem)
@@ -240,8 +223,8 @@ def _class_name(folder_name: str, where: str) -> str:
     name = unicodedata.normalize("NFC", folder_name)
     bad = [char for char in name if unicodedata.category(char).startswith("C")]
     if bad or not name.strip():
-        raise UserError(f"class folder {where!r} has {'a control character (' + repr(bad[0]) + ')' if bad else 'a blank name'} "
-                        f"in its name; class names become lines of the exported labels.txt: rename it")
+        what = f"a control character ({bad[0]!r})" if bad else "a blank name"
+        raise UserError(f"class folder {where!r} has {what} in its name; class names become lines of the exported labels.txt: rename it")
     return name
 
 
@@ -259,7 +242,7 @@ def _list_tree(input_dir: str, layout: str, collector: _Collector) -> None:
         else:
             split, class_parts = None, parts
         class_name = None
-        if len(class_parts) > 1 and _is_utf8(class_parts[0]):
+        if len(class_parts) > 1 and storage.is_utf8(class_parts[0]):
             folder = "/".join(parts[:len(parts) - len(class_parts) + 1])
             class_name = _class_name(class_parts[0], storage.join(input_dir, *folder.split("/")))
             if folders.setdefault((split, class_name), folder) != folder:
@@ -268,9 +251,10 @@ def _list_tree(input_dir: str, layout: str, collector: _Collector) -> None:
         collector.add(entry, entry.relative, split, class_name, ("" if split is None else split, class_name or ""))
     train_root = storage.join(input_dir, "train") if layout == "splits" else input_dir
     for name in _visible_folders(train_root):
-        class_key = ("" if hashed else "train", _class_name(name, storage.join(train_root, name)) if _is_utf8(name)
-                     else None)
-        if class_key[1] is not None and not collector.found.get(class_key):
+        if not storage.is_utf8(name):
+            continue  # its files are rejects already
+        class_key = ("" if hashed else "train", _class_name(name, storage.join(train_root, name)))
+        if not collector.found.get(class_key):
             raise UserError(f"class folder {storage.join(train_root, name)!r} holds no images ({SHOWN_EXTENSIONS}); "
                             f"remove it or fill it: it would add a class with no examples")
 

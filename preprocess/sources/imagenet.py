@@ -56,19 +56,6 @@ class Listing(NamedTuple):
 
 
 # Local folders and gs:// alike go through common.storage; on object stores a "folder" is a name prefix.
-def _is_utf8(name: str) -> bool:
-    """False for names the OS could not decode (os.listdir turns their bytes into lone surrogates)."""
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def _printable(path: str) -> str:
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def _image_files(folder: str) -> List[str]:
     return [name for name in storage.children(folder)[0]
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
@@ -169,18 +156,20 @@ def list_imagenet(input_dir: str, val_labels: Optional[str] = None, label_offset
     def usable(split, folder, names):
         """The names that are valid UTF-8; the others become rejects (a record stores the name as UTF-8)."""
         for name in names:
-            if not _is_utf8(name):
-                rejects.append(ListingReject(split, _printable(join(folder, name)), "file name is not valid UTF-8"))
-        return [name for name in names if _is_utf8(name)]
+            if not storage.is_utf8(name):
+                rejects.append(ListingReject(split, storage.printable(join(folder, name)),
+                                             "file name is not valid UTF-8"))
+        return [name for name in names if storage.is_utf8(name)]
 
     def reject_folder(split, folder, names):
         for name in names:
-            rejects.append(ListingReject(split, _printable(join(folder, name)), "folder name is not valid UTF-8"))
+            rejects.append(ListingReject(split, storage.printable(join(folder, name)),
+                                         "folder name is not valid UTF-8"))
 
     class_files: Dict[str, List[str]] = {}
     for synset in _subfolders(train_dir):
         names = _image_files(join(train_dir, synset))
-        if not _is_utf8(synset):
+        if not storage.is_utf8(synset):
             reject_folder("train", join(train_dir, synset), names)
         elif not names:
             raise UserError(f"training class folder {join(train_dir, synset)!r} holds no images "
@@ -210,7 +199,7 @@ def list_imagenet(input_dir: str, val_labels: Optional[str] = None, label_offset
     if val_synsets:
         for synset in val_synsets:
             folder = join(val_dir, synset)
-            if not _is_utf8(synset):
+            if not storage.is_utf8(synset):
                 reject_folder("validation", folder, _image_files(folder))
                 continue
             if synset not in label_of:

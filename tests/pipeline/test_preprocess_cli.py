@@ -111,7 +111,8 @@ HEAVY_MODULES = {"apache_beam", "distributed", "dask", "tensorflow", "PIL"}
     (["imagenett", "--output", "OUT"], "'imagenett' is not one of"),
     (["imagenet", "--input", "MISSING", "--output", "OUT", "--runner", "dask"], "does not exist; expected a folder"),
     (["imagenet", "--input", "MISSING", "--output", "OUT", "--", "--runner=FlinkRunner"], "does not exist"),
-    (["cifar-10", "--input", "MISSING", "--output", "OUT", "--runner", "dask"], "does not exist; expected the official"),
+    (["cifar-10", "--input", "MISSING", "--output", "OUT", "--runner", "dask"],
+     "does not exist; expected the official"),
     (["cifar-10", "--output", "OUT", "--val-labels", "v.csv", "--runner", "dask"], "--val-labels v.csv only applies"),
 ], ids=["unknown-dataset", "imagenet-dask", "imagenet-beam-args", "cifar-dask", "option-of-another-dataset"])
 def test_argument_errors_come_before_anything_heavy_is_imported(tmp_path, args, expected):
