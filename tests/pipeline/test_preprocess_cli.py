@@ -114,7 +114,9 @@ HEAVY_MODULES = {"apache_beam", "distributed", "dask", "tensorflow", "PIL"}
     (["cifar-10", "--input", "MISSING", "--output", "OUT", "--runner", "dask"],
      "does not exist; expected the official"),
     (["cifar-10", "--output", "OUT", "--val-labels", "v.csv", "--runner", "dask"], "--val-labels v.csv only applies"),
-], ids=["unknown-dataset", "imagenet-dask", "imagenet-beam-args", "cifar-dask", "option-of-another-dataset"])
+    (["folder", "--input", "MISSING", "--output", "OUT", "--runner", "dask"], "does not exist or is not a folder"),
+], ids=["unknown-dataset", "imagenet-dask", "imagenet-beam-args", "cifar-dask", "option-of-another-dataset",
+        "folder-dask"])
 def test_argument_errors_come_before_anything_heavy_is_imported(tmp_path, args, expected):
     args = [str(tmp_path / arg) if arg in ("MISSING", "OUT") else arg for arg in args]
     result = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "cli.py"), "preprocess", *args],
