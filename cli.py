@@ -15,6 +15,7 @@ import click
 
 from revnet.common.options import click_options, given
 from revnet.models.registry import ModelConfig
+from revnet.pipeline.config import DATASETS, PreprocessConfig
 from revnet.train.config import DEFAULT_WORKDIR, TrainConfig
 from revnet.train.preflight import check_experiment_arguments, check_import_arguments, check_train_arguments
 
@@ -177,47 +178,13 @@ def benchmark_memory_command(model_names, batch_sizes, steps, modes, precisions,
 # preprocess
 # ---------------------------------------------------------------------------------------------------
 @cli.command("preprocess", context_settings={"ignore_unknown_options": True}, tensorflow=False)
-@click.argument("dataset", type=click.Choice(["cifar-10", "cifar-100", "imagenet"]))
-@click.option("--input", "input_path", default=None,
-              help="CIFAR: the official .tar.gz or its extracted folder [default: download it, MD5-checked]. "
-                   "ImageNet: the folder holding train/<synset>/*.JPEG and val/.")
-@click.option("--output", "output_dir", required=True, type=click.Path(file_okay=False),
-              help="Dataset folder to create (TFRecord shards + metadata.json), written atomically.")
-@click.option("--train-shards", type=click.IntRange(1, 99999), default=None,
-              help="Training shard files [default: 1024 for ImageNet, 10 for CIFAR].")
-@click.option("--val-shards", type=click.IntRange(1, 99999), default=None,
-              help="Validation shard files [default: 128 for ImageNet, 2 for CIFAR].")
-@click.option("--seed", type=int, default=0, help="Seed of the deterministic shuffle of training examples across shards.")
-@click.option("--label", type=click.Choice(["fine", "coarse"]), default="fine", help="CIFAR-100 label to train on.")
-@click.option("--val-labels", type=click.Path(dir_okay=False), default=None,
-              help="ImageNet flat val/: LOC_val_solution.csv or a file with one synset per line (sorted file names).")
-@click.option("--label-offset", type=click.IntRange(min=0), default=0,
-              help="Added to every label; 1 gives the 1..1000 ImageNet convention of the classic TF scripts.")
-@click.option("--class-names", type=click.Path(dir_okay=False), default=None,
-              help="ImageNet class texts ('n01440764 tench, ...' per line) [default: INPUT/LOC_synset_mapping.txt "
-                   "or synset_words.txt if present, else the synset].")
-@click.option("--max-reject-fraction", type=click.FloatRange(0, 1), default=0.001,
-              help="Fail (naming the rejects file) if a split rejects more than this fraction of its inputs.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
-              help="Parallel shard writers: forked processes on the local runner, or the size of the Dask "
-                   "LocalCluster started by --runner dask without --dask-address [default: CPU count, the "
-                   "fastest setting measured by `benchmark preprocess`].")
-@click.option("--runner", type=click.Choice(["direct", "dask"]), default="direct",
-              help="direct: Beam's local runner. dask: Beam's Dask runner on --dask-address, or on a local "
-                   "cluster of --workers processes (127.0.0.1) started and stopped here. Other Beam runners: "
-                   "after `--`, e.g. -- --runner=DataflowRunner.")
-@click.option("--dask-address", default=None,
-              help="HOST:PORT (or tcp://HOST:PORT) of a running dask.distributed scheduler, for --runner dask.")
-@click.option("--download-dir", type=click.Path(file_okay=False), default=None,
-              help="Where a downloaded CIFAR archive is kept [default: ~/.cache/revnet].")
-@click.option("--overwrite", is_flag=True,
-              help="Replace a dataset written by preprocess in --output (a folder holding anything else is refused).")
+@click.argument("dataset", type=click.Choice(DATASETS))
+@click_options(PreprocessConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print metadata.json instead of a summary table.")
 @click.argument("beam_args", nargs=-1, type=click.UNPROCESSED)
-def preprocess_command(dataset, input_path, output_dir, train_shards, val_shards, seed, label, val_labels,
-                       label_offset, class_names, max_reject_fraction, workers, runner, dask_address, download_dir,
-                       overwrite, as_json, beam_args):
-    """Turn a raw DATASET (cifar-10, cifar-100, imagenet) into sharded TFRecords with an Apache Beam pipeline.
+def preprocess_command(dataset, as_json, beam_args, **options):
+    """Turn a raw DATASET (cifar-10, cifar-100, imagenet, or a folder of your own images) into sharded
+    TFRecords with an Apache Beam pipeline (docs/data.md).
 
     Beam pipeline options go after `--`, e.g. `-- --runner=DataflowRunner --project=P --region=R
     --temp_location=gs://B/tmp` (our code is shipped to such workers as a wheel, without TensorFlow) or
@@ -226,12 +193,9 @@ def preprocess_command(dataset, input_path, output_dir, train_shards, val_shards
     """
     from revnet.pipeline import format_summary, run_preprocess
 
-    metadata = run_preprocess(dataset, input_path, output_dir, train_shards=train_shards, val_shards=val_shards,
-                              seed=seed, label=label, val_labels=val_labels, label_offset=label_offset,
-                              class_names=class_names, max_reject_fraction=max_reject_fraction, workers=workers,
-                              overwrite=overwrite, beam_args=beam_args, download_dir=download_dir, runner=runner,
-                              dask_address=dask_address)
-    _emit(metadata, as_json, lambda result: format_summary(result, output_dir))
+    config = PreprocessConfig(dataset=dataset, beam_args=beam_args, **options)
+    metadata = run_preprocess(config)
+    _emit(metadata, as_json, lambda result: format_summary(result, config.output_dir))
 
 
 @benchmark_group.command("preprocess")

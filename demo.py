@@ -35,7 +35,7 @@ def _stage(number: int, total: int, title: str) -> None:
 
 
 def _write_raw_data(raw_dir: str, num_train: int, num_val: int, seed: int) -> str:
-    from revnet.preprocess.cifar import write_cifar10_archive
+    from revnet.preprocess.sources.cifar import write_cifar10_archive
     from revnet.preprocess.fake_data import PATTERN_LABEL_NAMES, pattern_dataset
 
     train_images, train_labels = pattern_dataset(num_train, seed)
@@ -144,7 +144,7 @@ def run_demo(workdir: str = "./demo", model: str = "revnet-38", steps: int = 300
         timings[stage_name] = round(time.perf_counter() - start, 1)
         return result
 
-    from revnet.pipeline import run_preprocess
+    from revnet.pipeline import PreprocessConfig, run_preprocess
     from revnet.serving.exporter import export
     from revnet.serving.server import start_server
     from revnet.train.evaluator import evaluate
@@ -154,8 +154,9 @@ def run_demo(workdir: str = "./demo", model: str = "revnet-38", steps: int = 300
     archive = timed("generate", _write_raw_data, paths["raw"], num_train, num_val, seed)
 
     _stage(2, total, "preprocessing with Apache Beam (DirectRunner) into TFRecords")
-    metadata = timed("preprocess", run_preprocess, DATASET, archive, paths["data"], train_shards=4,
-                     val_shards=2, seed=seed, workers=2, overwrite=True)
+    metadata = timed("preprocess", run_preprocess, PreprocessConfig(
+        DATASET, paths["data"], input_path=archive, train_shards=4, val_shards=2, seed=seed, workers=2,
+        overwrite=True))
 
     _stage(3, total, f"training {model} for {steps} steps on {cpu_replicas} CPU replicas")
     if overwrite and os.path.isdir(os.path.join(paths["experiments"], EXPERIMENT_ID)):

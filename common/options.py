@@ -4,7 +4,8 @@ A command's config (TrainConfig, ExportConfig, ServeConfig, PreprocessConfig) de
 field: its type annotation gives the flag's type, its default the flag's default, and `option(...)`
 metadata the help text and any bounds or choices. `click_options(Config)` decorates the command, and the
 command builds `Config(**kwargs)` from what click parsed, so the default, the type and the help live in
-one place. A field without `option(...)` metadata is not a flag (it is set by code or by a recipe).
+one place. A field without a default is a required flag. A field without `option(...)` metadata is not
+a flag (it is set by code or by a recipe).
 
 Importing this module imports neither TensorFlow nor anything heavy: the CLI builds its flags from it.
 """
@@ -71,7 +72,7 @@ class CommaSeparated(click.ParamType):
 
 def _click_type(base, spec: Dict[str, Any]):
     if spec["choices"]:
-        return click.Choice([str(choice) for choice in spec["choices"]])
+        return click.Choice(list(spec["choices"]))  # click gives back the choice itself: an int stays an int
     if spec["path"]:
         return click.Path(file_okay=spec["path"] != "dir", dir_okay=spec["path"] != "file")
     if base is int and (spec["min"] is not None or spec["max"] is not None):
@@ -81,6 +82,12 @@ def _click_type(base, spec: Dict[str, Any]):
     if typing.get_origin(base) is tuple:
         return CommaSeparated(typing.get_args(base)[0])
     return base if base in (int, float) else str
+
+
+def _required(field: dataclasses.Field, spec: Dict[str, Any]) -> bool:
+    """A field with no default (and no `click_default`) is a flag the user must give."""
+    return (spec["click_default"] is dataclasses.MISSING and field.default is dataclasses.MISSING
+            and field.default_factory is dataclasses.MISSING)  # type: ignore[misc]
 
 
 def _default(field: dataclasses.Field, spec: Dict[str, Any]):
@@ -109,8 +116,10 @@ def click_options(config_cls, exclude: Sequence[str] = ()) -> Callable:
                 continue
             if typing.get_origin(base) is tuple and isinstance(default, tuple):
                 default = ",".join(map(str, default))
-            command = click.option(flag, field.name, type=_click_type(base, spec), default=default,
-                                   help=spec["help"], show_default=shown, metavar=spec["metavar"])(command)
+            # click (8.5) takes an explicit default=None as a given value: a required flag must get no default.
+            given_default = {"required": True} if _required(field, spec) else {"default": default}
+            command = click.option(flag, field.name, type=_click_type(base, spec), help=spec["help"],
+                                   show_default=shown, metavar=spec["metavar"], **given_default)(command)
         return command
     return decorate
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import uuid
 from typing import List, Optional, Tuple
 
@@ -41,6 +42,30 @@ def is_file(path: str) -> bool:
     return _fs().exists(path) if is_remote(path) else os.path.isfile(path)
 
 
+def is_utf8(name: str) -> bool:
+    """False for names the OS could not decode (os.listdir turns their bytes into lone surrogates)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def printable(path: str) -> str:
+    """A path that may hold undecodable bytes, with them shown as \\xNN escapes."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def file_size(path: str) -> Optional[int]:
+    """The size of a file in bytes, or None if it cannot be found out."""
+    try:
+        if is_remote(path):
+            return _fs().match([path])[0].metadata_list[0].size_in_bytes
+        return os.path.getsize(path)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def children(folder: str) -> Tuple[List[str], List[str]]:
     """(file names, subfolder names) directly inside `folder`, sorted; empty if it does not exist."""
     if not is_remote(folder):
@@ -48,7 +73,7 @@ def children(folder: str) -> Tuple[List[str], List[str]]:
             return [], []
         files, folders = [], []
         for entry in os.scandir(folder):
-            (folders if entry.is_dir() else files).append(entry.name)
+            (folders if _is_dir_entry(entry) else files).append(entry.name)
         return sorted(files), sorted(folders)
     prefix = folder.rstrip("/") + "/"
     files, folders = set(), set()
@@ -56,6 +81,13 @@ def children(folder: str) -> Tuple[List[str], List[str]]:
         for match in _fs().match([pattern])[0].metadata_list:
             target.add(match.path[len(prefix):].split("/", 1)[0])
     return sorted(files), sorted(folders)
+
+
+def _is_dir_entry(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:  # e.g. a symlink loop: listed as a file, and reading it says what is wrong
+        return False
 
 
 def is_dir(folder: str) -> bool:
@@ -81,6 +113,50 @@ def open_read(path: str):
 def read_bytes(path: str) -> bytes:
     with open_read(path) as handle:
         return handle.read()
+
+
+_FILE_KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+               (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+
+
+class NotAnInputFile(OSError):
+    """The path is not a regular file of a readable size; the message says what it is."""
+
+
+def not_regular(mode: int) -> Optional[str]:
+    """Why a file of this st_mode is not a regular file ("not a regular file (a FIFO)"), or None if it is one."""
+    if stat.S_ISREG(mode):
+        return None
+    return next((f"not a regular file ({kind})" for test, kind in _FILE_KINDS if test(mode)), "not a regular file")
+
+
+def _check_regular(mode: int, size: int, max_bytes: int) -> None:
+    if not_regular(mode):
+        raise NotAnInputFile(not_regular(mode))
+    if size > max_bytes:
+        raise NotAnInputFile(f"file of {size:,} bytes is over the limit of {max_bytes:,} bytes")
+
+
+def read_input_file(path: str, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`. A FIFO, socket or device is never read (a FIFO
+    blocks its reader forever): NotAnInputFile says what it is; a symlink loop is an OSError (ELOOP)."""
+    if is_remote(path):  # object stores hold only regular files
+        with open_read(path) as handle:
+            data = handle.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise NotAnInputFile(f"file is over the limit of {max_bytes:,} bytes")
+        return data
+    status = os.stat(path)
+    _check_regular(status.st_mode, status.st_size, max_bytes)
+    # Non-blocking, and checked again on the open file: it may have been replaced since the stat.
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    with os.fdopen(descriptor, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        _check_regular(status.st_mode, status.st_size, max_bytes)
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise NotAnInputFile(f"file grew over the limit of {max_bytes:,} bytes while being read")
+    return data
 
 
 def read_text(path: str, encoding: str = "utf-8") -> str:

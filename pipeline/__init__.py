@@ -1,4 +1,5 @@
-"""Apache Beam preprocessing: raw CIFAR-10/100 and ImageNet into sharded TFRecords (`run_preprocess`)."""
+"""Apache Beam preprocessing: raw CIFAR-10/100, ImageNet and image folders into sharded TFRecords
+(`run_preprocess(PreprocessConfig(...))`)."""
 import logging
 
 
@@ -11,6 +12,7 @@ class _DropApitoolsNotice(logging.Filter):
 
 logging.getLogger().addFilter(_DropApitoolsNotice())
 
-from revnet.pipeline.run import DATASETS, DEFAULT_SHARDS, default_workers, format_summary, run_preprocess  # noqa: E402
+from revnet.pipeline.config import DATASETS, PreprocessConfig  # noqa: E402
+from revnet.pipeline.run import default_workers, format_summary, run_preprocess  # noqa: E402
 
-__all__ = ["DATASETS", "DEFAULT_SHARDS", "default_workers", "format_summary", "run_preprocess"]
+__all__ = ["DATASETS", "PreprocessConfig", "default_workers", "format_summary", "run_preprocess"]

@@ -1,6 +1,6 @@
 """Our code for remote Beam workers, as a wheel passed with --extra_package (Beam's standard way).
 
-Workers run only pipeline/shards.py and what it imports (revnet.common, revnet.preprocess's image and
+X
 record code): Pillow, numpy and google-crc32c, with Beam already in the worker image. Beam installs an
 extra package with its dependencies, so the wheel is a small distribution of just those packages that
 declares just those requirements; the full `revnet-pipeline` would make every worker install TensorFlow.
@@ -37,12 +37,19 @@ def build_worker_wheel(output_dir: str) -> str:
         target = os.path.join(staging, "revnet")
         os.makedirs(target)
         shutil.copy(os.path.join(source_root, "__init__.py"), target)
+        packages = []
         for package in WORKER_PACKAGES:
-            os.makedirs(os.path.join(target, package))
-            for path in glob.glob(os.path.join(source_root, package, "*.py")):
-                shutil.copy(path, os.path.join(target, package))
+            for folder, _, names in os.walk(os.path.join(source_root, package)):
+                if "__init__.py" not in names:
+                    continue  # e.g. __pycache__
+                relative = os.path.relpath(folder, source_root)
+                os.makedirs(os.path.join(target, relative))
+                for name in names:
+                    if name.endswith(".py"):
+                        shutil.copy(os.path.join(folder, name), os.path.join(target, relative))
+                packages.append("revnet." + relative.replace(os.sep, "."))
         requirements = "".join(f"\n    {requirement}" for requirement in WORKER_REQUIREMENTS)
-        packages = "".join(f"\n    revnet.{package}" for package in WORKER_PACKAGES)
+        packages = "".join(f"\n    {package}" for package in sorted(packages))
         with open(os.path.join(staging, "setup.cfg"), "w", encoding="utf-8") as handle:
             handle.write(f"[metadata]\nname = {WORKER_DISTRIBUTION}\nversion = {_version()}\n"
                          f"description = revnet preprocessing code for Beam workers\n\n"

@@ -12,21 +12,20 @@ import json
 import logging
 import os
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from revnet.common import storage
-from revnet.common.errors import UserError, choose
+from revnet.common.errors import UserError
 from revnet.pipeline import plan as planning
+from revnet.pipeline import rejects as limits
 from revnet.pipeline import runners, shards
+from revnet.pipeline.config import PreprocessConfig
 from revnet.pipeline.plan import Plan
-from revnet.preprocess.tfrecord import METADATA_FILE, REJECTS_FILE, SPLITS, shard_name
+from revnet.preprocess.tfrecord import METADATA_FILE, REJECTS_FILE, shard_name
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SHARDS = {"cifar-10": (10, 2), "cifar-100": (10, 2), "imagenet": (1024, 128)}
-DATASETS = tuple(DEFAULT_SHARDS)
 
 
 def default_workers() -> int:
@@ -66,54 +65,36 @@ def check_output(output_dir: str, overwrite: bool) -> None:
                         f"--overwrite would delete it, so nothing was replaced (move it elsewhere first)")
 
 
-def run_preprocess(dataset: str, input_path: Optional[str], output_dir: str, *, train_shards: Optional[int] = None,
-                   val_shards: Optional[int] = None, seed: int = 0, label: str = "fine",
-                   val_labels: Optional[str] = None, label_offset: int = 0, class_names: Optional[str] = None,
-                   max_reject_fraction: float = 0.001, workers: Optional[int] = None, overwrite: bool = False,
-                   beam_args: Sequence[str] = (), download_dir: Optional[str] = None, runner: str = "direct",
-                   dask_address: Optional[str] = None) -> Dict:
-    """Turn a raw dataset into sharded TFRecords + metadata.json in `output_dir`; returns the metadata."""
-    choose("dataset", dataset, DATASETS)
-    choice = runners.choose_runner(beam_args, runner, dask_address)
-    choose("label", label, ("fine", "coarse"))
-    if label == "coarse" and dataset != "cifar-100":
-        raise UserError(f"--label coarse only applies to cifar-100, not {dataset}")
-    if val_labels and dataset != "imagenet":
-        raise UserError("--val-labels only applies to imagenet")
-    defaults = DEFAULT_SHARDS[dataset]
-    num_shards = {"train": train_shards or defaults[0], "validation": val_shards or defaults[1]}
-    for split, count in num_shards.items():
-        if count < 1 or count > 99999:
-            raise UserError(f"{split} shard count must be 1..99999, got {count}")
-    if not 0.0 <= max_reject_fraction <= 1.0:
-        raise UserError(f"--max-reject-fraction must be within 0..1, got {max_reject_fraction}")
-    workers = workers or default_workers()
-    if label_offset < 0 or workers < 1:
-        raise UserError("--label-offset must be >= 0 and --workers >= 1")
+def run_preprocess(config: PreprocessConfig) -> Dict:
+    """Turn a raw dataset into sharded TFRecords + metadata.json in `config.output_dir`; returns the metadata."""
+    source = planning.SOURCES[config.dataset]
+    output_dir = config.output_dir
     if not storage.is_remote(output_dir):
         output_dir = os.path.abspath(output_dir)
-    check_output(output_dir, overwrite)
+    # What the user can get wrong is checked first, before Beam, Dask or a long listing starts.
+    source.check(config)
+    check_output(output_dir, config.overwrite)
+    choice = runners.choose_runner(config.beam_args, config.runner, config.dask_address)
 
-    if dataset == "imagenet":
-        plan = planning.plan_imagenet(input_path, val_labels, label_offset, class_names)
-    else:
-        plan = planning.plan_cifar(dataset, input_path, label, label_offset, download_dir)
+    plan = source.plan(config)
+    num_shards = planning.shard_counts(plan, config.train_shards, config.val_shards)
+    config = config.replace(train_shards=num_shards["train"], val_shards=num_shards["validation"],
+                            workers=config.workers or default_workers())
     read = plan.read_counts()
-    log.info("%s: %d training and %d validation inputs from %s", dataset, read["train"], read["validation"],
-             plan.input_path)
+    log.info("%s: %s inputs from %s", config.dataset, ", ".join(f"{count} {split}" for split, count in read.items()),
+             plan.input_path or config.manifest)
 
     if not storage.is_remote(output_dir):
         os.makedirs(os.path.dirname(output_dir), exist_ok=True)
     work_dir = storage.temp_sibling(output_dir, "tmp")
     try:
-        metadata = _run_in(work_dir, dataset, plan, num_shards, read, choice, seed=seed, label=label,
-                           label_offset=label_offset, max_reject_fraction=max_reject_fraction, workers=workers,
-                           output_dir=output_dir)
-        check_output(output_dir, overwrite)  # again: something may have appeared there while we ran
+        metadata = _run_in(work_dir, config, plan, num_shards, read, choice, output_dir)
+        check_output(output_dir, config.overwrite)  # again: something may have appeared there while we ran
         storage.publish_folder(work_dir, output_dir, METADATA_FILE)
     except BaseException:
         storage.remove_tree(work_dir)
         raise
+    limits.remove_kept_list(output_dir)
     log.info("wrote %s", output_dir)
     return metadata
 
@@ -144,47 +125,81 @@ def _collect(work_dir: str, task_names: List[str]) -> Dict[str, dict]:
 
 
 def _pixel_mean(summaries: List[dict], written: int) -> Optional[list]:
-    """Mean raw pixel value [32][32][3] over the written records, from the shards' exact integer sums."""
+    """Mean raw pixel value [H][W][3] over the written records, from the shards' exact integer sums; None
+    for datasets of JPEGs of any size (ImageNet-style models use no mean) or without training records."""
     sums = [s["pixel_sum"] for s in summaries if s["pixel_sum"] is not None]
     if not sums or not written:
         return None
-    from revnet.preprocess.cifar import planar_to_hwc
-
     total = np.sum(np.asarray(sums, dtype=np.int64), axis=0)
-    return planar_to_hwc(total[None].astype(np.float64) / written)[0].tolist()
+    return (total.astype(np.float64) / written).tolist()
 
 
-def _run_in(work_dir, dataset, plan: Plan, num_shards, read, choice, *, seed, label, label_offset,
-            max_reject_fraction, workers, output_dir) -> Dict:
+def _split_counts(split: str, mine: List[dict], read: int, rejected: int, skipped: int, num_labels: int,
+                  label_offset: int) -> Dict:
+    """One split's entry of metadata.json, after checking that every input read is accounted for."""
+    written = sum(s["records"] for s in mine)
+    if written + rejected + skipped != read:
+        raise RuntimeError(f"{split}: read {read} inputs but wrote {written}, rejected {rejected} and skipped "
+                           f"{skipped}; records were lost, the output is not published")
+    converted: Dict[str, int] = {}
+    per_class = [0] * num_labels
+    for summary in mine:
+        for action, count in summary["converted"].items():
+            converted[action] = converted.get(action, 0) + count
+        for label, count in summary["labels"].items():
+            per_class[int(label) - label_offset] += count
+    return {"read": read, "written": written, "rejected": rejected, "skipped": skipped, "converted": converted,
+            "class_counts": per_class, "shards": [{"file": s["file"], "records": s["records"]} for s in mine]}
+
+
+def _duplicates(summaries: List[dict]) -> Dict:
+    """Inputs with the same bytes in two splits (an evaluation that measures memory), named."""
+    seen: Dict[str, tuple] = {}
+    pairs = []
+    for summary in summaries:
+        for digest, path in summary["digests"]:
+            first = seen.setdefault(digest, (summary["split"], path))
+            if first[0] != summary["split"]:
+                pairs.append(sorted([first[1], path]))
+    pairs.sort()
+    if pairs:
+        log.warning("%d image(s) appear in two splits with the same content, e.g. %s and %s; an evaluation on "
+                    "them measures memory, not generalisation (all are listed in metadata.json \"duplicates\")",
+                    len(pairs), *pairs[0])
+    return {"count": len(pairs), "pairs": pairs}
+
+
+def _skipped(skips: List[dict]) -> Dict:
+    """Skipped inputs by reason: how many, and a few of their paths."""
+    by_reason: Dict[str, Dict] = {}
+    for skip in sorted(skips, key=lambda s: s["path"]):
+        entry = by_reason.setdefault(skip["reason"], {"count": 0, "examples": []})
+        entry["count"] += 1
+        if len(entry["examples"]) < 5:
+            entry["examples"].append(skip["path"])
+    return by_reason
+
+
+def _run_in(work_dir: str, config: PreprocessConfig, plan: Plan, num_shards: Dict[str, int], read, choice,
+            output_dir: str) -> Dict:
     shard_files = {split: [shard_name(split, i, count) for i in range(count)] for split, count in num_shards.items()}
-    task_names = planning.write_tasks(work_dir, plan, seed, shard_files)
+    task_names = planning.write_tasks(work_dir, plan, config.seed, shard_files)
     started = time.monotonic()
-    execution = _execute(work_dir, task_names, sum(len(items) for items in plan.items.values()), choice, workers)
+    execution = _execute(work_dir, task_names, sum(len(items) for items in plan.items.values()), choice,
+                         config.workers)
     seconds = time.monotonic() - started
     summaries = _collect(work_dir, task_names)
     rejects = list(plan.rejects) + [r for s in summaries.values() for r in s["rejects"]]
-    splits = {}
-    for split in SPLITS:
-        mine = [summaries[name] for name in task_names if summaries[name]["split"] == split]
-        written = sum(s["records"] for s in mine)
-        rejected = sum(1 for r in rejects if r["split"] == split)
-        if written + rejected != read[split]:
-            raise RuntimeError(f"{split}: read {read[split]} inputs but wrote {written} and rejected {rejected}; "
-                               f"records were lost, the output is not published")
-        converted: Dict[str, int] = {}
-        for summary in mine:
-            for action, count in summary["converted"].items():
-                converted[action] = converted.get(action, 0) + count
-        splits[split] = {"read": read[split], "written": written, "rejected": rejected, "converted": converted,
-                         "shards": [{"file": s["file"], "records": s["records"]} for s in mine]}
-    rejects_text = "".join(line + "\n" for line in sorted(json.dumps(r, sort_keys=True) for r in rejects))
-    for split, counts in splits.items():
-        if counts["read"] and counts["rejected"] / counts["read"] > max_reject_fraction:
-            kept = f"{output_dir}.rejects.jsonl"
-            storage.write_bytes(kept, rejects_text.encode("utf-8"))
-            raise UserError(f"{split}: {counts['rejected']} of {counts['read']} inputs rejected, more than "
-                            f"--max-reject-fraction {max_reject_fraction}; see {kept}")
-    storage.write_bytes(storage.join(work_dir, REJECTS_FILE), rejects_text.encode("utf-8"))
+    splits = {split: _split_counts(split, [summaries[name] for name in task_names if summaries[name]["split"] == split],
+                                   read[split], sum(1 for r in rejects if r["split"] == split),
+                                   sum(1 for r in plan.skips if r["split"] == split), len(plan.label_names),
+                                   config.label_offset) for split in plan.splits}
+    limits.check_limits(read, {split: counts["rejected"] for split, counts in splits.items()}, rejects, config,
+                        output_dir)
+    storage.write_bytes(storage.join(work_dir, REJECTS_FILE), limits.rejects_jsonl(rejects))
+    empty = [name for name, count in zip(plan.label_names, splits["train"]["class_counts"]) if not count]
+    if empty:
+        log.warning("class(es) %s have no training records (see %s)", ", ".join(map(repr, empty)), REJECTS_FILE)
     # Only the dataset is published: scratch folders and any temporary file a killed worker left go.
     expected = {REJECTS_FILE} | {name for files in shard_files.values() for name in files}
     for name in storage.list_names(work_dir):
@@ -195,16 +210,18 @@ def _run_in(work_dir, dataset, plan: Plan, num_shards, read, choice, *, seed, la
                 storage.remove(storage.join(work_dir, name))
     train = [summaries[name] for name in task_names if summaries[name]["split"] == "train"]
     metadata = {
-        "dataset": dataset, "num_classes": len(plan.label_names), "label_names": plan.label_names,
-        "synsets": plan.synsets, "label_offset": label_offset, "label": label if dataset == "cifar-100" else None,
+        "dataset": config.dataset, "num_classes": len(plan.label_names), "label_names": plan.label_names,
+        "synsets": plan.synsets, "label_offset": config.label_offset,
+        "label": config.label if config.dataset == "cifar-100" else None,
         "splits": splits, "complete": True, "seconds": round(seconds, 2),
         "pixel_mean": _pixel_mean(train, splits["train"]["written"]),
-        "options": {"input": plan.input_path, "train_shards": num_shards["train"],
-                    "val_shards": num_shards["validation"], "seed": seed, "label_offset": label_offset,
-                    "max_reject_fraction": max_reject_fraction, "workers": workers,
-                    "runner": execution.description, "beam_args": list(execution.args)},
+        "options": dict(config.to_json(), input_path=plan.input_path, output_dir=output_dir),
+        "execution": {"runner": execution.description, "beam_args": list(execution.args)},
         **plan.extra,
     }
+    if plan.digests:
+        metadata["duplicates"] = _duplicates(list(summaries.values()))
+        metadata["skipped"] = _skipped(plan.skips)
     # Last file of the folder: its presence with "complete": true is what marks a finished dataset.
     storage.write_bytes(storage.join(work_dir, METADATA_FILE),
                         (json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode("utf-8"))
@@ -215,8 +232,8 @@ def format_summary(metadata: Dict, output_dir: str) -> str:
     """A short table of the per-split counts for the terminal."""
     lines = [f"{metadata['dataset']} -> {os.path.abspath(output_dir)} ({metadata['num_classes']} classes, "
              f"{metadata['seconds']:.1f} s)",
-             f"{'split':<12}{'read':>10}{'written':>10}{'rejected':>10}{'shards':>8}"]
+             f"{'split':<12}{'read':>10}{'written':>10}{'rejected':>10}{'skipped':>10}{'shards':>8}"]
     for split, counts in metadata["splits"].items():
         lines.append(f"{split:<12}{counts['read']:>10}{counts['written']:>10}{counts['rejected']:>10}"
-                     f"{len(counts['shards']):>8}")
+                     f"{counts.get('skipped', 0):>10}{len(counts['shards']):>8}")
     return "\n".join(lines)

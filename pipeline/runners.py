@@ -25,10 +25,10 @@ from typing import Iterator, List, Optional, Sequence
 
 from revnet.common.errors import UserError
 from revnet.common.optional import require
+from revnet.pipeline.config import RUNNERS
 
 log = logging.getLogger(__name__)
 
-RUNNERS = ("direct", "dask")
 _LOCAL_NAMES = ("direct", "directrunner")
 _DASK_NAMES = ("dask", "daskrunner", "apache_beam.runners.dask.dask_runner.daskrunner")
 

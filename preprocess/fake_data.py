@@ -9,6 +9,9 @@
 - An ILSVRC2012-layout folder (`write_imagenet_tree`) with the troublemakers the real dataset is known
   for: a CMYK JPEG, a PNG named `.JPEG`, a grayscale JPEG (converted), a truncated JPEG and an empty
   file (rejected); validation as val/<synset>/ or flat with both label-file formats.
+- Folders of one's own images (`write_folder_tree`, `folder_image_file`): classes of every format and mode a
+  folder dataset reads (JPEG, PNG, BMP, GIF, WebP, TIFF; EXIF-rotated, CMYK, 16-bit, palette with alpha,
+  an animated GIF), with the expected RGB pixels of each, and the troublemakers of a user's disk.
 - A validation split of PNG and JPEG records (`write_mixed_format_split`) for the serving tests.
 
 Records are written with preprocess/tfrecord.py (byte-identical to TensorFlow's, without importing it).
@@ -17,7 +20,9 @@ from __future__ import annotations
 
 import io
 import os
-from typing import Dict, List, Sequence, Tuple
+import struct
+import zlib
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -193,7 +198,7 @@ def photo_patches(count: int, seed: int, photos=None, image_size: int = 32):
 def write_photo_patch_archive(path: str, num_train: int = 4000, num_validation: int = 800, seed: int = 0) -> str:
     """The photo-quadrant patches written as a genuine cifar-10-python.tar.gz (8 classes), so the
     learning run goes through `cli.py preprocess cifar-10` like real CIFAR data."""
-    from revnet.preprocess.cifar import write_cifar10_archive
+    from revnet.preprocess.sources.cifar import write_cifar10_archive
 
     train_images, train_labels, names = photo_patches(num_train, seed * 2 + 100)
     val_images, val_labels, _ = photo_patches(num_validation, seed * 2 + 101)
@@ -283,6 +288,103 @@ def write_imagenet_tree(root: str, num_classes: int = 3, train_per_class: int = 
             handle.write("".join(f"{synset}\n" for synset in val_synsets))
     return {"synsets": synsets, "val_synsets": val_synsets, "specials": special_paths,
             "train_files": train_files, "val_files": val_files}
+
+
+# ------------------------------------------------------------------------------------------------
+# Folders of one's own images (folder dataset tests)
+# ------------------------------------------------------------------------------------------------
+# (file extension, how it is written). Each kind decodes to known RGB pixels; "jpeg" is lossy, the others exact.
+FOLDER_KINDS = {"jpeg": ".jpg", "png": ".png", "bmp": ".bmp", "gif": ".gif", "webp": ".webp", "tiff": ".tif",
+                "exif-rotated": ".jpeg", "cmyk": ".jpg", "gray16": ".png", "rgb16": ".png", "palette-alpha": ".png",
+                "animated-gif": ".gif", "grayscale": ".png"}
+LOSSY_KINDS = ("jpeg", "exif-rotated", "cmyk")
+
+
+def _png_rgb16(pixels: np.ndarray) -> bytes:
+    """A 16-bit-per-channel RGB PNG (Pillow cannot write one): IHDR, one IDAT of unfiltered rows, IEND."""
+    height, width, _ = pixels.shape
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + pixels[y].astype(">u2").tobytes() for y in range(height))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def _saved(image: Image.Image, image_format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def folder_pixels(rng: np.random.Generator, class_index: int, height: int, width: int) -> np.ndarray:
+    """A smooth picture (JPEG keeps it within a few levels) that is not symmetric, so a wrong rotation shows:
+    two gradients and a class colour, with a little noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float64)
+    base = np.stack([255 * xx / max(width - 1, 1), 255 * yy / max(height - 1, 1),
+                     np.full_like(xx, (70 * class_index + 40) % 256)], axis=-1)
+    return np.clip(base + rng.normal(0, 2, base.shape), 0, 255).astype(np.uint8)
+
+
+def folder_image_file(kind: str, pixels: np.ndarray) -> Tuple[bytes, np.ndarray]:
+    """(file bytes of `kind`, the RGB pixels a viewer shows for them) from uint8 [H, W, 3] `pixels`."""
+    image = Image.fromarray(pixels)
+    if kind == "exif-rotated":  # stored on its side; EXIF orientation 6 says: turn 90 degrees clockwise to view
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        stored = Image.fromarray(np.rot90(pixels).copy())
+        return _saved(stored, "JPEG", quality=95, subsampling=0, exif=exif.tobytes()), pixels
+    if kind == "cmyk":
+        return _saved(image.convert("CMYK"), "JPEG", quality=95), pixels
+    if kind == "gray16":  # 16-bit grayscale: value v * 257 is 8-bit v
+        gray = pixels[..., 0]
+        return _saved(Image.fromarray(gray.astype(np.uint16) * 257), "PNG"), np.repeat(gray[..., None], 3, axis=2)
+    if kind == "rgb16":  # 16-bit RGB: Pillow keeps the high byte
+        return _png_rgb16(pixels.astype(np.uint16) * 256 + 77), pixels
+    if kind == "grayscale":
+        gray = pixels[..., 0]
+        return _saved(Image.fromarray(gray), "PNG"), np.repeat(gray[..., None], 3, axis=2)
+    if kind == "palette-alpha":  # a 4-colour palette, colour 0 transparent: composited on white
+        palette = np.array([[250, 250, 250], [200, 30, 30], [30, 200, 30], [30, 30, 200]], np.uint8)
+        indices = (pixels[..., 0] // 64).astype(np.uint8)
+        indexed = Image.fromarray(indices, mode="L").convert("P")
+        indexed.putpalette(palette.flatten().tolist() + [0] * (768 - palette.size))
+        shown = palette[indices].copy()
+        shown[indices == 0] = 255
+        return _saved(indexed, "PNG", transparency=0), shown
+    if kind in ("gif", "animated-gif"):  # GIF holds a palette: use pixels it holds exactly
+        quantized = np.asarray(image.quantize(16).convert("RGB"))
+        frames = Image.fromarray(quantized)
+        if kind == "gif":
+            return _saved(frames, "GIF"), quantized
+        second = Image.fromarray(255 - quantized)
+        return _saved(frames, "GIF", save_all=True, append_images=[second], duration=100), quantized
+    formats = {"jpeg": ("JPEG", {"quality": 95, "subsampling": 0}), "png": ("PNG", {}), "bmp": ("BMP", {}),
+               "webp": ("WEBP", {"lossless": True}), "tiff": ("TIFF", {})}
+    image_format, options = formats[kind]
+    return _saved(image, image_format, **options), pixels
+
+
+def write_folder_tree(root: str, class_names: Sequence[str] = ("cat", "dog"), per_class: int = 6,
+                      kinds: Sequence[str] = ("jpeg",), split_folders: Optional[Dict[str, int]] = None,
+                      size_range=(32, 33), depth: int = 1, seed: int = 0) -> Dict[str, Dict]:
+    """Write DIR/<class>/[sub/...]<image> (or DIR/<split>/<class>/..., `split_folders` = {folder: images per
+    class}); kinds cycle over each class's files. Returns {relative path: {"class", "kind", "pixels"}}, pixels
+    being the RGB a viewer shows (what a record must hold, up to JPEG loss where the kind is lossy)."""
+    rng = np.random.default_rng(seed)
+    files: Dict[str, Dict] = {}
+    for split, count in (split_folders or {"": per_class}).items():
+        for class_index, class_name in enumerate(class_names):
+            for number in range(count):
+                kind = kinds[number % len(kinds)]
+                height, width = (int(rng.integers(*size_range)), int(rng.integers(*size_range)))
+                data, shown = folder_image_file(kind, folder_pixels(rng, class_index, height, width))
+                below = "/".join(f"sub{level}" for level in range(1, number % depth + 1))
+                parts = [part for part in (split, class_name, below, f"{kind}-{number}{FOLDER_KINDS[kind]}") if part]
+                _write(os.path.join(root, *parts), data)
+                files["/".join(parts)] = {"class": class_name, "kind": kind, "pixels": shown}
+    return files
 
 
 # ------------------------------------------------------------------------------------------------

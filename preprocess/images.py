@@ -11,18 +11,28 @@ through it; the server also decodes far-too-large JPEGs at a reduced DCT scale (
 from __future__ import annotations
 
 import io
+import re
 import warnings
-from typing import NamedTuple, Optional, Sequence
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 JPEG_QUALITY = 95  # re-encoded images only; valid RGB JPEGs keep their original bytes
 JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_CONTAINERS = ("JPEG", "MPO")  # MPO: a camera's JPEG with a second (preview or stereo) frame
+EXIF_ORIENTATION = 0x0112
+# What a folder dataset reads (Pillow opens MPO through JPEG). Not every format Pillow knows: EPS, for
+# one, is decoded by running Ghostscript on the file.
+FOLDER_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # 40 megapixels (e.g. 7700x5200) is far above any ILSVRC2012 photo and still a bounded decode:
 # about 160 MB of RGB while decoding. A 420 KB PNG can declare 12000x12000 (a 430 MB decode).
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+# An input file is read whole, so its size is bounded too: 256 MiB holds an uncompressed 40-megapixel image
+# at 16 bits per channel (240 MB); a compressed photo is a small fraction of it.
+DEFAULT_MAX_FILE_BYTES = 1 << 28
+DRAFT_MARGIN = 2  # a JPEG is decoded at a reduced DCT scale that keeps >= 2x the size the resize needs
 # Pillow warns from 89 MP; our own limit is checked first and is stricter, so its warning is noise.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
@@ -53,9 +63,11 @@ def sniff_format(data: bytes) -> str:
 
 
 def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-               formats: Optional[Sequence[str]] = None) -> Image.Image:
+               formats: Optional[Sequence[str]] = None, draft_side: Optional[int] = None) -> Image.Image:
     """The image with only its header read; ImageRejected when it is not an image, has no pixels or
-    declares more than `max_pixels` (nothing has been decoded yet: Pillow decodes on load())."""
+    declares more than `max_pixels` (nothing has been decoded yet: Pillow decodes on load()). With
+    `draft_side`, a JPEG is first set to decode at the reduced DCT scale keeping both sides >= it, and
+    `max_pixels` bounds what will be decoded."""
     if not data:
         raise ImageRejected("empty file")
     try:
@@ -63,13 +75,22 @@ def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     except Image.DecompressionBombError as error:  # over Pillow's own (higher) limit
         raise ImageTooLarge(f"image too large: {error}") from None
     except (OSError, ValueError, SyntaxError) as error:
-        raise ImageRejected(f"cannot decode image ({sniff_format(data)}): {error}") from None
+        raise ImageRejected(f"cannot decode image ({sniff_format(data)}): {_without_addresses(error)}") from None
     if image.width < 1 or image.height < 1:
         raise ImageRejected("image has no pixels")
+    image.declared_size = image.size  # a JPEG set to a reduced scale reports the reduced size
+    if draft_side and image.format in JPEG_CONTAINERS:
+        image.draft("RGB", (draft_side, draft_side))
     if image.width * image.height > max_pixels:
         raise ImageTooLarge(f"image of {image.width}x{image.height} = {image.width * image.height:,} pixels exceeds "
                             f"the limit of {max_pixels:,} pixels")
     return image
+
+
+def _without_addresses(error: Exception) -> str:
+    """Pillow names the file object it read ("<_io.BytesIO object at 0x7f...>"): a reason must read the same
+    on every run, so rejects.jsonl is the same bytes on every runner."""
+    return re.sub(r" <[^<>]* object at 0x[0-9a-f]+>", "", str(error))
 
 
 def _load(image: Image.Image, data: bytes) -> Image.Image:
@@ -81,43 +102,96 @@ def _load(image: Image.Image, data: bytes) -> Image.Image:
     return image
 
 
-def _decode_fully(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Image.Image:
-    return _load(open_image(data, max_pixels), data)
-
-
 def _encode_jpeg(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
     return buffer.getvalue()
 
 
-def to_rgb_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> EncodedImage:
-    """Check an input file and return RGB JPEG bytes: the original if it is already a valid RGB JPEG,
-    else a re-encoding. Raises ImageRejected if the file is not a decodable image or is over `max_pixels`."""
-    image = _decode_fully(data, max_pixels)
-    container = image.format or sniff_format(data)
-    if container == "JPEG" and image.mode == "RGB":
-        return EncodedImage(data, "JPEG", image.height, image.width, "kept")
-    if image.mode == "CMYK":
-        action = "cmyk"
-    elif image.mode in ("L", "LA", "1", "I", "I;16", "F"):
-        action = "grayscale"
+def _wide_gray_to_8_bits(image: Image.Image) -> Image.Image:
+    """Grayscale of more than 8 bits as 8-bit: 16-bit (I;16*) values / 257 (65535 -> 255); 32-bit integers
+    (I) and floats (F) by their range: 0..1 floats * 255, up to 255 as they are, up to 65535 / 257, beyond
+    that scaled by the maximum."""
+    pixels = np.asarray(image, dtype=np.float64)
+    top = float(pixels.max()) if pixels.size else 0.0
+    if image.mode.startswith("I;16"):
+        scale = 1 / 257
+    elif image.mode == "F" and top <= 1.0:
+        scale = 255.0
     else:
-        action = container.lower() if container != "JPEG" else f"mode-{image.mode}"
-    if container != "JPEG" and action == "grayscale":
-        action = f"{container.lower()}-grayscale"
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        scale = 1.0 if top <= 255 else 1 / 257 if top <= 65535 else 255 / top
+    return Image.fromarray(np.clip(np.round(pixels * scale), 0, 255).astype(np.uint8))
+
+
+def to_rgb(image: Image.Image, orient: bool = False) -> Tuple[Image.Image, List[str]]:
+    """A loaded image as RGB, and what was done: "cmyk", "grayscale", "16-bit", "alpha" (composited on white),
+    "palette", "mode-X", "first-frame" (of an animation or a multi-page file), "exif-rotated" (`orient`)."""
+    actions: List[str] = []
+    if getattr(image, "n_frames", 1) > 1 and image.format != "MPO":  # MPO: a JPEG with a preview frame
+        actions.append("first-frame")
+    if orient and image.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1):
+        image = ImageOps.exif_transpose(image)
+        actions.append("exif-rotated")
+    mode = image.mode
+    if mode == "RGB":
+        return image, actions
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
         # Composite transparent pixels on white, as a viewer shows them, rather than dropping alpha to black.
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        rgb = Image.alpha_composite(background, rgba).convert("RGB")
-    elif image.mode in ("I", "I;16", "F"):
-        pixels = np.asarray(image, dtype=np.float64)
-        top = pixels.max() or 1.0
-        rgb = Image.fromarray(np.clip(pixels * (255.0 / top), 0, 255).astype(np.uint8)).convert("RGB")
-    else:
-        rgb = image.convert("RGB")
-    return EncodedImage(_encode_jpeg(rgb), "JPEG", rgb.height, rgb.width, action)
+        return Image.alpha_composite(background, rgba).convert("RGB"), actions + ["alpha"]
+    if mode.startswith("I") or mode == "F":
+        return _wide_gray_to_8_bits(image).convert("RGB"), actions + ["16-bit"]
+    action = {"CMYK": "cmyk", "L": "grayscale", "1": "grayscale", "P": "palette"}.get(mode, f"mode-{mode}")
+    try:
+        return image.convert("RGB"), actions + [action]
+    except ValueError as error:
+        raise ImageRejected(f"cannot convert a {mode} image to RGB: {error}") from None
+
+
+def _reduce_to(image: Image.Image, min_side: int) -> Image.Image:
+    """A non-JPEG image reduced by a whole factor (2, 4 or 8, box filter) keeping both sides >= `min_side`,
+    as Pillow's reduced-scale JPEG decoding does for JPEGs."""
+    for factor in (8, 4, 2):
+        if min(image.size) // factor >= min_side:
+            return image.reduce(factor)
+    return image
+
+
+def to_rgb_jpeg(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, *, formats: Optional[Sequence[str]] = None,
+                orient: bool = False, min_side: Optional[int] = None) -> EncodedImage:
+    """Check an input file and return RGB JPEG bytes: the original if it is already a valid RGB JPEG,
+    else a re-encoding. Raises ImageRejected if the file is not a decodable image or is over `max_pixels`.
+
+    `formats` limits the containers Pillow may open; `orient` applies the EXIF orientation (TensorFlow's
+    decoders ignore it); with `min_side`, an image whose sides are both at least twice `min_side` is
+    stored reduced by 2, 4 or 8 keeping both sides >= `min_side` (a JPEG decoded at that DCT scale, which
+    is then also what `max_pixels` bounds)."""
+    image = _load(open_image(data, max_pixels, formats, draft_side=min_side), data)
+    container, declared_size = image.format or sniff_format(data), image.declared_size
+    if min_side is not None and container not in JPEG_CONTAINERS:
+        image = _reduce_to(image, min_side)
+    downscaled = image.size != declared_size
+    rgb, actions = to_rgb(image, orient)
+    if container in JPEG_CONTAINERS and not actions and not downscaled:
+        return EncodedImage(data, "JPEG", image.height, image.width, "kept")
+    if container not in JPEG_CONTAINERS:
+        actions.insert(0, container.lower())
+    if downscaled:
+        actions.append("downscaled")
+    return EncodedImage(_encode_jpeg(rgb), "JPEG", rgb.height, rgb.width, "+".join(actions))
+
+
+def to_square_png(data: bytes, size: int, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, *,
+                  formats: Optional[Sequence[str]] = None) -> Tuple[EncodedImage, np.ndarray]:
+    """An input file as a lossless size x size RGB PNG (and its pixels), EXIF orientation applied: decoded and
+    resized exactly as the model server does for "cifar" preprocessing (a JPEG at the reduced DCT scale that
+    keeps DRAFT_MARGIN * size, then TensorFlow's bilinear resize), so a served photo meets these pixels."""
+    image = _load(open_image(data, max_pixels, formats, draft_side=DRAFT_MARGIN * size), data)
+    rgb, actions = to_rgb(image, orient=True)
+    resized = resize_bilinear(_rgb_array(rgb), size, size)
+    pixels = np.clip(np.round(resized), 0, 255).astype(np.uint8)
+    return EncodedImage(encode_png(pixels), "PNG", size, size, "+".join(actions) or "kept"), pixels
 
 
 def encode_png(pixels: np.ndarray) -> bytes:
@@ -153,3 +227,24 @@ def _rgb_array(image: Image.Image, band_bytes: int = 1 << 22) -> np.ndarray:
     for top in range(0, image.height, rows):
         pixels[top:top + rows] = np.asarray(image.crop((0, top, image.width, min(top + rows, image.height))))
     return pixels
+
+
+def resize_bilinear(image: np.ndarray, height: int, width: int, half_pixel_centers: bool = True) -> np.ndarray:
+    """tf.image.resize(method="bilinear") in numpy (the model server's resize; a folder dataset's 32x32
+    images are made with it, so a served photo becomes the pixels training saw): half-pixel centres, edge
+    clamping, float output; with half_pixel_centers=False, TF1's resize_bilinear (output pixel i samples input position i * in/out)."""
+    def axis(out_size, in_size):
+        if half_pixel_centers:
+            position = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
+        else:
+            position = np.arange(out_size, dtype=np.float32) * np.float32(in_size / out_size)
+        low = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
+        high = np.minimum(low + 1, in_size - 1)
+        return low, high, (position - low).astype(np.float32)
+
+    top, bottom, y_weight = axis(height, image.shape[0])
+    left, right, x_weight = axis(width, image.shape[1])
+    # Gather the needed rows first, then go to float: a uint8 input never exists in float at full size.
+    upper, lower = image[top].astype(np.float32), image[bottom].astype(np.float32)
+    rows = upper + (lower - upper) * y_weight[:, None, None]
+    return rows[:, left] + (rows[:, right] - rows[:, left]) * x_weight[None, :, None]

@@ -1,22 +1,27 @@
 """The TFRecord schema (the one TF's own ImageNet tooling uses) and the dataset folder layout.
 
-A dataset folder written by `pipeline/` holds exactly:
-    train-SSSSS-of-NNNNN.tfrecord, validation-SSSSS-of-NNNNN.tfrecord
+A dataset folder written by `pipeline/` holds exactly (docs/data.md describes every field):
+    train-SSSSS-of-NNNNN.tfrecord, validation-SSSSS-of-NNNNN.tfrecord (and test-... for a folder dataset
+                    with a test/ folder or test rows in its manifest)
     rejects.jsonl   one {"path", "split", "reason"} per rejected input, sorted
     metadata.json   written last; its presence with "complete": true marks a finished dataset:
-        {"dataset": "cifar-10" | "cifar-100" | "imagenet",
-         "num_classes": int, "label_names": [str], "synsets": [str] | null (ImageNet only),
-         "coarse_label_names": [str] (cifar-100 only), "label_offset": int,
-         "label": "fine" | "coarse" | null (cifar-100 only),
-         "image_format": "PNG" | "JPEG", "image_size": 32 | null (ImageNet sizes vary),
-         "pixel_mean": [32][32][3] floats | null: CIFAR only, the mean raw 0..255 value of each pixel and
-                       channel over the written training records (float64 arithmetic),
-         "splits": {"train": {"read": int, "written": int, "rejected": int,
-                              "converted": {"cmyk" | "grayscale" | "png" | ...: int},
-                              "shards": [{"file": str, "records": int}]},
-                    "validation": {...}},   read = written + rejected
-         "options": {"input", "train_shards", "val_shards", "seed", "label_offset",
-                     "max_reject_fraction", "workers", "runner", "beam_args"},
+        {"dataset": "cifar-10" | "cifar-100" | "imagenet" | "folder",
+         "num_classes": int, "label_names": [str] (label k - label_offset names class k),
+         "synsets": [str] | null (ImageNet only), "coarse_label_names": [str] (cifar-100 only),
+         "label_offset": int, "label": "fine" | "coarse" | null (cifar-100 only),
+         "image_size": 32 | 224: the square input the dataset is prepared for (training, evaluation, serving),
+         "model_family": "cifar" | "imagenet": the models it fits, and so "augmentation" ("cifar": pad 4,
+                         crop, flip; "imagenet": random-resized crop, flip) and evaluation "preprocessing",
+         "image_format": "PNG" (32x32 exactly) | "JPEG" (each image its own size),
+         "pixel_mean": [32][32][3] floats: the mean raw 0..255 value of each pixel and channel over the
+                       written training records (float64); null for the imagenet family (whose models
+                       normalise with (x/255 - 0.5) * 2) and for an empty training split,
+         "splits": {"train": {"read", "written", "rejected", "skipped": int, "converted": {kind: int},
+                              "class_counts": [int per class], "shards": [{"file", "records"}]},
+                    "validation": {...}, ["test": {...}]},   read = written + rejected + skipped
+         "layout": "classes" | "splits" | "manifest", "skipped": {reason: {"count", "examples"}},
+         "duplicates": {"count", "pairs": [[path, path]]} (folder datasets only),
+         "options": the resolved PreprocessConfig, "execution": {"runner", "beam_args"},
          "seconds": float (pipeline wall time), "complete": true}
 
 The feature keys and folder names are defined in preprocess/tfrecord.py (TensorFlow-free, for workers).

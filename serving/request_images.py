@@ -25,34 +25,14 @@ from typing import Callable, Optional
 import numpy as np
 
 from revnet.common.errors import UserError
-from revnet.preprocess.images import DEFAULT_MAX_IMAGE_PIXELS, ImageRejected, ImageTooLarge, decode_rgb
+from revnet.preprocess.images import (DEFAULT_MAX_IMAGE_PIXELS, DRAFT_MARGIN, ImageRejected, ImageTooLarge,
+                                     decode_rgb, resize_bilinear)
 from revnet.preprocess.input_pipeline import INCEPTION_CENTRAL_FRACTION, imagenet_resize_target
 from revnet.serving.limits import RequestAbandoned, ServerBusy
 
 SERVED_FORMATS = ("JPEG", "PNG")
-DRAFT_MARGIN = 2  # decode reduced JPEGs at >= 2x the size the resize needs
 ABANDON_POLL_SECONDS = 0.05
 _OBJECT_REPR = re.compile(r" <[^<>]* object at 0x[0-9a-f]+>")
-
-
-def _resize_bilinear(image: np.ndarray, height: int, width: int, half_pixel_centers: bool = True) -> np.ndarray:
-    """tf.image.resize(method="bilinear") in numpy: half-pixel centres, edge clamping, float output; with
-    half_pixel_centers=False, TF1's resize_bilinear (output pixel i samples input position i * in/out)."""
-    def axis(out_size, in_size):
-        if half_pixel_centers:
-            position = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)
-        else:
-            position = np.arange(out_size, dtype=np.float32) * np.float32(in_size / out_size)
-        low = np.minimum(np.floor(position).astype(np.int64), in_size - 1)
-        high = np.minimum(low + 1, in_size - 1)
-        return low, high, (position - low).astype(np.float32)
-
-    top, bottom, y_weight = axis(height, image.shape[0])
-    left, right, x_weight = axis(width, image.shape[1])
-    # Gather the needed rows first, then go to float: a uint8 input never exists in float at full size.
-    upper, lower = image[top].astype(np.float32), image[bottom].astype(np.float32)
-    rows = upper + (lower - upper) * y_weight[:, None, None]
-    return rows[:, left] + (rows[:, right] - rows[:, left]) * x_weight[None, :, None]
 
 
 def _evaluation_resize(pixels: np.ndarray, input_size: int, preprocessing: str) -> np.ndarray:
@@ -61,13 +41,13 @@ def _evaluation_resize(pixels: np.ndarray, input_size: int, preprocessing: str) 
         # tf.image.central_crop: the start offset is truncated, the crop keeps what is between the offsets.
         top = int((height - height * INCEPTION_CENTRAL_FRACTION) / 2)
         left = int((width - width * INCEPTION_CENTRAL_FRACTION) / 2)
-        pixels = _resize_bilinear(pixels[top:height - top, left:width - left], input_size, input_size,
+        pixels = resize_bilinear(pixels[top:height - top, left:width - left], input_size, input_size,
                                   half_pixel_centers=False)
     elif preprocessing == "imagenet":
         resize_to = imagenet_resize_target(input_size)
         scale = np.float32(resize_to) / np.float32(min(height, width))
         new_h, new_w = int(np.round(np.float32(height) * scale)), int(np.round(np.float32(width) * scale))
-        pixels = _resize_bilinear(pixels, new_h, new_w)
+        pixels = resize_bilinear(pixels, new_h, new_w)
         top, left = (new_h - input_size) // 2, (new_w - input_size) // 2
         pixels = pixels[max(top, 0):max(top, 0) + input_size, max(left, 0):max(left, 0) + input_size]
         if pixels.shape[:2] != (input_size, input_size):  # smaller than the crop: TF pads with zeros
@@ -76,7 +56,7 @@ def _evaluation_resize(pixels: np.ndarray, input_size: int, preprocessing: str) 
             padded[off_h:off_h + pixels.shape[0], off_w:off_w + pixels.shape[1]] = pixels
             pixels = padded
     elif (height, width) != (input_size, input_size):
-        pixels = _resize_bilinear(pixels, input_size, input_size)
+        pixels = resize_bilinear(pixels, input_size, input_size)
     return np.clip(pixels, 0.0, 255.0)
 
 

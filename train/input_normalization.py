@@ -55,9 +55,22 @@ def original_normalization(family: str, input_size: int, pixel_mean: Optional[Se
     return {"input_normalization": "subtract_mean", "pixel_mean": as_nested_tuple(pixel_mean_array(pixel_mean, input_size))}
 
 
+def check_dataset_fits(config, metadata: Dict, data_dir: str) -> None:
+    """A UserError when the dataset was prepared for the other model family (metadata.json "model_family":
+    a folder dataset of --image-size 32 is for CIFAR-style models, of 224 for ImageNet-style ones)."""
+    family = metadata.get("model_family")
+    if family is None or family == config.family:  # datasets written before preprocess recorded it: as they are
+        return
+    raise UserError(f"{data_dir} was prepared for {family} models ({metadata.get('image_size')}x"
+                    f"{metadata.get('image_size')} inputs) but {config.name} is a {config.family} model "
+                    f"({config.input_size}x{config.input_size}); train a model of the {family} family (`cli.py models`) or "
+                    f"re-run `cli.py preprocess` with --image-size {config.input_size}")
+
+
 def training_normalization(config, metadata: Dict, data_dir: str) -> Dict:
     """The normalisation fields of a new training run of `config` (a ModelConfig): the original's. A CIFAR
     dataset written before `preprocess` recorded its mean keeps per-channel standardisation, with a warning."""
+    check_dataset_fits(config, metadata, data_dir)
     family, input_size = config.family, config.input_size
     pixel_mean = dataset_pixel_mean(metadata, data_dir, input_size) if family == "cifar" else None
     if family == "cifar" and pixel_mean is None:

@@ -20,6 +20,13 @@ class Example:
     internal: int = 3  # no option metadata: not a flag
 
 
+@dataclasses.dataclass(frozen=True)
+class WithRequired:
+    output: str = dataclasses.field(metadata=option("Where to write."))
+    level: int = dataclasses.field(default=1, metadata=option("Level."))
+    size: int = dataclasses.field(default=224, metadata=option("Size.", choices=(32, 224)))
+
+
 def _command():
     @click.command()
     @click_options(Example)
@@ -51,3 +58,15 @@ def test_bad_values_are_refused_by_the_parser():
 def test_flag_spellings_and_given_options():
     assert flag_of(Example, "sizes") == "--batch-sizes" and flag_of(Example, "port") == "--port"
     assert given({"a": None, "b": 0, "c": False}) == {"b": 0, "c": False}
+
+
+def test_a_field_without_a_default_is_a_required_flag():
+    @click.command()
+    @click_options(WithRequired)
+    def command(**options):
+        click.echo(repr(WithRequired(**options)))
+
+    missing = CliRunner().invoke(command, ["--level", "2"])
+    assert missing.exit_code == 2 and "Missing option '--output'" in missing.output
+    given_output = CliRunner().invoke(command, ["--output", "x", "--size", "32"])
+    assert given_output.exit_code == 0 and given_output.output.strip() == repr(WithRequired(output="x", size=32))

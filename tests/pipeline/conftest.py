@@ -1,11 +1,13 @@
 """Tiny datasets in the exact official formats, built once per session."""
+import os
+
 import numpy as np
 import pytest
 
-from revnet.preprocess import cifar
-from revnet.preprocess.fake_data import write_imagenet_tree
+from revnet.preprocess.sources import cifar
+from revnet.preprocess.fake_data import FOLDER_KINDS, jpeg_bytes, folder_pixels, write_folder_tree, write_imagenet_tree
 
-from preprocess_test_helpers import CIFAR10_NAMES
+from preprocess_test_helpers import CIFAR10_NAMES, FOLDER_CLASSES
 
 
 @pytest.fixture(scope="session")
@@ -53,3 +55,27 @@ def imagenet_flat_tree(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("imagenet-flat"))
     return root, write_imagenet_tree(root, num_classes=3, train_per_class=2, val_per_class=3, val_layout="flat",
                                      specials=False, seed=6)
+
+
+
+@pytest.fixture(scope="session")
+def folder_tree(tmp_path_factory):
+    """DIR/<class>/[sub/]<image> of every format and mode (32x32, so a size-32 record holds them exactly),
+    two large photos of other shapes, and the bad files of a user's disk; returns (root, {relative path:
+    info}, {kind of bad file: relative path})."""
+    root = str(tmp_path_factory.mktemp("folder-tree"))
+    files = write_folder_tree(root, FOLDER_CLASSES, per_class=len(FOLDER_KINDS), kinds=sorted(FOLDER_KINDS), depth=2,
+                              seed=3)
+    rng = np.random.default_rng(8)
+    for name, (height, width) in {"cat/wide.jpg": (90, 300), "dog house/big.jpg": (1100, 1300)}.items():
+        with open(f"{root}/{name}", "wb") as handle:
+            handle.write(jpeg_bytes(folder_pixels(rng, 0, height, width)))
+    bad = {"empty": "cat/empty.jpg", "truncated": "cat/truncated.jpg", "not-an-image": "dog house/notes.png",
+           "loop": "dog house/loop.jpg", "skipped": "cat/README.txt", "hidden": "cat/.DS_Store"}
+    good = open(f"{root}/" + next(p for p, info in files.items() if info["kind"] == "jpeg"), "rb").read()
+    for kind, data in {"empty": b"", "truncated": good[: len(good) // 2], "not-an-image": b"meeting notes",
+                       "skipped": b"readme", "hidden": b"\0\0"}.items():
+        with open(f"{root}/{bad[kind]}", "wb") as handle:
+            handle.write(data)
+    os.symlink("loop.jpg", f"{root}/{bad['loop']}")
+    return root, files, bad

@@ -3,6 +3,7 @@ import os
 
 import tensorflow as tf
 
+FOLDER_CLASSES = ["cat", "dog house", "Zoë 猫"]  # any Unicode, spaces included
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 ALL_FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string), "image/format": tf.io.FixedLenFeature([], tf.string),

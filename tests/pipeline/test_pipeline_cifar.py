@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from revnet.common.errors import UserError
-from revnet.pipeline import run_preprocess
+from revnet.pipeline import PreprocessConfig, run_preprocess
 from revnet.pipeline import run as pipeline_run
 from revnet.pipeline.plan import order_key
 from revnet.preprocess import schema
@@ -21,7 +21,8 @@ from preprocess_test_helpers import CIFAR10_NAMES, read_records
 @pytest.fixture(scope="module")
 def cifar10_run(tmp_path_factory, cifar10_archive):
     output = str(tmp_path_factory.mktemp("out") / "cifar10")
-    metadata = run_preprocess("cifar-10", cifar10_archive, output, train_shards=4, val_shards=2, seed=7, workers=1)
+    metadata = run_preprocess(PreprocessConfig("cifar-10", output, input_path=cifar10_archive, train_shards=4,
+                                               val_shards=2, seed=7, workers=1))
     return output, metadata
 
 
@@ -84,10 +85,12 @@ def test_rerun_is_byte_identical_and_extracted_folder_gives_the_same_records(cif
     with tarfile.open(cifar10_archive, "r:gz") as handle:
         handle.extractall(tmp_path / "extracted", filter="data")
     again = str(tmp_path / "again")
-    run_preprocess("cifar-10", str(tmp_path / "extracted"), again, train_shards=4, val_shards=2, seed=7, workers=1)
+    run_preprocess(PreprocessConfig("cifar-10", again, input_path=str(tmp_path / "extracted"), train_shards=4,
+                                    val_shards=2, seed=7, workers=1))
     assert _files(again) == _files(output)
     # --overwrite replaces a finished dataset in one rename, leaving no sibling folders behind.
-    run_preprocess("cifar-10", cifar10_archive, again, train_shards=4, val_shards=2, seed=8, workers=1, overwrite=True)
+    run_preprocess(PreprocessConfig("cifar-10", again, input_path=cifar10_archive, train_shards=4, val_shards=2, seed=8,
+                                    workers=1, overwrite=True))
     assert _files(again).keys() == _files(output).keys() and _files(again) != _files(output)
     assert json.load(open(os.path.join(again, "metadata.json")))["options"]["seed"] == 8
     assert sorted(os.listdir(tmp_path)) == ["again", "extracted"]
@@ -100,10 +103,10 @@ def test_finished_dataset_is_refused_without_overwrite(cifar10_run, cifar10_arch
     output, _ = cifar10_run
     before = _files(output)
     with pytest.raises(UserError, match="already holds a finished dataset; pass --overwrite"):
-        run_preprocess("cifar-10", cifar10_archive, output, workers=1)
+        run_preprocess(PreprocessConfig("cifar-10", output, input_path=cifar10_archive, workers=1))
     (tmp_path / "notes.txt").write_text("keep me")
     with pytest.raises(UserError, match="is not empty and holds no dataset written by preprocess"):
-        run_preprocess("cifar-10", cifar10_archive, str(tmp_path), workers=1)
+        run_preprocess(PreprocessConfig("cifar-10", str(tmp_path), input_path=cifar10_archive, workers=1))
     assert _files(output) == before
 
 
@@ -117,15 +120,16 @@ def test_interrupted_job_leaves_no_complete_looking_output(cifar10_archive, tmp_
     monkeypatch.setattr(pipeline_run, "_collect", crash)
     output = tmp_path / "dataset"
     with pytest.raises(BaseException):
-        run_preprocess("cifar-10", cifar10_archive, str(output), train_shards=2, val_shards=1, workers=1)
+        run_preprocess(PreprocessConfig("cifar-10", str(output), input_path=cifar10_archive, train_shards=2,
+                                        val_shards=1, workers=1))
     assert not output.exists()
     assert os.listdir(tmp_path) == []  # the temporary sibling folder is gone too
 
 
 def test_cifar100_coarse_labels(cifar100_archive, cifar100_arrays, tmp_path):
     output = str(tmp_path / "c100")
-    metadata = run_preprocess("cifar-100", cifar100_archive, output, label="coarse", train_shards=2, val_shards=1,
-                              workers=1)
+    metadata = run_preprocess(PreprocessConfig("cifar-100", output, input_path=cifar100_archive, label="coarse",
+                                               train_shards=2, val_shards=1, workers=1))
     assert metadata["num_classes"] == 20 and metadata["label"] == "coarse"
     assert metadata["label_names"] == cifar100_arrays["coarse_names"]
     assert metadata["coarse_label_names"] == cifar100_arrays["coarse_names"]
@@ -140,7 +144,9 @@ def test_cifar100_coarse_labels(cifar100_archive, cifar100_arrays, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"dataset": "cifar-10", "label": "coarse"}, "--label coarse only applies to cifar-100"),
+    ({"dataset": "cifar-10", "label": "coarse"}, "--label coarse only applies to cifar-100, not cifar-10"),
+    ({"dataset": "imagenet", "download_dir": "cache"}, "--download-dir cache only applies to cifar-10 and cifar-100"),
+    ({"dataset": "cifar-10", "val_labels": "v.csv"}, "--val-labels v.csv only applies to imagenet, not cifar-10"),
     ({"dataset": "cifar-11"}, "unknown dataset 'cifar-11'"),
     ({"dataset": "cifar-100"}, "lacks cifar-100-python/meta"),
     ({"dataset": "imagenet"}, "no train/ folder"),
@@ -149,8 +155,9 @@ def test_cifar100_coarse_labels(cifar100_archive, cifar100_arrays, tmp_path):
 def test_wrong_inputs_are_user_errors_with_nothing_left_behind(cifar10_archive, tmp_path, kwargs, message):
     dataset = kwargs.pop("dataset")
     with pytest.raises(UserError, match=message):
-        run_preprocess(dataset, cifar10_archive if dataset != "imagenet" else str(tmp_path), str(tmp_path / "out"),
-                       workers=1, **kwargs)
+        run_preprocess(PreprocessConfig(dataset, str(tmp_path / "out"),
+                                        input_path=cifar10_archive if dataset != "imagenet" else str(tmp_path),
+                                        workers=1, **kwargs))
     assert not (tmp_path / "out").exists()
 
 
@@ -162,8 +169,8 @@ def test_pixel_mean_is_the_mean_training_image(cifar10_run, cifar10_arrays, cifa
     assert np.asarray(metadata["pixel_mean"]).shape == (32, 32, 3)
     np.testing.assert_allclose(metadata["pixel_mean"], expected, rtol=0, atol=1e-12)
     assert not np.allclose(expected, cifar10_arrays["test_images"].astype(np.float64).mean(axis=0), atol=1)
-    c100 = run_preprocess("cifar-100", cifar100_archive, str(tmp_path / "c100"), train_shards=3, val_shards=1,
-                          workers=2)
+    c100 = run_preprocess(PreprocessConfig("cifar-100", str(tmp_path / "c100"), input_path=cifar100_archive,
+                                           train_shards=3, val_shards=1, workers=2))
     np.testing.assert_allclose(c100["pixel_mean"], cifar100_arrays["train_images"].astype(np.float64).mean(axis=0),
                                rtol=0, atol=1e-12)
 
@@ -176,7 +183,8 @@ def test_overwrite_replaces_only_a_dataset_of_ours(cifar10_run, cifar10_archive,
     (foreign / "thesis.txt").write_text("four years of work")
     (foreign / "photos" / "a.jpg").write_bytes(b"jpeg")
     with pytest.raises(UserError, match=r"holds no dataset written by preprocess .*\(--overwrite replaces only a dataset\)"):
-        run_preprocess("cifar-10", cifar10_archive, str(foreign), workers=1, overwrite=True)
+        run_preprocess(PreprocessConfig("cifar-10", str(foreign), input_path=cifar10_archive, workers=1,
+                                        overwrite=True))
     assert (foreign / "thesis.txt").read_text() == "four years of work" and (foreign / "photos" / "a.jpg").exists()
     # A dataset with something of the user's added to it is refused too, and left as it was.
     mixed = tmp_path / "mixed"
@@ -184,9 +192,10 @@ def test_overwrite_replaces_only_a_dataset_of_ours(cifar10_run, cifar10_archive,
     (mixed / "notes.txt").write_text("mine")
     before = sorted(os.listdir(mixed))
     with pytest.raises(UserError, match="also 'notes.txt', which preprocess did not write"):
-        run_preprocess("cifar-10", cifar10_archive, str(mixed), workers=1, overwrite=True)
+        run_preprocess(PreprocessConfig("cifar-10", str(mixed), input_path=cifar10_archive, workers=1, overwrite=True))
     assert sorted(os.listdir(mixed)) == before
     # An empty folder is fine without --overwrite.
     (tmp_path / "empty").mkdir()
-    run_preprocess("cifar-10", cifar10_archive, str(tmp_path / "empty"), train_shards=2, val_shards=1, workers=1)
+    run_preprocess(PreprocessConfig("cifar-10", str(tmp_path / "empty"), input_path=cifar10_archive, train_shards=2,
+                                    val_shards=1, workers=1))
     assert (tmp_path / "empty" / "metadata.json").exists()

@@ -49,12 +49,29 @@ def test_multiprocess_direct_runner_end_to_end_with_beam_args(cifar10_archive, t
 def test_a_local_run_does_not_import_ipython_or_tensorflow(cifar10_archive, tmp_path):
     """Beam's "are we in IPython?" probe imports IPython (about 0.15 s of CPU per run); the pipeline
     answers it without the import. TensorFlow is never needed to write records."""
-    code = ("import sys; from revnet.pipeline import run_preprocess; "
-            f"run_preprocess('cifar-10', {cifar10_archive!r}, {str(tmp_path / 'out')!r}, train_shards=2, val_shards=1, "
-            "workers=2); print(sorted(m for m in ('IPython', 'tensorflow') if m in sys.modules))")
+    code = ("import sys; from revnet.pipeline import PreprocessConfig, run_preprocess; "
+            f"run_preprocess(PreprocessConfig('cifar-10', {str(tmp_path / 'out')!r}, input_path={cifar10_archive!r}, "
+            "train_shards=2, val_shards=1, workers=2)); "
+            "print(sorted(m for m in ('IPython', 'tensorflow') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
+
+
+def test_the_preprocess_flags_are_the_config_fields():
+    """One flag per PreprocessConfig option field, with the field's default, so no option is spelled twice."""
+    from revnet.cli import cli
+    from revnet.common.options import option_fields
+    from revnet.pipeline import PreprocessConfig
+
+    params = {param.name: param for param in cli.commands["preprocess"].params}
+    fields = option_fields(PreprocessConfig)
+    assert {field.name for field in fields} <= set(params)
+    assert set(params) - {field.name for field in fields} == {"dataset", "as_json", "beam_args"}
+    for field in fields:
+        if field.name != "output_dir":
+            assert params[field.name].default == field.default, field.name
+    assert params["output_dir"].required
 
 
 def test_hostile_archive_is_refused_on_the_command_line(tmp_path):
@@ -85,6 +102,31 @@ def test_missing_archive_is_a_one_line_error(tmp_path):
     _one_line_error(run_cli("preprocess", "cifar-10", "--input", str(tmp_path / "nope.tar.gz"), "--output",
                             str(tmp_path / "out")), "does not exist; expected the official cifar-10-python.tar.gz")
     assert not (tmp_path / "out").exists()
+
+
+HEAVY_MODULES = {"apache_beam", "distributed", "dask", "tensorflow", "PIL"}
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["imagenett", "--output", "OUT"], "'imagenett' is not one of"),
+    (["imagenet", "--input", "MISSING", "--output", "OUT", "--runner", "dask"], "does not exist; expected a folder"),
+    (["imagenet", "--input", "MISSING", "--output", "OUT", "--", "--runner=FlinkRunner"], "does not exist"),
+    (["cifar-10", "--input", "MISSING", "--output", "OUT", "--runner", "dask"],
+     "does not exist; expected the official"),
+    (["cifar-10", "--output", "OUT", "--val-labels", "v.csv", "--runner", "dask"], "--val-labels v.csv only applies"),
+    (["folder", "--input", "MISSING", "--output", "OUT", "--runner", "dask"], "does not exist or is not a folder"),
+], ids=["unknown-dataset", "imagenet-dask", "imagenet-beam-args", "cifar-dask", "option-of-another-dataset",
+        "folder-dask"])
+def test_argument_errors_come_before_anything_heavy_is_imported(tmp_path, args, expected):
+    args = [str(tmp_path / arg) if arg in ("MISSING", "OUT") else arg for arg in args]
+    result = subprocess.run([sys.executable, "-X", "importtime", os.path.join(ROOT, "cli.py"), "preprocess", *args],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2 and expected in result.stderr, result.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in result.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "click" in imported  # the importtime listing is there to look at
+    assert not imported & HEAVY_MODULES
+    assert not (tmp_path / "OUT").exists()
 
 
 def test_benchmark_rows_compare_the_loop_and_beam(tmp_path):

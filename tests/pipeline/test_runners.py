@@ -5,7 +5,7 @@ import zipfile
 import pytest
 
 from revnet.common.errors import UserError
-from revnet.pipeline import run_preprocess, runners
+from revnet.pipeline import PreprocessConfig, run_preprocess, runners
 
 
 @pytest.mark.parametrize("args, runner, address, expected", [
@@ -50,11 +50,13 @@ def test_a_remote_runner_gets_our_code_as_a_wheel_without_tensorflow(cifar10_arc
 
     monkeypatch.setattr(runners, "run_to_completion", instead_of_running)
     with pytest.raises(RuntimeError, match="not run in a test"):
-        run_preprocess("cifar-10", cifar10_archive, str(tmp_path / "out"), train_shards=2, val_shards=1,
-                       beam_args=["--runner=FlinkRunner", "--flink_master=localhost:8081"])
+        run_preprocess(PreprocessConfig("cifar-10", str(tmp_path / "out"), input_path=cifar10_archive, train_shards=2,
+                                        val_shards=1,
+                                        beam_args=["--runner=FlinkRunner", "--flink_master=localhost:8081"]))
     assert len(seen["packages"]) == 1 and seen["packages"][0].endswith(".whl")
     for module in ("revnet/__init__.py", "revnet/pipeline/shards.py", "revnet/pipeline/beam_pipeline.py",
-                   "revnet/preprocess/tfrecord.py", "revnet/preprocess/images.py", "revnet/common/storage.py"):
+                   "revnet/preprocess/tfrecord.py", "revnet/preprocess/images.py", "revnet/common/storage.py",
+                   "revnet/preprocess/sources/cifar.py"):
         assert module in seen["names"]
     assert not any(name.startswith(("revnet/train/", "revnet/models/", "revnet/serving/")) for name in seen["names"])
     requirements = [line.split(":", 1)[1].strip() for line in seen["metadata"].splitlines()
@@ -69,13 +71,13 @@ def test_a_user_setup_file_replaces_the_wheel(tmp_path):
         assert not any(arg.startswith("--extra_package") for arg in execution.args)
 
 
-def test_the_dask_runner_without_its_extra_is_one_line_naming_the_install(tmp_path, monkeypatch):
+def test_the_dask_runner_without_its_extra_is_one_line_naming_the_install(cifar10_archive, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
     from revnet.cli import cli
 
     monkeypatch.setitem(__import__("sys").modules, "distributed", None)  # what a missing package looks like
-    result = CliRunner().invoke(cli, ["preprocess", "cifar-10", "--input", str(tmp_path / "none.tar.gz"),
+    result = CliRunner().invoke(cli, ["preprocess", "cifar-10", "--input", cifar10_archive,
                                       "--output", str(tmp_path / "out"), "--runner", "dask"])
     assert result.exit_code == 2
     assert result.output.strip() == ("error: the Dask runner (--runner dask) needs the optional package "

@@ -176,7 +176,7 @@ def test_concurrent_version_claims_never_collide(tmp_path):
 # --- Preprocessing (item 1) -------------------------------------------------------------------------
 
 def test_preprocess_rejects_a_decompression_bomb_into_rejects_jsonl(tmp_path):
-    from revnet.pipeline import run_preprocess
+    from revnet.pipeline import PreprocessConfig, run_preprocess
     from revnet.preprocess.fake_data import write_imagenet_tree
 
     root = str(tmp_path / "imagenet")
@@ -185,8 +185,8 @@ def test_preprocess_rejects_a_decompression_bomb_into_rejects_jsonl(tmp_path):
     with open(bomb, "wb") as handle:
         handle.write(png_bomb(7000, 6000))  # 42 MP: over the 40 MP default, 126 MB if it were decoded
     output = str(tmp_path / "out")
-    metadata = run_preprocess("imagenet", root, output, train_shards=1, val_shards=1, workers=1,
-                              max_reject_fraction=0.5)
+    metadata = run_preprocess(PreprocessConfig("imagenet", output, input_path=root, train_shards=1, val_shards=1,
+                                               workers=1, max_reject_fraction=0.5))
     assert metadata["splits"]["train"]["rejected"] == 1
     rejects = [json.loads(line) for line in open(os.path.join(output, "rejects.jsonl"))]
     assert [r["path"] for r in rejects] == [bomb]

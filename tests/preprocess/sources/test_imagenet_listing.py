@@ -4,7 +4,7 @@ import os
 import pytest
 
 from revnet.common.errors import UserError
-from revnet.preprocess import imagenet
+from revnet.preprocess.sources import imagenet
 from revnet.preprocess.fake_data import write_imagenet_tree
 
 

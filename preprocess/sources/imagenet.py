@@ -56,19 +56,6 @@ class Listing(NamedTuple):
 
 
 # Local folders and gs:// alike go through common.storage; on object stores a "folder" is a name prefix.
-def _is_utf8(name: str) -> bool:
-    """False for names the OS could not decode (os.listdir turns their bytes into lone surrogates)."""
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
-def _printable(path: str) -> str:
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
 def _image_files(folder: str) -> List[str]:
     return [name for name in storage.children(folder)[0]
             if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)]
@@ -99,8 +86,6 @@ def read_class_texts(input_dir: str, class_names_file: Optional[str] = None) -> 
                 if synset:
                     texts[synset] = text.strip() or synset
             return texts
-        if class_names_file:
-            raise UserError(f"--class-names file {path!r} does not exist")
     return {}
 
 
@@ -126,9 +111,6 @@ def _csv_synsets(path: str, text: str) -> Dict[str, str]:
 
 def read_val_labels(path: str, filenames: Sequence[str]) -> List[str]:
     """The synset of each validation file (in the order given), from either label file format."""
-    if not storage.is_file(path):
-        raise UserError(f"--val-labels file {path!r} does not exist; expected LOC_val_solution.csv or a text "
-                        f"file with one synset per line")
     text = _read_text_file(path, "--val-labels file")
     if text.split("\n", 1)[0].replace(" ", "").startswith("ImageId,PredictionString"):
         by_id = _csv_synsets(path, text)
@@ -146,32 +128,48 @@ def read_val_labels(path: str, filenames: Sequence[str]) -> List[str]:
     return lines
 
 
+def check_input(input_dir: Optional[str], val_labels: Optional[str] = None,
+                class_names_file: Optional[str] = None) -> None:
+    """A UserError if the input folder or a label file named is missing (cheap: before the job starts)."""
+    if not input_dir:
+        raise UserError("imagenet needs --input: the extracted ILSVRC2012 folder with train/<synset>/*.JPEG "
+                        "(it cannot be downloaded automatically)")
+    if not storage.is_dir(input_dir):
+        raise UserError(f"ImageNet input {input_dir!r} does not exist; expected a folder with train/<synset>/*.JPEG")
+    if not storage.is_dir(storage.join(input_dir, "train")):
+        raise UserError(f"{input_dir!r} has no train/ folder; expected train/<synset>/*.JPEG")
+    if val_labels and not storage.is_file(val_labels):
+        raise UserError(f"--val-labels file {val_labels!r} does not exist; expected LOC_val_solution.csv or a text "
+                        f"file with one synset per line")
+    if class_names_file and not storage.is_file(class_names_file):
+        raise UserError(f"--class-names file {class_names_file!r} does not exist")
+
+
 def list_imagenet(input_dir: str, val_labels: Optional[str] = None, label_offset: int = 0,
                   class_names_file: Optional[str] = None) -> Listing:
     """The classes, their texts, every image per split, and the inputs refused while listing."""
     join = storage.join
     train_dir, val_dir = join(input_dir, "train"), join(input_dir, "val")
-    if not storage.is_dir(input_dir):
-        raise UserError(f"ImageNet input {input_dir!r} does not exist; expected a folder with train/<synset>/*.JPEG")
-    if not storage.is_dir(train_dir):
-        raise UserError(f"{input_dir!r} has no train/ folder; expected train/<synset>/*.JPEG")
+    check_input(input_dir, val_labels, class_names_file)
     rejects: List[ListingReject] = []
 
     def usable(split, folder, names):
         """The names that are valid UTF-8; the others become rejects (a record stores the name as UTF-8)."""
         for name in names:
-            if not _is_utf8(name):
-                rejects.append(ListingReject(split, _printable(join(folder, name)), "file name is not valid UTF-8"))
-        return [name for name in names if _is_utf8(name)]
+            if not storage.is_utf8(name):
+                rejects.append(ListingReject(split, storage.printable(join(folder, name)),
+                                             "file name is not valid UTF-8"))
+        return [name for name in names if storage.is_utf8(name)]
 
     def reject_folder(split, folder, names):
         for name in names:
-            rejects.append(ListingReject(split, _printable(join(folder, name)), "folder name is not valid UTF-8"))
+            rejects.append(ListingReject(split, storage.printable(join(folder, name)),
+                                         "folder name is not valid UTF-8"))
 
     class_files: Dict[str, List[str]] = {}
     for synset in _subfolders(train_dir):
         names = _image_files(join(train_dir, synset))
-        if not _is_utf8(synset):
+        if not storage.is_utf8(synset):
             reject_folder("train", join(train_dir, synset), names)
         elif not names:
             raise UserError(f"training class folder {join(train_dir, synset)!r} holds no images "
@@ -201,7 +199,7 @@ def list_imagenet(input_dir: str, val_labels: Optional[str] = None, label_offset
     if val_synsets:
         for synset in val_synsets:
             folder = join(val_dir, synset)
-            if not _is_utf8(synset):
+            if not storage.is_utf8(synset):
                 reject_folder("validation", folder, _image_files(folder))
                 continue
             if synset not in label_of:

@@ -100,6 +100,14 @@ def _folder_root(input_path: str, spec: CifarSpec) -> str:
     return nested if storage.is_dir(nested) else input_path
 
 
+def check_input(dataset: str, input_path: Optional[str]) -> None:
+    """A UserError if a given local `input_path` does not exist (cheap: before the job starts)."""
+    spec = SPECS[dataset]
+    if input_path and not storage.is_remote(input_path) and not os.path.exists(input_path):
+        raise UserError(f"input {input_path!r} does not exist; expected the official {spec.archive} "
+                        f"or its extracted {spec.folder}/ folder")
+
+
 def read_members(input_path: str, spec: CifarSpec, names: Sequence[str]) -> Dict[str, bytes]:
     """The raw bytes of the named files, from the .tar.gz archive or its extracted folder."""
     wanted = set(names)
@@ -111,9 +119,7 @@ def read_members(input_path: str, spec: CifarSpec, names: Sequence[str]) -> Dict
             if storage.is_file(path):
                 found[name] = storage.read_bytes(path)
     else:
-        if not storage.is_remote(input_path) and not os.path.exists(input_path):
-            raise UserError(f"input {input_path!r} does not exist; expected the official {spec.archive} "
-                            f"or its extracted {spec.folder}/ folder")
+        check_input(next(name for name, known in SPECS.items() if known is spec), input_path)
         try:
             with storage.open_read(input_path) as raw, tarfile.open(fileobj=raw, mode="r|*") as archive:
                 for member in archive:

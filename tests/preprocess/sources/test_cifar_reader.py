@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from revnet.common.errors import UserError
-from revnet.preprocess import cifar
+from revnet.preprocess.sources import cifar
 
 NAMES = [f"class{i}" for i in range(10)]
 
