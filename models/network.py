@@ -10,6 +10,7 @@ import tensorflow as tf
 from revnet.models.layers import (DECAY_KINDS, BatchStats, Param, ResidualFn, SeedSequence, batch_norm, bn_params,
                            conv2d, conv_param, create_variables)
 from revnet.models.normalization import normalization_constants, normalize
+from revnet.models.parts import part_names
 
 def update_moving_stats(variables: Dict[str, tf.Variable], stats: BatchStats, momentum: float) -> None:
     """moving = momentum * moving + (1 - momentum) * batch, once per real forward pass."""
@@ -25,6 +26,7 @@ class Layer(tf.Module):
     def __init__(self, fn: ResidualFn, name: str, dtype: tf.DType, seeds: SeedSequence, bn_momentum: float):
         super().__init__(name=name.replace("/", "_"))
         self.fn = fn
+        self.part = name.split("/")[0]   # stem, stageN or head (see models/parts.py)
         self.bn_momentum = bn_momentum
         self.param_specs: List[Param] = fn.params()
         with self.name_scope:
@@ -116,6 +118,33 @@ class Network(tf.Module):
         self.pixel_mean, self.pixel_std = normalization_constants(config, self.param_dtype)
         stem_stride, stem_kernel, stem_pool = (2, 7, True) if config.stem == "imagenet" else (1, 3, False)
         self.stem = self._layer(StemFn(config.stem_channels, stem_kernel, stem_stride, stem_pool), "stem")
+        self.frozen = frozenset()
+        self._frozen_prefix = frozenset()
+
+    def freeze(self, parts) -> None:
+        """Freeze these parts (models/parts.py): they run in inference mode (moving batch-norm statistics,
+        never updated) and `trained_variables` leaves their weights out. What only frozen parts feed is cut
+        from the backward pass, so a frozen prefix stores nothing for it."""
+        names = part_names(self.config)
+        unknown = sorted(set(parts) - set(names))
+        if unknown:
+            raise ValueError(f"no part(s) {unknown} in {self.config.name}; its parts are {list(names)}")
+        self.frozen = frozenset(parts)
+        prefix = []
+        for name in names:
+            if name not in self.frozen:
+                break
+            prefix.append(name)
+        self._frozen_prefix = frozenset(prefix)
+
+    def _training(self, part: str, training: bool) -> bool:
+        return training and part not in self.frozen
+
+    def _after(self, part: str, x):
+        """`x`, cut from the gradient when `part` and everything before it are frozen."""
+        if part in self._frozen_prefix:
+            return tf.nest.map_structure(tf.stop_gradient, x)
+        return x
 
     @property
     def recompute_head(self) -> bool:
@@ -138,7 +167,15 @@ class Network(tf.Module):
 
     def __call__(self, images, training: bool = False):
         x = self.body(tf.cast(self.normalize(images), self.compute_dtype), training)  # the stem included
-        return tf.cast(self.head(x, training, recompute=self.recompute_head), tf.float32)
+        head_training = self._training("head", training)
+        return tf.cast(self.head(x, head_training, recompute=self.recompute_head and head_training), tf.float32)
+
+    @property
+    def trained_variables(self) -> List[tf.Variable]:
+        """The trainable variables outside the frozen parts: what the optimizer updates."""
+        frozen = {id(variable) for module in self._flatten_modules() if module.part in self.frozen
+                  for variable in module.params.values()}
+        return [variable for variable in self.trainable_variables if id(variable) not in frozen]
 
     @property
     def classifier_variables(self) -> List[tf.Variable]:

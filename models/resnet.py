@@ -45,7 +45,8 @@ class ResNet(Network):
     def body(self, x, training):
         # "recompute": each unit under tf.recompute_grad, the usual way to trade compute for memory.
         recompute = self.config.mode == "recompute"
-        x = self.stem(x, training)
+        x = self._after("stem", self.stem(x, self._training("stem", training)))
         for unit in self.units:
-            x = unit(x, training, recompute=recompute)
+            unit_training = self._training(unit.part, training)
+            x = self._after(unit.part, unit(x, unit_training, recompute=recompute and unit_training))
         return x

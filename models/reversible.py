@@ -41,6 +41,7 @@ class ReversibleStack(tf.Module):
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         self.f, self.g = f, g
+        self.part = name.split("/")[0]   # the stage, for --freeze (models/parts.py)
         self.num_blocks = int(num_blocks)
         self.mode = mode
         self.bn_momentum = bn_momentum

@@ -78,15 +78,23 @@ class RevNet(Network):
     def body(self, x, training):
         # Reversible mode recomputes the stem together with the first opening unit from the input
         # images, so not even the stem's output is kept; the later openers keep their stage's input.
+        # With --freeze, each part trains or runs in inference mode on its own (models/parts.py).
         reversible = self.config.mode == "reversible"
         recompute = self.config.mode in ("reversible", "recompute")
-        x1, x2 = call_layers([self.stem, self._split, self.openers[0]] if reversible else [self.stem, self._split],
-                             x, training, recompute=reversible)
+        stem_training = self._training("stem", training)
+        joined = reversible and stem_training == self._training("stage1", training)
+        x1, x2 = call_layers([self.stem, self._split, self.openers[0]] if joined else [self.stem, self._split],
+                             x, stem_training, recompute=reversible and stem_training)
+        if not joined:
+            x1, x2 = self._after("stem", (x1, x2))
         for stage, (opener, stack) in enumerate(zip(self.openers, self.stacks)):
-            if stage > 0 or not reversible:
-                x1, x2 = opener((x1, x2), training, recompute=recompute)
+            part = f"stage{stage + 1}"
+            part_training = self._training(part, training)
+            if stage > 0 or not joined:
+                x1, x2 = opener((x1, x2), part_training, recompute=recompute and part_training)
             if stack is not None:
-                x1, x2 = stack(x1, x2, training)
+                x1, x2 = stack(x1, x2, part_training)
+            x1, x2 = self._after(part, (x1, x2))
         return tf.concat([x1, x2], axis=-1)
 
     def reconstruction_errors(self, images) -> List[float]:

@@ -84,6 +84,11 @@ class TrainConfig:
     init_skip_mismatched: bool = dataclasses.field(
         default=False, metadata=_flag("With --init-from: keep the initial values of weights outside the classifier "
                                       "whose shapes differ, instead of stopping [default: stop].", negatable=True))
+    freeze: Optional[str] = dataclasses.field(
+        default=None, metadata=_flag("Parts to keep fixed while fine-tuning, comma-separated: stem, stage1..stageN, "
+                                     "head, or all-but-head (train only the classifier). Frozen parts keep their "
+                                     "weights and run with their batch-norm moving statistics, never updated "
+                                     "[default: train everything; fixed for an experiment once it starts]."))
 
 
     def __post_init__(self):

@@ -7,6 +7,7 @@ import os
 from typing import Optional
 
 from revnet.common.errors import UserError
+from revnet.models.parts import parse_freeze
 from revnet.models.registry import get_config
 from revnet.train.config import DEFAULT_WORKDIR
 
@@ -29,8 +30,8 @@ def check_dataset_folder(data: Optional[str]) -> None:
 
 
 def check_train_arguments(model: str, data: Optional[str] = None, exp_id: Optional[str] = None,
-                          workdir: Optional[str] = None, **_) -> None:
-    get_config(model)
+                          workdir: Optional[str] = None, freeze: Optional[str] = None, **_) -> None:
+    parse_freeze(freeze, get_config(model))
     check_plain_id(exp_id)
     check_dataset_folder(data)
     exists = exp_id is not None and os.path.exists(os.path.join(workdir or DEFAULT_WORKDIR, exp_id, CONFIG_FILE))

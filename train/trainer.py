@@ -27,8 +27,9 @@ import tensorflow as tf
 
 from revnet.common.errors import UserError, error_reason
 from revnet.common.fileio import atomic_write_json
-from revnet.common.options import option_fields
+from revnet.common.options import given, option_fields
 from revnet.models import build_model, get_config
+from revnet.models.parts import parse_freeze
 from revnet.models.registry import ModelConfig
 from revnet.preprocess import input_pipeline, schema
 from revnet.train import data_service as service, experiment, summaries
@@ -77,6 +78,11 @@ def resolve_experiment(model: str, data: Optional[str], exp_dir: str, saved: Opt
         if train_overrides.get("init_from") and train_overrides["init_from"] != saved.train.init_from:
             raise UserError(f"--init-from starts a new experiment; {os.path.basename(exp_dir)!r} exists already "
                             f"(choose a new --id)")
+        if "freeze" in given(train_overrides) and (train_overrides["freeze"] or None) != saved.train.freeze:
+            raise UserError(f"experiment {os.path.basename(exp_dir)!r} trains with --freeze "
+                            f"{saved.train.freeze or '(nothing)'}; what is frozen cannot change on resume (the "
+                            f"optimizer holds state for exactly the trained weights): start a new --id with "
+                            f"--init-from {os.path.basename(exp_dir)}")
         train = saved.train.replace(**train_overrides).with_seed()
     if saved is not None:
         if saved.model.num_classes != num_classes:
@@ -86,6 +92,7 @@ def resolve_experiment(model: str, data: Optional[str], exp_dir: str, saved: Opt
     else:
         model_config = registered.replace(num_classes=num_classes, seed=train.seed % 2 ** 31, **model_overrides,
                                           **training_normalization(registered, metadata, data_dir))
+    parse_freeze(train.freeze, model_config)
     return ExperimentConfig(model_config, train, experiment.dataset_config(data_dir, metadata))
 
 
@@ -196,13 +203,19 @@ class TrainingRun:
         warning = jit_warning(train, model)
         if warning:
             log.warning("%s", warning)
+        if train.freeze:
+            log.info("frozen (inference-mode batch norm, not trained): %s",
+                     ", ".join(parse_freeze(train.freeze, model)))
+            if not train.init_from:
+                log.warning("--freeze without --init-from keeps randomly initialised parts fixed")
 
     def _create_state(self) -> None:
         """The network, the optimizer and the counters, mirrored across replicas, and their checkpoint."""
         with self.strategy.scope():
             self.model = build_model(self.config.model)
+            self.model.freeze(parse_freeze(self.train.freeze, self.config.model))
             loss_scale = DynamicLossScale() if self.config.model.compute_dtype == "float16" else None
-            self.optimizer = MomentumSGD(self.model.trainable_variables, self.train.momentum,
+            self.optimizer = MomentumSGD(self.model.trained_variables, self.train.momentum,
                                          self.train.weight_decay, self.model.decay_variables, loss_scale)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -254,7 +267,7 @@ class TrainingRun:
         self.iterator = iter(self.strategy.distribute_datasets_from_function(dataset_fn))
         return make_train_step(self.model, self.optimizer, self.strategy, train.batch_size, self.step, self.position,
                                self.learning_rate, steps_per_call=train.steps_per_call, jit=train.jit,
-                               label_smoothing=train.label_smoothing)
+                               label_smoothing=train.label_smoothing, variables=self.model.trained_variables)
 
     def _step_loop(self, train_steps):
         """Run calls of up to steps_per_call steps until the last step, SIGTERM or a failure."""
