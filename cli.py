@@ -399,6 +399,34 @@ def benchmark_train_command(models, batch_sizes, steps, jit_steps, imagenet, ima
     click.echo(format_rows(rows))
 
 
+@benchmark_group.command("finetune")
+@click.option("--model", default="revnet-38", help="A CIFAR-style model (32x32 inputs).")
+@click.option("--pretrain-steps", type=click.IntRange(min=1), default=300, help="Steps on the source task.")
+@click.option("--steps", type=click.IntRange(min=1), default=100, help="Steps of each target-task row.")
+@click.option("--batch-size", type=click.IntRange(min=2), default=32, help="Global batch size of every run.")
+@click.option("--target-per-class", type=click.IntRange(min=2), default=30,
+              help="Training images per target class (the validation split has 50 per class).")
+@click.option("--seed", type=int, default=0, help="Seed of the generated images and of every run.")
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Keep the experiments here (source, from-scratch, fine-tuned, fine-tuned-frozen) "
+                   "[default: a temporary folder, removed].")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the report as JSON here.")
+def benchmark_finetune_command(model, pretrain_steps, steps, batch_size, target_per_class, seed, workdir,
+                               json_path):
+    """Accuracy at equal steps on a small new task: trained from scratch, fine-tuned with --init-from, and
+    fine-tuned with --freeze all-but-head. The source weights come from a generated 8-shape task trained
+    first in the same run; the target task is 4 other shapes with a few dozen images per class."""
+    from revnet.benchmarks.finetune import format_report, run_finetune_benchmark
+    from revnet.common.fileio import atomic_write_json
+
+    report = run_finetune_benchmark(model=model, pretrain_steps=pretrain_steps, steps=steps, batch_size=batch_size,
+                                    target_per_class=target_per_class, seed=seed, workdir=workdir)
+    if json_path:
+        atomic_write_json(json_path, report)
+    click.echo(format_report(report))
+
+
 # ---------------------------------------------------------------------------------------------------
 # export / serve / predict
 # ---------------------------------------------------------------------------------------------------

@@ -70,7 +70,7 @@ def resolve_source(source: str, workdir: str) -> Tuple[str, str]:
     exp_dir = experiment.experiment_dir(workdir, source)
     if os.path.sep not in source and os.path.exists(os.path.join(exp_dir, experiment.CONFIG_FILE)):
         return "ours", experiment.resolve_checkpoint(exp_dir, "latest")
-    if os.path.isdir(source) and os.path.exists(os.path.join(source, experiment.CONFIG_FILE)):
+    if _is_experiment_folder(source):
         return "ours", experiment.resolve_checkpoint(source, "latest")
     if os.path.isdir(source) and tf.train.latest_checkpoint(source):
         prefix = tf.train.latest_checkpoint(source)
@@ -81,6 +81,13 @@ def resolve_source(source: str, workdir: str) -> Tuple[str, str]:
         return "original", source
     raise UserError(f"--init-from {source!r} is neither an experiment under {workdir!r} nor a checkpoint (a prefix "
                     f"with PREFIX.index, a folder holding one, or an original-code .tar.gz)")
+
+
+def _is_experiment_folder(path: str) -> bool:
+    """An experiment of ours: config.json beside checkpoints/ (the original code's output folders hold a
+    config.json of their own, next to their checkpoint files)."""
+    return os.path.isdir(experiment.checkpoints_dir(path)) and os.path.exists(os.path.join(path,
+                                                                                         experiment.CONFIG_FILE))
 
 
 def _is_object_based(prefix: str) -> bool:
