@@ -34,15 +34,15 @@ def _polygon(center, radius, sides, rotation, inner=None):
 
 
 def draw_shape(shape: str, rng: np.random.Generator, size: int = 64):
-    """One RGB image of `shape` on a noisy background of another colour."""
+    """One RGB image of `shape`, light and slightly tinted, on a dark noisy background: the shape is the signal."""
     from PIL import Image, ImageDraw
 
-    background = rng.integers(0, 256, 3)
-    pixels = np.clip(background + rng.normal(0, 18, (size, size, 3)), 0, 255).astype(np.uint8)
+    background = rng.integers(10, 70) + rng.integers(0, 20, 3)
+    pixels = np.clip(background + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
     image = Image.fromarray(pixels)
     draw = ImageDraw.Draw(image)
-    colour = tuple(int(c) for c in (background + 96 + rng.integers(0, 64, 3)) % 256)
-    radius = rng.uniform(0.2, 0.35) * size
+    colour = tuple(int(c) for c in rng.integers(170, 230) + rng.integers(0, 26, 3))
+    radius = rng.uniform(0.25, 0.4) * size
     cx, cy = rng.uniform(radius, size - radius, 2)
     rotation = rng.uniform(0, 2 * math.pi)
     box = (cx - radius, cy - radius, cx + radius, cy + radius)
