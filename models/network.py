@@ -137,6 +137,12 @@ class Network(tf.Module):
             prefix.append(name)
         self._frozen_prefix = frozenset(prefix)
 
+    def unroll_loops(self) -> None:
+        """Unroll the reversible stacks' loops (for XLA: train --jit); same results, same stored tensors."""
+        for module in self._flatten_modules():
+            if hasattr(module, "unrolled"):
+                module.unrolled = True
+
     def _training(self, part: str, training: bool) -> bool:
         return training and part not in self.frozen
 

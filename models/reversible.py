@@ -44,6 +44,9 @@ class ReversibleStack(tf.Module):
         self.part = name.split("/")[0]   # the stage, for --freeze (models/parts.py)
         self.num_blocks = int(num_blocks)
         self.mode = mode
+        # Under XLA (train --jit) the loops are unrolled in Python: XLA compiles convolution backprops inside a
+        # `while` body with its slow generic emitter (measured on CPU: 10-20x per step), not inside straight code.
+        self.unrolled = False
         self.bn_momentum = bn_momentum
         self.compute_dtype = compute_dtype or dtype
         self.param_specs = prefixed("f", f.params()) + prefixed("g", g.params())
@@ -99,6 +102,17 @@ class ReversibleStack(tf.Module):
     def _backward_loop(self, y1, y2, dy1, dy2, weights: List[tf.Tensor]):
         """Walk the blocks from last to first: (x1, x2, dx1, dx2, [stacked gradient per weight])."""
         names = self.trainable_names
+        if self.unrolled:
+            per_block = []
+            for index in reversed(range(self.num_blocks)):
+                p = {name: weight[index] for name, weight in zip(names, weights)}
+                # Each block's reconstruction waits for the previous block's gradients, as in the loop.
+                with tf.control_dependencies([dy1, dy2]):
+                    y1, y2, dy1, dy2, param_grads = self._block_backward(p, tf.identity(y1), tf.identity(y2),
+                                                                         dy1, dy2)
+                per_block.append(param_grads)
+            stacked = [tf.stack([grads[name] for grads in reversed(per_block)]) for name in names]
+            return y1, y2, dy1, dy2, stacked
         grad_arrays = [tf.TensorArray(weight.dtype, size=self.num_blocks, element_shape=weight.shape[1:])
                        for weight in weights]
 
@@ -175,6 +189,23 @@ class ReversibleStack(tf.Module):
         # as ordinary input gradients and the tape carries them on to the variables, mirrored or not.
         @tf.custom_gradient
         def run(x1, x2, *weights):
+            if self.unrolled:
+                h1, h2, per_block = x1, x2, []
+                for index in range(num_blocks):
+                    h1, h2, stats = self._block({name: weight[index] for name, weight in zip(names, weights)},
+                                                h1, h2, True)
+                    per_block.append(stats)
+                flat = []
+                for name in self.bn_names:
+                    flat += [tf.stack([stats[name][0] for stats in per_block]),
+                             tf.stack([stats[name][1] for stats in per_block])]
+
+                def unrolled_grad(*output_grads):
+                    _, _, dx1, dx2, weight_grads = self._backward_loop(h1, h2, output_grads[0], output_grads[1],
+                                                                       list(weights))
+                    return (dx1, dx2) + tuple(weight_grads)
+
+                return (h1, h2, *flat), unrolled_grad
             stats_arrays = [tf.TensorArray(weights[0].dtype, size=num_blocks) for _ in range(2 * len(self.bn_names))]
 
             def body(index, h1, h2, *arrays):

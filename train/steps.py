@@ -30,9 +30,12 @@ def make_train_step(model, optimizer, strategy: tf.distribute.Strategy, global_b
     is `learning_rate_fn(step)`, read inside the call, so several steps per call keep the schedule.
     With `jit`, each replica's forward and backward pass is one XLA computation; the cross-replica
     gradient sum and the update stay outside it (XLA compiles for one device). `variables` (default: all
-    the model's trainable variables) are the ones trained; the optimizer must have been made for them.
+    the model's trainable variables) are the ones trained; the optimizer must have been made for them. With
+    `jit`, the model's reversible loops are unrolled (`Network.unroll_loops`).
     """
     loss_scale = optimizer.loss_scale
+    if jit and hasattr(model, "unroll_loops"):
+        model.unroll_loops()   # XLA compiles convolution backprops inside while loops slowly (models/reversible.py)
     variables = list(model.trainable_variables if variables is None else variables)
 
     def forward_backward(images, labels):
