@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -140,8 +140,11 @@ def _folder_state(path: str) -> Tuple:
 class ModelRepository:
     """Serves the highest version of DIR/NAME that loads; `poll()` picks up newer ones."""
 
-    def __init__(self, model_dir: str, backend: str, onnx_file: str = layout.ONNX_FILE, intra_op_threads: int = 0):
+    def __init__(self, model_dir: str, backend: str, onnx_file: str = layout.ONNX_FILE, intra_op_threads: int = 0,
+                 on_load: Optional[Callable[[str, int, bool, int], None]] = None):
+        """`on_load(name, version, ok, warmup_requests)` is called after each load attempt."""
         choose("backend", backend, BACKENDS)
+        self.on_load = on_load or (lambda name, version, ok, warmup_requests: None)
         if not os.path.isdir(model_dir):
             raise UserError(f"model folder {model_dir!r} does not exist; expected DIR/NAME from `cli.py export`")
         self.model_dir, self.backend, self.onnx_file = model_dir, backend, onnx_file
@@ -175,10 +178,12 @@ class ModelRepository:
             except Exception as error:  # noqa: BLE001 - a broken version must not take the server down
                 reason = " ".join(f"{type(error).__name__}: {error}".split())[:1000]
                 self._broken[version] = (state, reason)
+                self.on_load(self.name, version, False, 0)
                 log.error("cannot load %s version %d, skipping it until its files change: %s", self.name, version, reason)
                 log.debug("loading %s version %d failed", self.name, version, exc_info=True)
                 continue
             self._broken.pop(version, None)
+            self.on_load(self.name, version, True, getattr(servable, "warmup_requests", 0))
             with self._lock:
                 self._current = servable
             log.info("serving %s version %d (%s)", self.name, servable.version, self.backend)

@@ -58,6 +58,10 @@ class DynamicBatcher:
     def run(self, servable, images: np.ndarray, check_alive: Optional[Callable[[], None]] = None) -> Dict[str, np.ndarray]:
         return self.submit(servable, images, check_alive).result()
 
+    def queue_depth(self) -> int:
+        """Requests waiting to join a batch (the one held over for the next batch included)."""
+        return self._queue.qsize() + (self._pending is not None)
+
     def stop(self) -> None:
         """Stop the loop; requests still queued fail with ServerStopping rather than wait forever."""
         self._stopped.set()

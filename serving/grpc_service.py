@@ -9,11 +9,13 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from typing import List
 
 import grpc
 import numpy as np
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2_grpc, predict_pb2, prediction_service_pb2_grpc)
+                                     model_service_pb2, model_service_pb2_grpc, predict_pb2,
+                                     prediction_service_pb2, prediction_service_pb2_grpc)
 
 from revnet.common.errors import UserError
 from revnet.serving import layout
@@ -26,29 +28,38 @@ log = logging.getLogger(__name__)
 IMAGE_FEATURES = ("image/encoded", "image_bytes")
 
 
-def _rpc(method_name):
-    """Time the call, count it by status code, and turn errors into gRPC statuses."""
+def _rpc(api):
+    """Time the call, count it by model, version, `api` and status code, and turn errors into gRPC statuses."""
     def decorator(method):
         @functools.wraps(method)
         def wrapper(self, request, context):
-            started, code = time.perf_counter(), "OK"
+            started, code, response = time.perf_counter(), "OK", None
             try:
-                return method(self, request, context)
+                response = method(self, request, context)
+                return response
             except Exception as error:  # noqa: BLE001 - never kill the server thread on one request
                 if isinstance(error, grpc.RpcError) or type(error).__name__ == "_AbortError":
                     raise
                 code, fault = classify_error(error)
                 if fault:
-                    log.exception("%s failed", method_name)
+                    log.exception("%s failed", method.__name__)
                     message = f"internal error: {type(error).__name__}: {error}"
                 else:
-                    log.info("%s %s: %s", method_name, code, one_line(error))
+                    log.info("%s %s: %s", method.__name__, code, one_line(error))
                     message = str(error)
                 context.abort(getattr(grpc.StatusCode, code), message)
             finally:
-                self.core.metrics.record_request(method_name, code, time.perf_counter() - started)
+                model, version = _metric_labels(self.core.metrics, request, response)
+                self.core.metrics.record_request(api, code, time.perf_counter() - started, model, version)
         return wrapper
     return decorator
+
+
+def _metric_labels(metrics, request, response):
+    """(model, version) labels: what served the request when it has an answer, else its (bounded) model spec."""
+    if response is not None and hasattr(response, "model_spec"):
+        return response.model_spec.name, str(response.model_spec.version.value)
+    return metrics.labels_for(request.model_spec.name, _version(request.model_spec))
 
 
 def alive_check(context):
@@ -76,7 +87,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, core: InferenceCore):
         self.core = core
 
-    @_rpc("Predict")
+    @_rpc("predict")
     def Predict(self, request, context):
         _check_spec(request.model_spec)
         # Each tensor is built only after its header was checked against the signature and the limits.
@@ -92,7 +103,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             fill_tensor_proto(response.outputs[name], value)
         return response
 
-    @_rpc("Classify")
+    @_rpc("classify")
     def Classify(self, request, context):
         _check_spec(request.model_spec)
         kind = request.input.WhichOneof("kind")
@@ -112,7 +123,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 classification.classes.add(label=servable.labels[index], score=float(row[index]))
         return response
 
-    @_rpc("GetModelMetadata")
+    @_rpc("metadata")
     def GetModelMetadata(self, request, context):
         _check_spec(request.model_spec)
         unknown = [field for field in request.metadata_field if field != "signature_def"]
@@ -129,7 +140,7 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
     def __init__(self, core: InferenceCore):
         self.core = core
 
-    @_rpc("GetModelStatus")
+    @_rpc("status")
     def GetModelStatus(self, request, context):
         _check_spec(request.model_spec)
         servable = self.core.repository.get(request.model_spec.name, _version(request.model_spec))
@@ -177,6 +188,9 @@ def signature_def_map(servable):
     return result
 
 
-def add_services(server: grpc.Server, core: InferenceCore) -> None:
+def add_services(server: grpc.Server, core: InferenceCore) -> List[str]:
+    """Register PredictionService and ModelService; their full names, for server reflection."""
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
+    return [prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
+            model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name]

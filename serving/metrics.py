@@ -1,68 +1,110 @@
-"""Prometheus text-format metrics (no client library needed): request counts, latency and batch sizes."""
+"""The server's Prometheus metrics, through `prometheus_client` on a registry of its own (one per server,
+so several servers in one process never share or collide), exposed on the REST port.
+
+Labels come from a bounded set: a request for a model or version that is not loaded is counted under
+`model="unknown"` / `version="unknown"`, so clients cannot grow the label space.
+"""
 from __future__ import annotations
 
-import bisect
 import threading
-from collections import defaultdict
+from typing import Callable, Optional
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS_SECONDS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+REQUEST_LABELS = ("model", "version", "api", "status")
+UNKNOWN = "unknown"
+PREFIX = "revnet_serving"
 
 
-class _Histogram:
-    def __init__(self, buckets):
+class HistogramSnapshot:
+    """A histogram's state as plain numbers: `buckets` (upper bounds), per-bucket `counts` (the last
+    one is +Inf, not cumulative), `total` (sum of observations) and `count`."""
+
+    def __init__(self, histogram: Histogram, buckets):
+        cumulative, self.total, self.count = [], 0.0, 0
+        for metric in histogram.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_bucket"):
+                    cumulative.append(int(sample.value))
+                elif sample.name.endswith("_sum"):
+                    self.total = sample.value
+                elif sample.name.endswith("_count"):
+                    self.count = int(sample.value)
         self.buckets = buckets
-        self.counts = [0] * (len(buckets) + 1)
-        self.total = 0.0
-        self.count = 0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.buckets, value)] += 1
-        self.total += value
-        self.count += 1
-
-    def lines(self, name: str, labels: str):
-        cumulative = 0
-        sep = "," if labels else ""
-        for bound, count in zip(self.buckets, self.counts):
-            cumulative += count
-            yield f'{name}_bucket{{{labels}{sep}le="{bound:g}"}} {cumulative}'
-        yield f'{name}_bucket{{{labels}{sep}le="+Inf"}} {self.count}'
-        wrapped = f"{{{labels}}}" if labels else ""
-        yield f"{name}_sum{wrapped} {self.total:.6f}"
-        yield f"{name}_count{wrapped} {self.count}"
+        self.counts = [now - before for now, before in zip(cumulative, [0] + cumulative[:-1])]
 
 
 class Metrics:
-    PREFIX = "revnet_serving"
+    """Request counts and latency by (model, version, api, status), batch sizes, queue depths, model loads."""
 
     def __init__(self):
-        self._lock = threading.Lock()
-        self.requests = defaultdict(int)  # (method, code) -> count
-        self.latency = {}  # method -> histogram
-        self.batch_rows = _Histogram(BATCH_BUCKETS_ROWS)
-        self.model_version = 0
+        self.registry = CollectorRegistry()
+        self.model_name = ""
+        self._version_lock = threading.Lock()
+        self._served_version = 0
+        register = {"registry": self.registry}
+        self.requests = Counter(f"{PREFIX}_requests", "Requests by model, version, API and status.", REQUEST_LABELS,
+                                **register)
+        self.latency = Histogram(f"{PREFIX}_request_latency_seconds", "Request latency by model, version, API and "
+                                 "status.", REQUEST_LABELS, buckets=LATENCY_BUCKETS_SECONDS, **register)
+        self.batch_size = Histogram(f"{PREFIX}_batch_size_rows", "Rows per backend run (dynamic batches).",
+                                    buckets=BATCH_BUCKETS_ROWS, **register)
+        self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Requests waiting in a server queue (batch: for the "
+                                 "dynamic batcher; decode: image requests decoding or waiting to).", ["queue"],
+                                 **register)
+        self.model_loads = Counter(f"{PREFIX}_model_loads", "Model version load attempts by outcome (ok, error).",
+                                   ["model", "version", "status"], **register)
+        self.warmup_requests = Counter(f"{PREFIX}_warmup_requests", "Warm-up requests replayed while loading a "
+                                       "version (assets.extra/tf_serving_warmup_requests).", ["model", "version"],
+                                       **register)
+        self.model_version = Gauge(f"{PREFIX}_model_version", "Version being served.", **register)
 
-    def record_request(self, method: str, code: str, seconds: float) -> None:
-        with self._lock:
-            self.requests[(method, code)] += 1
-            self.latency.setdefault(method, _Histogram(LATENCY_BUCKETS_SECONDS)).observe(seconds)
+    def set_model(self, name: str, version: int) -> None:
+        """The model and version now served (at start and after each hot reload)."""
+        with self._version_lock:
+            self.model_name, self._served_version = name, version
+        self.model_version.set(version)
+
+    def watch_queue(self, queue: str, depth: Callable[[], float]) -> None:
+        """Report `depth()` as the queue's depth at every scrape."""
+        self.queue_depth.labels(queue=queue).set_function(depth)
+
+    def labels_for(self, name: Optional[str], version: Optional[int]) -> tuple:
+        """(model, version) label values for a request's model spec; "" and None mean the served ones."""
+        model = self.model_name if name in ("", None, self.model_name) else UNKNOWN
+        served = self._served_version
+        version_label = str(served) if version in (None, served) and model != UNKNOWN else UNKNOWN
+        return model, version_label
+
+    def record_request(self, api: str, status: str, seconds: float, model: str = UNKNOWN,
+                       version: str = UNKNOWN) -> None:
+        labels = {"model": model, "version": version, "api": api, "status": status}
+        self.requests.labels(**labels).inc()
+        self.latency.labels(**labels).observe(seconds)
 
     def record_batch(self, rows: int) -> None:
-        with self._lock:
-            self.batch_rows.observe(rows)
+        self.batch_size.observe(rows)
 
-    def render(self) -> str:
-        p = self.PREFIX
-        with self._lock:
-            lines = [f"# HELP {p}_requests_total Requests by method and status code.", f"# TYPE {p}_requests_total counter"]
-            lines += [f'{p}_requests_total{{method="{m}",code="{c}"}} {n}' for (m, c), n in sorted(self.requests.items())]
-            lines += [f"# HELP {p}_request_latency_seconds Request latency.", f"# TYPE {p}_request_latency_seconds histogram"]
-            for method, histogram in sorted(self.latency.items()):
-                lines += histogram.lines(f"{p}_request_latency_seconds", f'method="{method}"')
-            lines += [f"# HELP {p}_batch_size_rows Rows per backend run (dynamic batches).",
-                      f"# TYPE {p}_batch_size_rows histogram"]
-            lines += self.batch_rows.lines(f"{p}_batch_size_rows", "")
-            lines += [f"# HELP {p}_model_version Version being served.", f"# TYPE {p}_model_version gauge",
-                      f"{p}_model_version {self.model_version}"]
-        return "\n".join(lines) + "\n"
+    def record_load(self, name: str, version: int, ok: bool, warmup_requests: int = 0) -> None:
+        self.model_loads.labels(model=name, version=str(version), status="ok" if ok else "error").inc()
+        if warmup_requests:
+            self.warmup_requests.labels(model=name, version=str(version)).inc(warmup_requests)
+
+    def request_count(self, api: str, status: str) -> int:
+        """Requests counted for an API and status, over every model and version."""
+        return int(sum(sample.value for metric in self.requests.collect() for sample in metric.samples
+                       if sample.name.endswith("_total") and sample.labels["api"] == api
+                       and sample.labels["status"] == status))
+
+    @property
+    def batch_rows(self) -> HistogramSnapshot:
+        """The batch-size histogram as numbers (benchmarks read rows per batch from it)."""
+        return HistogramSnapshot(self.batch_size, BATCH_BUCKETS_ROWS)
+
+    def render(self) -> bytes:
+        """The exposition text, served with `CONTENT_TYPE`."""
+        return generate_latest(self.registry)
+
+    CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -1,4 +1,5 @@
-"""TF Serving's REST API (predict and model status) and the Prometheus endpoint on one HTTP port.
+"""TF Serving's REST API (predict and model status) and the Prometheus endpoint (/monitoring/prometheus/metrics,
+as TF Serving, and /metrics) on one HTTP port.
 
 Python's http.server, with every input bounded explicitly (nothing in the pinned dependency set offers
 an HTTP server with request timeouts and body limits):
@@ -34,6 +35,7 @@ import numpy as np
 from revnet.common.errors import UserError
 from revnet.serving.inference import InferenceCore
 from revnet.serving.limits import RequestAbandoned, ServingLimits, classify_error, one_line
+from revnet.serving.metrics import UNKNOWN
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +211,9 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
             log.info("REST %s: %s", self.address_string(), one_line(format % args))
 
         def _reply(self, status: int, payload, content_type="application/json"):
-            data = payload.encode() if isinstance(payload, str) else json.dumps(payload, allow_nan=False).encode()
+            if isinstance(payload, str):
+                payload = payload.encode()
+            data = payload if isinstance(payload, bytes) else json.dumps(payload, allow_nan=False).encode()
             self.connection.settimeout(timeout_seconds)  # a client that never reads the answer cannot hold us
             self.send_response(status)
             self.send_header("Content-Type", content_type)
@@ -220,17 +224,24 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
             self.wfile.write(data)
 
         def do_GET(self):
-            if self.path in METRICS_PATHS:
-                return self._reply(200, core.metrics.render(), "text/plain; version=0.0.4")
+            if self.path.partition("?")[0] in METRICS_PATHS:
+                return self._reply(200, core.metrics.render(), core.metrics.CONTENT_TYPE)
             match = STATUS_PATH.match(self.path)
             if not match:
                 return self._reply(404, {"error": f"unknown path {self.path}"})
+            started, status = time.perf_counter(), 404
+            name, version = match.group(1), int(match.group(2)) if match.group(2) else None
             try:
-                servable = core.repository.get(match.group(1), int(match.group(2)) if match.group(2) else None)
-            except UserError as error:
-                return self._reply(404, {"error": str(error)})
-            self._reply(200, {"model_version_status": [{"version": str(servable.version), "state": "AVAILABLE",
-                                                        "status": {"error_code": "OK", "error_message": ""}}]})
+                try:
+                    servable = core.repository.get(name, version)
+                except UserError as error:
+                    return self._reply(404, {"error": str(error)})
+                status = 200
+                self._reply(200, {"model_version_status": [{"version": str(servable.version), "state": "AVAILABLE",
+                                                            "status": {"error_code": "OK", "error_message": ""}}]})
+            finally:
+                core.metrics.record_request("rest_status", str(status), time.perf_counter() - started,
+                                            *core.metrics.labels_for(name, version))
 
         def _drain(self):
             """Drop what the client still sends after our answer, for at most the timeout and DRAIN_LIMIT_BYTES."""
@@ -261,21 +272,24 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
                 raise RequestAbandoned("the client closed the connection", deadline=False)
 
         def do_POST(self):
-            started, status = time.perf_counter(), 200
+            started, status, labels = time.perf_counter(), 200, (UNKNOWN, UNKNOWN)
             try:
                 match = PREDICT_PATH.match(self.path)
                 if not match:
                     self.close_connection = True  # the body is not read
                     raise UserError(f"unknown path {self.path}; expected /v1/models/NAME[/versions/N]:predict",
                                     not_found=True)
+                version = int(match.group(2)) if match.group(2) else None
+                labels = core.metrics.labels_for(match.group(1), version)
                 try:
                     body = _read_json_body(self)
                 except HttpError:
                     self.close_connection = True  # the rest of the body may still be on its way
                     raise
                 signature, inputs, rows = parse_predict_body(body)
-                version = int(match.group(2)) if match.group(2) else None
-                _, outputs = core.predict(match.group(1), version, signature, inputs, check_alive=self.check_alive)
+                servable, outputs = core.predict(match.group(1), version, signature, inputs,
+                                                 check_alive=self.check_alive)
+                labels = (servable.name, str(servable.version))
                 try:
                     self._reply(200, _predict_payload(outputs, rows))
                 except ValueError as error:  # allow_nan=False: the model produced a non-finite value
@@ -293,7 +307,7 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
                     message = str(error)
                 self._answer_error(status, message, abandoned=isinstance(error, RequestAbandoned))
             finally:
-                core.metrics.record_request("RestPredict", str(status), time.perf_counter() - started)
+                core.metrics.record_request("rest_predict", str(status), time.perf_counter() - started, *labels)
 
     return Handler
 

@@ -1,5 +1,5 @@
-"""The model server: gRPC (TF Serving API + health) with optional REST/metrics, dynamic batching, a bounded
-image decode pool and hot reload. Its limits are one `ServingLimits`."""
+"""The model server: gRPC (TF Serving API, health and server reflection) with optional REST/metrics, dynamic
+batching, a bounded image decode pool, warm-up and hot reload. Its limits are one `ServingLimits`."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +10,7 @@ from typing import Optional
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from revnet.common.errors import UserError
 from revnet.serving import layout
@@ -82,12 +83,16 @@ def start_server(model_dir: str, backend: str = "onnx", host: str = "127.0.0.1",
         raise UserError("--workers must be at least 1 and --batch-timeout-ms at least 0")
     if bool(tls_cert) != bool(tls_key):
         raise UserError("TLS needs both --tls-cert and --tls-key")
-    repository = ModelRepository(model_dir, backend, onnx_file=onnx_file, intra_op_threads=intra_op_threads)
     metrics = Metrics()
-    metrics.model_version = repository.current().version
-    repository.listeners.append(lambda servable: setattr(metrics, "model_version", servable.version))
+    repository = ModelRepository(model_dir, backend, onnx_file=onnx_file, intra_op_threads=intra_op_threads,
+                                 on_load=metrics.record_load)
+    metrics.set_model(repository.name, repository.current().version)
+    repository.listeners.append(lambda servable: metrics.set_model(servable.name, servable.version))
     batcher = DynamicBatcher(max_batch_size, batch_timeout_ms, metrics.record_batch) if batch_timeout_ms > 0 else None
     core = InferenceCore(repository, limits, batcher, metrics, DecodePool(decode_workers, decode_queue))
+    if batcher:
+        metrics.watch_queue("batch", batcher.queue_depth)
+    metrics.watch_queue("decode", lambda: core.decode_pool.in_flight)
     health_servicer = health.HealthServicer()
     try:
         server, bound, executor = _start_grpc(core, health_servicer, f"{host}:{port}", workers, max_message_mb,
@@ -129,8 +134,11 @@ def _start_grpc(core, health_servicer, address: str, workers: int, max_message_m
     server = grpc.server(executor,
                          options=[("grpc.max_receive_message_length", max_bytes),
                                   ("grpc.max_send_message_length", max_bytes), ("grpc.so_reuseport", 0)])
-    add_services(server, core)
+    services = add_services(server, core)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    # Reflection lets grpcurl and other generic clients list and call the services without their .proto files.
+    services += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(services, server)
     if tls_cert:
         credentials = grpc.ssl_server_credentials([(_read(tls_key, "TLS key"), _read(tls_cert, "TLS certificate"))])
         bound = server.add_secure_port(address, credentials)

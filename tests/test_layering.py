@@ -11,16 +11,17 @@ import os
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PACKAGES = ("common", "models", "preprocess", "pipeline", "train", "serving", "benchmarks")
+PACKAGES = ("common", "reversible", "models", "preprocess", "pipeline", "train", "serving", "benchmarks")
 MODULES = ("demo", "cli")
 ALLOWED = {
     "common": {"common"},
-    "models": {"common", "models"},
+    "reversible": {"common", "reversible"},
+    "models": {"common", "reversible", "models"},
     "preprocess": {"common", "preprocess"},
     "pipeline": {"common", "preprocess", "pipeline"},
-    "train": {"common", "models", "preprocess", "train"},
-    "serving": {"common", "models", "preprocess", "train", "serving"},
-    "benchmarks": {"common", "models", "preprocess", "pipeline", "train", "serving", "benchmarks"},
+    "train": {"common", "reversible", "models", "preprocess", "train"},
+    "serving": {"common", "reversible", "models", "preprocess", "train", "serving"},
+    "benchmarks": {"common", "reversible", "models", "preprocess", "pipeline", "train", "serving", "benchmarks"},
     "demo": set(PACKAGES),
     "cli": set(PACKAGES) | {"demo"},
 }

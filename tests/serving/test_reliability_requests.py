@@ -169,7 +169,7 @@ def test_abandoned_requests_are_dropped_before_decode_and_before_inference(serve
     time.sleep(0.6)
     assert len(slow_decode) == 2  # stopped after the image it was decoding
     assert metrics.batch_rows.count == runs_before  # and never reached the model
-    assert metrics.requests[("Predict", "DEADLINE_EXCEEDED")] >= 2
+    assert metrics.request_count("predict", "DEADLINE_EXCEEDED") >= 2
 
 
 def test_a_rest_client_that_hangs_up_is_not_decoded_for(server, serving_env, slow_decode):

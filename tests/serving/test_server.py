@@ -109,16 +109,33 @@ def test_metadata_and_status(server):
         (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
 
 
-def test_health_and_metrics(server):
+def test_health_and_metrics(server, reference):
+    server["stub"].Predict(predict_request(images=reference["images"][:1]), timeout=60)
     from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from prometheus_client.parser import text_string_to_metric_families
 
     health = health_pb2_grpc.HealthStub(server["channel"])
     for service in ("", "revnet"):
         assert health.Check(health_pb2.HealthCheckRequest(service=service), timeout=30).status == \
             health_pb2.HealthCheckResponse.SERVING
     text = urllib.request.urlopen(f"http://127.0.0.1:{server['handle'].rest_port}/metrics", timeout=30).read().decode()
-    assert 'revnet_serving_requests_total{method="Predict",code="OK"}' in text
-    assert "revnet_serving_request_latency_seconds_bucket" in text and "revnet_serving_batch_size_rows_count" in text
+    samples = {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+               for family in text_string_to_metric_families(text) for sample in family.samples}
+    ok = (("api", "predict"), ("model", "revnet"), ("status", "OK"), ("version", "1"))
+    assert samples[("revnet_serving_requests_total", ok)] >= 1
+    assert samples[("revnet_serving_request_latency_seconds_count", ok)] >= 1
+    assert samples[("revnet_serving_batch_size_rows_count", ())] >= 1
+
+
+def test_reflection_lists_the_services(server):
+    from google.protobuf.descriptor_pool import DescriptorPool
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
+
+    database = ProtoReflectionDescriptorDatabase(server["channel"])
+    assert set(database.get_services()) == {"tensorflow.serving.PredictionService", "tensorflow.serving.ModelService",
+                                            "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    service = DescriptorPool(database).FindServiceByName("tensorflow.serving.PredictionService")
+    assert {"Predict", "Classify", "GetModelMetadata"} <= {method.name for method in service.methods}
 
 
 def _rest(server, path, body):
