@@ -11,6 +11,7 @@ an earlier export (it holds export.json); export.json records the SHA-256 of eve
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -228,7 +229,13 @@ def reserve_version(model_dir: str, version: Optional[int], overwrite: bool):
     """(version, version_dir, reserved): the version folder, created here (reserved=True) or, with --overwrite,
     an existing export to replace. Without a version the next free number is claimed by creating its
     folder exclusively, so concurrent exports never pick the same one."""
-    os.makedirs(model_dir, exist_ok=True)
+    try:
+        os.makedirs(model_dir, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"cannot export into {model_dir!r}: it exists and is not a folder") from None
+    except OSError as error:
+        raise UserError(f"cannot create the export folder {model_dir!r} ({error.strerror}); choose an --output "
+                        f"you can write") from None
     for _ in range(1000):
         number = version if version is not None else layout.next_version(model_dir)
         version_dir = os.path.join(model_dir, str(number))
@@ -238,6 +245,11 @@ def reserve_version(model_dir: str, version: Optional[int], overwrite: bool):
         except FileExistsError:
             if version is None:
                 continue  # another export claimed it first: take the next number
+        except OSError as error:
+            if error.errno in (errno.EACCES, errno.EPERM, errno.EROFS):   # read-only, immutable, not ours
+                raise UserError(f"cannot write into the export folder {model_dir!r} ({error.strerror}); choose "
+                                f"an --output you can write") from None
+            raise
         if not overwrite:
             raise UserError(f"{version_dir} already exists; pass --overwrite to replace it or choose another --version")
         if not _is_replaceable(version_dir):

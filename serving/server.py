@@ -128,7 +128,29 @@ def start_server(model_dir: str, backend: str = "onnx", host: str = "127.0.0.1",
     return handle
 
 
+def _refuse_a_port_in_use(address: str) -> None:
+    """A clear error before gRPC tries the port (its own failure is raw core text on stderr)."""
+    import errno
+    import socket
+
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if not port.isdigit() or int(port) == 0:
+        return
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as gRPC binds: TIME_WAIT is no conflict
+        try:
+            probe.bind((host, int(port)))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is in use; stop what listens there or choose another "
+                                f"--port") from None
+            # Anything else (an address not on this machine, a name) is left to gRPC's own bind and message.
+
+
 def _start_grpc(core, health_servicer, address: str, workers: int, max_message_mb: int, tls_cert, tls_key):
+    _refuse_a_port_in_use(address)
     max_bytes = max_message_mb * 1024 * 1024
     executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc")
     server = grpc.server(executor,
