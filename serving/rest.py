@@ -210,7 +210,7 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
         def log_error(self, format, *args):  # malformed request lines, timeouts: one line each
             log.info("REST %s: %s", self.address_string(), one_line(format % args))
 
-        def _reply(self, status: int, payload, content_type="application/json"):
+        def _reply(self, status: int, payload, content_type="application/json", headers=()):
             if isinstance(payload, str):
                 payload = payload.encode()
             data = payload if isinstance(payload, bytes) else json.dumps(payload, allow_nan=False).encode()
@@ -218,10 +218,31 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
             self.send_response(status)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            for header, value in headers:
+                self.send_header(header, value)
             if self.close_connection:
                 self.send_header("Connection", "close")
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":   # HEAD: the headers (Content-Length included) without the body
+                self.wfile.write(data)
+
+        def __getattr__(self, name):
+            # http.server answers a method without a do_* handler with an HTML 501 page; every other method
+            # (PUT, DELETE, PATCH, OPTIONS, HEAD, TRACE, made-up ones) gets a JSON 405 naming the two we serve.
+            if name.startswith("do_"):
+                return self._method_not_allowed
+            raise AttributeError(name)
+
+        def _method_not_allowed(self):
+            self.close_connection = True  # a body, if any, is not read
+            started = time.perf_counter()
+            try:
+                self._reply(405, {"error": f"method {self.command[:32]} is not allowed; this API serves GET "
+                                           f"(status, metrics) and POST (predict)"}, headers=[("Allow", "GET, POST")])
+            except ConnectionError:
+                pass
+            finally:
+                core.metrics.record_request("rest_other", "405", time.perf_counter() - started, UNKNOWN, UNKNOWN)
 
         def do_GET(self):
             if self.path.partition("?")[0] in METRICS_PATHS:

@@ -311,3 +311,22 @@ def test_b64_rest_bomb_is_400(server):
     body = json.dumps({"instances": [{"b64": base64.b64encode(png_bomb(2000, 1000)).decode()}]}).encode()
     status, payload = rest_post(server, body)
     assert status == 400 and "--max-image-pixels" in json.loads(payload)["error"]
+
+
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "PATCH", "OPTIONS", "HEAD", "TRACE", "BREW"])
+def test_rest_methods_it_does_not_serve_get_a_json_405(server, method):
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", server["handle"].rest_port, timeout=10)
+    try:
+        connection.request(method, "/v1/models/revnet:predict", body=b"{}" if method in ("PUT", "PATCH") else None)
+        response = connection.getresponse()
+        body = response.read()
+    finally:
+        connection.close()
+    assert response.status == 405 and response.getheader("Allow") == "GET, POST"
+    assert response.getheader("Content-Type") == "application/json"
+    if method == "HEAD":
+        assert body == b""
+    else:
+        assert method in json.loads(body)["error"]
