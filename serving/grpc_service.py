@@ -20,7 +20,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from revnet.common.errors import UserError
 from revnet.serving import layout
 from revnet.serving.inference import SIGNATURE_INPUTS, InferenceCore
-from revnet.serving.limits import RequestAbandoned, classify_error, one_line
+from revnet.serving.limits import RequestAbandoned, classify_error, client_message, one_line
 from revnet.serving.tensors import fill_shape, fill_tensor_proto, make_ndarray
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def _rpc(api):
                 else:
                     log.info("%s %s: %s", method.__name__, code, one_line(error))
                     message = str(error)
-                context.abort(getattr(grpc.StatusCode, code), message)
+                context.abort(getattr(grpc.StatusCode, code), client_message(message))
             finally:
                 model, version = _metric_labels(self.core.metrics, request, response)
                 self.core.metrics.record_request(api, code, time.perf_counter() - started, model, version)

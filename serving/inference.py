@@ -20,7 +20,7 @@ from revnet.common.errors import UserError
 from revnet.serving import layout
 from revnet.serving.backends import ModelRepository, Servable
 from revnet.serving.request_images import DecodePool, decode_images_numpy
-from revnet.serving.limits import ServingLimits
+from revnet.serving.limits import ServingLimits, name_some
 from revnet.serving.tensors import DT_FLOAT, DT_STRING, InputSpec
 
 log = logging.getLogger(__name__)
@@ -40,15 +40,17 @@ class InferenceCore:
     def resolve_signature(self, signature: str, input_names: Sequence[str]) -> str:
         """The signature to run; "" picks it from the input name, as a convenience for clients."""
         if signature and signature not in SIGNATURE_INPUTS:
-            raise UserError(f"signature {signature!r} not found; expected one of {list(SIGNATURE_INPUTS)}", not_found=True)
+            raise UserError(f"signature {name_some([signature])} not found; expected one of {list(SIGNATURE_INPUTS)}",
+                            not_found=True)
         if len(input_names) != 1:
             raise UserError(f"expected exactly one input ('images' float32 [batch,H,W,3] or 'image_bytes' string [batch]), "
-                            f"got {sorted(input_names) or 'none'}")
+                            f"got {name_some(input_names)}")
         name = input_names[0]
         if not signature:
             signature = {v: k for k, v in SIGNATURE_INPUTS.items()}.get(name, "serving_default")
         if SIGNATURE_INPUTS[signature] != name:
-            raise UserError(f"signature {signature!r} takes input {SIGNATURE_INPUTS[signature]!r}, got {name!r}")
+            raise UserError(f"signature {signature!r} takes input {SIGNATURE_INPUTS[signature]!r}, got "
+                            f"{name_some([name])}")
         return signature
 
     def input_spec(self, servable: Servable, signature: str) -> InputSpec:
@@ -99,7 +101,8 @@ class InferenceCore:
         signature = self.resolve_signature(signature, list(inputs))
         unknown = [name for name in output_filter if name not in layout.OUTPUTS]
         if unknown:
-            raise UserError(f"output_filter names unknown outputs {unknown}; expected a subset of {list(layout.OUTPUTS)}")
+            raise UserError(f"output_filter names unknown outputs {name_some(unknown)}; expected a subset of "
+                            f"{list(layout.OUTPUTS)}")
         value = inputs[SIGNATURE_INPUTS[signature]]
         if callable(value):
             value = value(self.input_spec(servable, signature))

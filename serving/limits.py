@@ -36,6 +36,26 @@ def one_line(text: str, limit: int = 500) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+# What a status message or REST error body may hold: gRPC refuses trailing metadata over its limit (8 KiB by
+# default) with RESOURCE_EXHAUSTED, which would hide the real error.
+MAX_CLIENT_MESSAGE = 1000
+
+
+def client_message(text) -> str:
+    """An error text for a client: one line, at most MAX_CLIENT_MESSAGE characters."""
+    return one_line(text, MAX_CLIENT_MESSAGE)
+
+
+def name_some(names, shown: int = 3, width: int = 40) -> str:
+    """Names a client sent, for an error text: the first few, each cut to `width`, and how many more."""
+    names = sorted(str(name) for name in names)
+    if not names:
+        return "none"
+    cut = [repr(name if len(name) <= width else name[:width] + "...") for name in names[:shown]]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return "[" + ", ".join(cut) + "]" + more
+
+
 def classify_error(error: Exception) -> Tuple[str, bool]:
     """(status code name, is a server fault) for an exception raised while serving a request."""
     if isinstance(error, UserError):

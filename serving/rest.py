@@ -34,7 +34,7 @@ import numpy as np
 
 from revnet.common.errors import UserError
 from revnet.serving.inference import InferenceCore
-from revnet.serving.limits import RequestAbandoned, ServingLimits, classify_error, one_line
+from revnet.serving.limits import RequestAbandoned, ServingLimits, classify_error, client_message, name_some, one_line
 from revnet.serving.metrics import UNKNOWN
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def parse_predict_body(body: dict):
     inputs = body["inputs"]
     if isinstance(inputs, dict):
         if len(inputs) != 1:
-            raise UserError(f"'inputs' must hold exactly one input, got {sorted(inputs)}")
+            raise UserError(f"'inputs' must hold exactly one input, got {name_some(inputs)}")
         key, inputs = next(iter(inputs.items()))
         name, value = _to_input(inputs)
         if key != name:
@@ -282,7 +282,7 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
             if abandoned:
                 self.close_connection = True  # the client is gone or going: answer if it still reads
             try:
-                self._reply(status, {"error": message})
+                self._reply(status, {"error": client_message(message)})
                 if self.close_connection:
                     self._drain()
             except ConnectionError:

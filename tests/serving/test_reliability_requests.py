@@ -330,3 +330,17 @@ def test_rest_methods_it_does_not_serve_get_a_json_405(server, method):
         assert body == b""
     else:
         assert method in json.loads(body)["error"]
+
+
+def test_an_error_about_many_long_input_names_stays_within_grpc_limits(server):
+    """1000 inputs with 2000-character names: INVALID_ARGUMENT naming a few and the count, not
+    RESOURCE_EXHAUSTED from a status message over gRPC's metadata limit."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "revnet"
+    for index in range(1000):
+        request.inputs[f"{index:04d}" + "x" * 1996].CopyFrom(make_tensor_proto(np.zeros((1,), np.float32)))
+    with pytest.raises(grpc.RpcError) as raised:
+        server["stub"].Predict(request, timeout=60)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT, raised.value.details()[:300]
+    details = raised.value.details()
+    assert len(details) <= 1000 and "and 997 more" in details and "'0000xxx" in details
