@@ -526,14 +526,21 @@ def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, max
 @click.option("--top-k", type=click.IntRange(min=1), default=5, help="Classes to print per image.")
 @click.option("--timeout-seconds", type=click.FloatRange(min=0.1), default=30.0, help="Request deadline.")
 @click.option("--tls-ca", default=None, type=click.Path(dir_okay=False), help="PEM CA certificate to connect with TLS.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
-def predict_command(images, server, model, top_k, timeout_seconds, tls_ca, as_json):
+@click.option("--batch-rows", type=click.IntRange(min=1), default=64,
+              help="Files per request: any number of files goes as requests of this many (and at most 16 MB), "
+                   "in order, printed as they are answered.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text (one list, at the end).")
+def predict_command(images, server, model, top_k, timeout_seconds, tls_ca, batch_rows, as_json):
     """Send JPEG/PNG files to a server and print the top-k classes with probabilities per image."""
-    from revnet.serving.client import format_predictions, predict
+    from revnet.serving.client import format_prediction, predict_stream
 
-    results = predict(server=server, images=list(images), model=model, top_k=top_k,
-                      timeout_seconds=timeout_seconds, tls_ca=tls_ca)
-    _emit(results, as_json, format_predictions)
+    results = predict_stream(server=server, images=list(images), model=model, top_k=top_k,
+                             timeout_seconds=timeout_seconds, tls_ca=tls_ca, batch_rows=batch_rows)
+    if as_json:
+        _emit(list(results), True, None)
+        return
+    for result in results:
+        click.echo(format_prediction(result))
 
 
 @benchmark_group.command("serve")

@@ -285,3 +285,24 @@ def test_tls_server_and_client(serving_env, tmp_path):
             predict(server=f"127.0.0.1:{handle.port}", images=[str(image)], timeout_seconds=5)
     finally:
         handle.stop()
+
+
+def test_predict_sends_any_number_of_files_in_requests_under_the_row_limit(server, serving_env, tmp_path):
+    """More files than the server's --max-request-rows (20 here): requests of --batch-rows, answers in order."""
+    from revnet.serving.client import predict, predict_stream
+
+    address = f"127.0.0.1:{server['handle'].port}"
+    paths = []
+    for index in range(45):
+        path = tmp_path / f"{index:02d}.png"
+        path.write_bytes(serving_env["encoded"][index % len(serving_env["encoded"])])
+        paths.append(str(path))
+    single = {index: predict(server=address, images=[paths[index]], top_k=3)[0]["classes"]
+              for index in range(len(serving_env["encoded"]))}
+    results = list(predict_stream(server=address, images=paths, top_k=3, batch_rows=8))
+    assert [row["image"] for row in results] == paths
+    for index, row in enumerate(results):
+        expected = single[index % len(serving_env["encoded"])]
+        assert [c["label"] for c in row["classes"]] == [c["label"] for c in expected]
+    with pytest.raises(UserError, match="server rejected the request starting at .*--batch-rows"):
+        predict(server=address, images=paths, batch_rows=30)
