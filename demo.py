@@ -12,7 +12,6 @@ It calls the same functions as the individual commands (no shortcuts):
 """
 from __future__ import annotations
 
-import io
 import logging
 import os
 import statistics

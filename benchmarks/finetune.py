@@ -115,7 +115,7 @@ def run_finetune_benchmark(model: str = "revnet-38", pretrain_steps: int = 300, 
                            {"train": source_per_class, "val": max(10, source_per_class // 5)}, seed)
         write_shape_folder(folders["target"] + "-images", TARGET_SHAPES,
                            {"train": target_per_class, "val": val_per_class}, seed + 1)
-        for name, folder in folders.items():
+        for folder in folders.values():
             _preprocess(folder + "-images", folder)
         common = dict(model=model, workdir=workdir, batch_size=batch_size, seed=seed, progress=False)
         started = time.monotonic()

@@ -145,7 +145,8 @@ def parse_units(values: Sequence[str], model_names: Sequence[str]) -> List[Tuple
         try:
             units = tuple(int(part) for part in counts.split(","))
         except ValueError:
-            raise UserError(f"--units {value!r}: expected units per stage such as 9,9,9 or revnet-38=100,100,100")
+            raise UserError(f"--units {value!r}: expected units per stage such as 9,9,9 or revnet-38=100,100,100") \
+                from None
         parsed.append((target or None, units))
     return parsed
 
@@ -186,7 +187,8 @@ def run_memory_benchmark(model_names: List[str], batch_sizes: Sequence, steps: i
     try:
         batch_sizes = [int(size) for size in batch_sizes]
     except ValueError:
-        raise UserError(f"--batch-size {','.join(map(str, batch_sizes))!r}: expected integers such as 32,128")
+        raise UserError(f"--batch-size {','.join(map(str, batch_sizes))!r}: expected integers such as 32,128") \
+            from None
     if min(batch_sizes, default=0) < 2 or steps < 1 or numerics_batch < 2:
         raise UserError("--batch-size and --numerics-batch must be at least 2 (batch 1 is the baseline) "
                         "and --steps at least 1")

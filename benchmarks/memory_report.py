@@ -106,7 +106,7 @@ def marginal_per_image(rows: List[Dict]) -> List[str]:
             slopes[key] = ((large["activation_bytes"] - small["activation_bytes"])
                            / (large["batch_size"] - small["batch_size"]), small, large)
     lines = []
-    for key, (slope, small, large) in slopes.items():
+    for slope, small, large in slopes.values():
         text = (f"{small['model']} [{_units(small)}] {small['mode']} {small['precision']}: {slope / MB:.2f} MB per added "
                 f"image (batch {small['batch_size']} -> {large['batch_size']})")
         if small["architecture"] == "revnet" and small["mode"] == "reversible":
@@ -181,7 +181,7 @@ def plot_rows(rows: List[Dict], path: str) -> None:
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     lines = series(rows)
     for axis, key, title in ((axes[0], "peak_bytes", "allocator peak"), (axes[1], "activation_bytes", "activation memory")):
-        for (architecture, mode, block, family, precision, batch), members in lines.items():
+        for (architecture, mode, block, _family, precision, batch), members in lines.items():
             if len(members) < 2:
                 continue
             label, marker = LABELS[(architecture, mode)]

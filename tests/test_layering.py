@@ -8,7 +8,6 @@ nothing imports a package by its bare name: everything lives under the one impor
 import ast
 import os
 
-import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("common", "reversible", "models", "preprocess", "pipeline", "train", "serving", "benchmarks")

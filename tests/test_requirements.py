@@ -33,7 +33,10 @@ def _declared():
     """(install_requires, {extra: [requirements]}) as written in setup.cfg."""
     parser = configparser.ConfigParser()
     parser.read(os.path.join(ROOT, "setup.cfg"))
-    lines = lambda text: [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+    def lines(text):
+        return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
     extras = {name: lines(text) for name, text in parser["options.extras_require"].items()}
     return lines(parser["options"]["install_requires"]), extras
 
@@ -91,7 +94,7 @@ def _python_files(under_tests: bool):
 def _local_modules():
     """Names that resolve to our own files (the package root, test helpers beside the tests)."""
     names = {"revnet"}
-    for dirpath, _, filenames in os.walk(os.path.join(ROOT, "tests")):
+    for _dirpath, _, filenames in os.walk(os.path.join(ROOT, "tests")):
         names |= {name[:-3] for name in filenames if name.endswith(".py")}
     return names
 

@@ -119,7 +119,7 @@ def test_interrupted_job_leaves_no_complete_looking_output(cifar10_archive, tmp_
 
     monkeypatch.setattr(pipeline_run, "_collect", crash)
     output = tmp_path / "dataset"
-    with pytest.raises(BaseException):
+    with pytest.raises(KeyboardInterrupt, match="simulated interrupt"):
         run_preprocess(PreprocessConfig("cifar-10", str(output), input_path=cifar10_archive, train_shards=2,
                                         val_shards=1, workers=1))
     assert not output.exists()

@@ -118,7 +118,7 @@ def test_the_server_survives_bombs_and_keeps_answering(server_process):
     try:
         with ThreadPoolExecutor(CONCURRENT) as pool:
             for kind, (send, expected) in _bombs(stub, rest_port).items():
-                statuses = list(pool.map(lambda _: send(), range(CONCURRENT), timeout=60))
+                statuses = list(pool.map(lambda _, send=send: send(), range(CONCURRENT), timeout=60))
                 outcomes[kind] = (statuses, expected)
     finally:
         stop.set()

@@ -83,5 +83,5 @@ def test_train_cli_bad_input_exits_2_without_traceback(toy_data, tmp_path):
                           (["--model", "revnet-38", "--data", toy_data, "--gpus", "4"], "--gpus 4 asks for more GPUs")]:
         result = CliRunner().invoke(cli, ["train", "--workdir", str(tmp_path), *args])
         assert result.exit_code == 2, result.output
-        assert result.output.startswith(f"error: ") and message in result.output
+        assert result.output.startswith("error: ") and message in result.output
         assert "Traceback" not in result.output

@@ -1,7 +1,6 @@
 """`train --freeze`: frozen parts keep their weights and their batch-norm statistics (they run in inference
 mode), the rest trains, the gradients of what trains are exact in reversible mode, and a bad part name or a
 change on resume is a clear error."""
-import os
 
 import numpy as np
 import pytest
