@@ -6,10 +6,14 @@ import keras
 from revnet.reversible import ReversibleSequence
 
 
+def _dense(units, seed, **kwargs):
+    # Seeded per layer: a global seed (keras.utils.set_random_seed) would leak into every later test.
+    return keras.layers.Dense(units, activation="tanh", kernel_initializer=keras.initializers.GlorotUniform(seed),
+                              **kwargs)
+
+
 def _blocks(depth=3, units=4):
-    keras.utils.set_random_seed(0)
-    return [(keras.layers.Dense(units, activation="tanh", dtype="float64"),
-             keras.layers.Dense(units, activation="tanh", dtype="float64")) for _ in range(depth)]
+    return [(_dense(units, 2 * k, dtype="float64"), _dense(units, 2 * k + 1, dtype="float64")) for k in range(depth)]
 
 
 def _grads(layer, x):
@@ -42,8 +46,7 @@ def test_odd_split_is_a_value_error():
 
 
 def test_model_fit_two_steps_finite_loss():
-    keras.utils.set_random_seed(0)
-    blocks = [(keras.layers.Dense(4, activation="tanh"), keras.layers.Dense(4, activation="tanh")) for _ in range(2)]
+    blocks = [(_dense(4, 2 * k), _dense(4, 2 * k + 1)) for k in range(2)]
     model = keras.Sequential([keras.Input((8,)), ReversibleSequence(blocks), keras.layers.Dense(1)])
     model.compile(optimizer="sgd", loss="mse")
     before = blocks[0][0].kernel.numpy().copy()
