@@ -138,7 +138,8 @@ class Network(tf.Module):
         self._frozen_prefix = frozenset(prefix)
 
     def unroll_loops(self) -> None:
-        """Unroll the reversible stacks' loops (for XLA: train --jit); same results, same stored tensors."""
+        """Unroll the reversible stacks' loops (for XLA: train --jit). Same results; under XLA the activation
+        memory then grows with depth (docs/benchmarks.md), without XLA it stays what the loops store."""
         for module in self._flatten_modules():
             if hasattr(module, "unrolled"):
                 module.unrolled = True

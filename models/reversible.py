@@ -45,7 +45,8 @@ class ReversibleStack(tf.Module):
         self.num_blocks = int(num_blocks)
         self.mode = mode
         # Under XLA (train --jit) the loops are unrolled in Python: XLA compiles convolution backprops inside a
-        # `while` body with its slow generic emitter (measured on CPU: 10-20x per step), not inside straight code.
+        # `while` body with its slow generic emitter (`benchmark train` on CPU: 15-30x slower per step), not
+        # inside straight code. The price: XLA then keeps activation memory growing with depth.
         self.unrolled = False
         self.bn_momentum = bn_momentum
         self.compute_dtype = compute_dtype or dtype
@@ -190,15 +191,8 @@ class ReversibleStack(tf.Module):
         @tf.custom_gradient
         def run(x1, x2, *weights):
             if self.unrolled:
-                h1, h2, per_block = x1, x2, []
-                for index in range(num_blocks):
-                    h1, h2, stats = self._block({name: weight[index] for name, weight in zip(names, weights)},
-                                                h1, h2, True)
-                    per_block.append(stats)
-                flat = []
-                for name in self.bn_names:
-                    flat += [tf.stack([stats[name][0] for stats in per_block]),
-                             tf.stack([stats[name][1] for stats in per_block])]
+                h1, h2, stacked = self._forward_unrolled(x1, x2, list(weights))
+                flat = [tensor for name in self.bn_names for tensor in stacked[name]]
 
                 def unrolled_grad(*output_grads):
                     _, _, dx1, dx2, weight_grads = self._backward_loop(h1, h2, output_grads[0], output_grads[1],

@@ -17,6 +17,18 @@ def _tf_variables(layer):
     return [getattr(v, "value", v) for v in layer.trainable_variables]
 
 
+def _taped(fn, x, dy, var_grads):
+    """fn(x) re-run under a tape: (output, gradient of x), its weights' gradients added into `var_grads`."""
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = fn(x)
+    fn_vars = _tf_variables(fn)
+    grads = tape.gradient(out, [x] + fn_vars, output_gradients=dy, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    for v, d in zip(fn_vars, grads[1:]):
+        var_grads[id(v)] = var_grads.get(id(v), 0) + d
+    return out, grads[0]
+
+
 _STATEFUL = (keras.layers.Dropout, keras.layers.BatchNormalization, keras.layers.GaussianNoise,
              keras.layers.GaussianDropout, keras.layers.AlphaDropout)
 
@@ -78,26 +90,12 @@ class ReversibleSequence(keras.layers.Layer):
                 y1_, y2_ = y1, y2
                 var_grads = {id(v): tf.zeros_like(v) for v in variables or []}
                 for f, g in reversed(self.blocks):
-                    with tf.GradientTape() as tape:
-                        tape.watch(y1_)
-                        g_out = g(y1_)
-                    g_vars = _tf_variables(g)
-                    grads = tape.gradient(g_out, [y1_] + g_vars, output_gradients=dy2,
-                                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                    g_out, dg_in = _taped(g, y1_, dy2, var_grads)
                     x2 = y2_ - g_out
-                    dz1 = dy1 + grads[0]
-                    for v, d in zip(g_vars, grads[1:]):
-                        var_grads[id(v)] = var_grads.get(id(v), 0) + d
-                    with tf.GradientTape() as tape:
-                        tape.watch(x2)
-                        f_out = f(x2)
-                    f_vars = _tf_variables(f)
-                    grads = tape.gradient(f_out, [x2] + f_vars, output_gradients=dz1,
-                                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+                    dz1 = dy1 + dg_in
+                    f_out, df_in = _taped(f, x2, dz1, var_grads)
                     y1_, y2_ = y1_ - f_out, x2
-                    dy1, dy2 = dz1, dy2 + grads[0]
-                    for v, d in zip(f_vars, grads[1:]):
-                        var_grads[id(v)] = var_grads.get(id(v), 0) + d
+                    dy1, dy2 = dz1, dy2 + df_in
                 return (dy1, dy2), [var_grads[id(v)] for v in variables or []]
 
             return (y1, y2), grad
