@@ -16,6 +16,7 @@ import click
 from revnet.common.options import click_options, given
 from revnet.models.registry import ModelConfig
 from revnet.pipeline.config import DATASETS, PreprocessConfig
+from revnet.serving.config import ServeConfig
 from revnet.train.config import DEFAULT_WORKDIR, TrainConfig
 from revnet.train.preflight import check_experiment_arguments, check_import_arguments, check_train_arguments
 
@@ -473,50 +474,13 @@ def export_command(exp_id, workdir, export_format, output, name, version, checkp
 
 
 @cli.command("serve")
-@click.option("--model-dir", required=True, type=click.Path(file_okay=False), help="OUTPUT/NAME folder from `export`.")
-@click.option("--backend", type=click.Choice(["onnx", "tf"]), default="onnx", help="ONNX Runtime or TF SavedModel.")
-@click.option("--host", default="127.0.0.1", help="Bind address; use 0.0.0.0 to expose the server.")
-@click.option("--port", type=click.IntRange(min=0), default=8500, help="gRPC port (0 = any free port).")
-@click.option("--rest-port", type=click.IntRange(min=-1), default=8501,
-              help="REST and /metrics port (0 = any free port, -1 = off).")
-@click.option("--max-batch-size", type=click.IntRange(min=1), default=32,
-              help="Rows per backend run (dynamic batch); a larger request runs as chunks of this size.")
-@click.option("--max-request-rows", type=click.IntRange(min=1), default=1024,
-              help="Most rows (images) one request may carry; more is INVALID_ARGUMENT (REST 400).")
-@click.option("--max-image-pixels", type=click.IntRange(min=1), default=40_000_000,
-              help="Refuse a JPEG/PNG whose header declares more pixels (width*height), before decoding it.")
-@click.option("--decode-workers", type=click.IntRange(min=1), default=2, help="Threads decoding JPEG/PNG requests.")
-@click.option("--decode-queue", type=click.IntRange(min=0), default=64,
-              help="Image requests that may wait for a decode thread; one more is RESOURCE_EXHAUSTED (REST 503).")
-@click.option("--rest-timeout-seconds", type=click.FloatRange(min=0.1), default=10.0,
-              help="Time a REST client has to send a request's headers and body (then 408 and the connection closes).")
-@click.option("--rest-max-connections", type=click.IntRange(min=1), default=64,
-              help="Open REST connections; one more is answered 503 and closed.")
-@click.option("--batch-timeout-ms", type=click.FloatRange(min=0), default=2.0,
-              help="Wait this long for more requests to batch; 0 turns dynamic batching off.")
-@click.option("--workers", type=click.IntRange(min=1), default=16, help="gRPC worker threads.")
-@click.option("--tls-cert", default=None, type=click.Path(dir_okay=False), help="PEM certificate (with --tls-key) for TLS.")
-@click.option("--tls-key", default=None, type=click.Path(dir_okay=False), help="PEM private key for TLS.")
-@click.option("--max-message-mb", type=click.IntRange(min=1), default=64, help="Largest gRPC message in MiB.")
-@click.option("--poll-seconds", type=click.FloatRange(min=0.1), default=2.0, help="How often to look for new versions.")
-@click.option("--onnx-file", default="model.onnx", help="ONNX file in each version folder (e.g. model.int8.onnx).")
-@click.option("--intra-op-threads", type=click.IntRange(min=0), default=0,
-              help="ONNX Runtime intra-op threads; 0 = every core, less one kept for the gRPC threads where "
-                   "there are more than 2.")
-def serve_command(model_dir, backend, host, port, rest_port, max_batch_size, max_request_rows, max_image_pixels,
-                  decode_workers, decode_queue, rest_timeout_seconds, rest_max_connections, batch_timeout_ms, workers,
-                  tls_cert, tls_key, max_message_mb, poll_seconds, onnx_file, intra_op_threads):
+@click_options(ServeConfig)
+def serve_command(**options):
     """Serve the highest version that verifies and loads over TF Serving's gRPC API (plus REST, health and
     Prometheus metrics)."""
     from revnet.serving.server import serve
 
-    serve(model_dir=model_dir, backend=backend, host=host, port=port,
-          rest_port=None if rest_port < 0 else rest_port, max_batch_size=max_batch_size,
-          batch_timeout_ms=batch_timeout_ms, workers=workers, tls_cert=tls_cert, tls_key=tls_key,
-          max_message_mb=max_message_mb, poll_seconds=poll_seconds, onnx_file=onnx_file,
-          max_request_rows=max_request_rows, max_image_pixels=max_image_pixels, decode_workers=decode_workers,
-          decode_queue=decode_queue, rest_timeout_seconds=rest_timeout_seconds,
-          rest_max_connections=rest_max_connections, intra_op_threads=intra_op_threads)
+    serve(ServeConfig(**options))
 
 
 @cli.command("predict")

@@ -20,6 +20,7 @@ from typing import Dict, List
 import numpy as np
 
 from revnet.common import storage
+from revnet.preprocess.image_limits import DEFAULT_MAX_FILE_BYTES
 
 TASKS_DIR = "_tasks"
 DONE_DIR = "_done"
@@ -94,7 +95,7 @@ def _image_record(item: Dict, encode, images, tfrecord):
 
 def _read(item: Dict, images) -> bytes:
     try:
-        return storage.read_input_file(item["path"], images.DEFAULT_MAX_FILE_BYTES)
+        return storage.read_input_file(item["path"], DEFAULT_MAX_FILE_BYTES)
     except storage.NotAnInputFile as error:
         raise images.ImageRejected(str(error)) from None
     except OSError as error:

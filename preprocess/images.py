@@ -18,6 +18,8 @@ from typing import List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from PIL import Image, ImageOps
 
+from revnet.preprocess.image_limits import DEFAULT_MAX_IMAGE_PIXELS
+
 JPEG_QUALITY = 95  # re-encoded images only; valid RGB JPEGs keep their original bytes
 JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_CONTAINERS = ("JPEG", "MPO")  # MPO: a camera's JPEG with a second (preview or stereo) frame
@@ -26,12 +28,6 @@ EXIF_ORIENTATION = 0x0112
 # one, is decoded by running Ghostscript on the file.
 FOLDER_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-# 40 megapixels (e.g. 7700x5200) is far above any ILSVRC2012 photo and still a bounded decode:
-# about 160 MB of RGB while decoding. A 420 KB PNG can declare 12000x12000 (a 430 MB decode).
-DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
-# An input file is read whole, so its size is bounded too: 256 MiB holds an uncompressed 40-megapixel image
-# at 16 bits per channel (240 MB); a compressed photo is a small fraction of it.
-DEFAULT_MAX_FILE_BYTES = 1 << 28
 DRAFT_MARGIN = 2  # a JPEG is decoded at a reduced DCT scale that keeps >= 2x the size the resize needs
 # Pillow warns from 89 MP; our own limit is checked first and is stricter, so its warning is noise.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)

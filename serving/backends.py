@@ -17,10 +17,10 @@ import numpy as np
 from revnet.common.errors import UserError, choose
 from revnet.common.fileio import read_json
 from revnet.serving import layout
+from revnet.serving.config import BACKENDS
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("onnx", "tf")
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
@@ -88,8 +88,9 @@ def _has_artifact(version_dir: str, backend: str, onnx_file: str) -> bool:
 def _verified_files(path: str, backend: str, onnx_file: str, recorded: Dict[str, str]) -> List[str]:
     """The files of a version folder that the backend reads (relative paths)."""
     if backend == "onnx":
-        labels = [layout.LABELS_FILE] if os.path.exists(os.path.join(path, layout.LABELS_FILE)) else []
-        return [onnx_file] + labels
+        read = [name for name in (layout.LABELS_FILE, layout.WARMUP_FILE.replace(os.sep, "/"))
+                if os.path.exists(os.path.join(path, name))]
+        return [onnx_file] + read
     onnx_side = (".onnx", ".ort")
     names = {name for name in recorded if not name.endswith(onnx_side) and name != layout.LABELS_FILE}
     return sorted(names | {layout.SAVED_MODEL_FILE})
@@ -141,9 +142,12 @@ class ModelRepository:
     """Serves the highest version of DIR/NAME that loads; `poll()` picks up newer ones."""
 
     def __init__(self, model_dir: str, backend: str, onnx_file: str = layout.ONNX_FILE, intra_op_threads: int = 0,
-                 on_load: Optional[Callable[[str, int, bool, int], None]] = None):
-        """`on_load(name, version, ok, warmup_requests)` is called after each load attempt."""
+                 on_load: Optional[Callable[[str, int, bool, int], None]] = None,
+                 warmup: Optional[Callable[[Servable], int]] = None):
+        """`on_load(name, version, ok, warmup_requests)` is called after each load attempt; `warmup(servable)`
+        replays a new version's warm-up requests (their count) before it is served, and a failure fails its load."""
         choose("backend", backend, BACKENDS)
+        self.warmup = warmup or (lambda servable: 0)
         self.on_load = on_load or (lambda name, version, ok, warmup_requests: None)
         if not os.path.isdir(model_dir):
             raise UserError(f"model folder {model_dir!r} does not exist; expected DIR/NAME from `cli.py export`")
@@ -153,6 +157,7 @@ class ModelRepository:
         self._lock = threading.Lock()
         self._current: Optional[Servable] = None
         self._broken: Dict[int, Tuple[Tuple, str]] = {}  # version -> (folder state when it failed, reason)
+        self._ignored: Dict[int, str] = {}  # version -> the real path of a folder without a model file, logged
         self.listeners = []  # called with the new servable after each load
         if not self.poll():
             artifact = onnx_file if backend == "onnx" else layout.SAVED_MODEL_FILE
@@ -161,8 +166,20 @@ class ModelRepository:
                             + (f" ({reasons})" if reasons else "; run `cli.py export`"))
 
     def available_versions(self) -> List[int]:
-        return [v for v in layout.list_versions(self.model_dir)
-                if _has_artifact(os.path.join(self.model_dir, str(v)), self.backend, self.onnx_file)]
+        """Version folders holding this backend's model file; any other is logged once (until it changes)."""
+        versions = []
+        for version in layout.list_versions(self.model_dir):
+            path = os.path.join(self.model_dir, str(version))
+            if _has_artifact(path, self.backend, self.onnx_file):
+                versions.append(version)
+                self._ignored.pop(version, None)
+            elif self._ignored.get(version) != os.path.realpath(path):
+                self._ignored[version] = os.path.realpath(path)
+                target = f" (a link to {os.path.realpath(path)})" if os.path.islink(path) else ""
+                artifact = self.onnx_file if self.backend == "onnx" else layout.SAVED_MODEL_FILE
+                log.warning("version folder %s%s holds no %s, so it is not an export for the %s backend; ignoring it",
+                            path, target, artifact, self.backend)
+        return versions
 
     def poll(self) -> bool:
         """Serve the highest version newer than the served one that loads; True when something is served."""
@@ -175,6 +192,7 @@ class ModelRepository:
                 continue  # already logged; retried only once its files change
             try:
                 servable = load_servable(self.model_dir, version, self.backend, self.onnx_file, self.intra_op_threads)
+                warmup_requests = self.warmup(servable)
             except Exception as error:  # noqa: BLE001 - a broken version must not take the server down
                 reason = " ".join(f"{type(error).__name__}: {error}".split())[:1000]
                 self._broken[version] = (state, reason)
@@ -183,10 +201,11 @@ class ModelRepository:
                 log.debug("loading %s version %d failed", self.name, version, exc_info=True)
                 continue
             self._broken.pop(version, None)
-            self.on_load(self.name, version, True, getattr(servable, "warmup_requests", 0))
+            self.on_load(self.name, version, True, warmup_requests)
             with self._lock:
                 self._current = servable
-            log.info("serving %s version %d (%s)", self.name, servable.version, self.backend)
+            log.info("serving %s version %d (%s)%s", self.name, servable.version, self.backend,
+                     f" after {warmup_requests} warm-up requests" if warmup_requests else "")
             for listener in self.listeners:
                 listener(servable)
             break

@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from revnet.serving.limits import ServerStopping
+from revnet.serving.outcomes import ServerStopping
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from revnet.common.errors import UserError, choose
 from revnet.common.fileio import atomic_write_bytes, atomic_write_json, read_json
-from revnet.serving import layout, onnx_export
+from revnet.serving import layout, onnx_export, warmup
 from revnet.serving.request_images import decode_image_tf, decode_images_numpy
 from revnet.serving.inference_graph import InferenceGraph, outputs_from_logits
 from revnet.train.config import ExperimentConfig
@@ -98,8 +98,9 @@ def export(exp_id: str, output: str, format: str = "all", workdir: Optional[str]
     try:
         reference = {key: value.numpy() for key, value in module.serving_default(tf.constant(images)).items()}
         record["inference_graph"] = _graph_record(model, module, images, reference)
+        record["warmup_requests"] = warmup.write_warmup_requests(staging, image_bytes[:WARMUP_REQUESTS], images[:1])
         if format in ("savedmodel", "all"):
-            record["savedmodel"] = _export_savedmodel(module, staging, labels, image_bytes, images)
+            record["savedmodel"] = _export_savedmodel(module, staging, labels, images)
         if format in ("onnx", "all"):
             record["onnx"] = onnx_export.export_onnx(module.graph, staging, images, reference, opset, PARITY_TOLERANCE)
             atomic_write_bytes(os.path.join(staging, layout.LABELS_FILE), layout.labels_text(labels))
@@ -142,12 +143,11 @@ def _parity_batch(config: ExperimentConfig, data_dir: Optional[str], model_confi
     return np.round(images), None, encoded, "random"
 
 
-def _export_savedmodel(module: ServingModule, staging: str, labels, image_bytes, images) -> Dict:
+def _export_savedmodel(module: ServingModule, staging: str, labels, images) -> Dict:
     started = time.perf_counter()
     tf.saved_model.save(module, staging, signatures={"serving_default": module.serving_default,
                                                      "predict_images": module.predict_images})
     atomic_write_bytes(os.path.join(staging, "assets", layout.LABELS_FILE), layout.labels_text(labels))
-    _write_warmup(os.path.join(staging, layout.WARMUP_FILE), image_bytes[:WARMUP_REQUESTS], images[:1])
     loaded = tf.saved_model.load(staging)
     missing = [name for name in layout.SIGNATURES if name not in loaded.signatures]
     if missing:
@@ -156,29 +156,6 @@ def _export_savedmodel(module: ServingModule, staging: str, labels, image_bytes,
     direct = module.serving_default(tf.constant(images))["probabilities"].numpy()
     return {"signatures": list(layout.SIGNATURES), "seconds": round(time.perf_counter() - started, 2),
             "reload_max_abs_diff": float(np.abs(reloaded - direct).max())}
-
-
-def _write_warmup(path: str, image_bytes, images) -> None:
-    """TF Serving replays these PredictionLog records at load time (one per signature)."""
-    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
-
-    from revnet.serving.tensors import make_tensor_proto
-
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    requests = []
-    for data in image_bytes:
-        request = predict_pb2.PredictRequest()
-        request.model_spec.signature_name = "predict_images"
-        request.inputs["image_bytes"].CopyFrom(make_tensor_proto([data]))
-        requests.append(request)
-    request = predict_pb2.PredictRequest()
-    request.model_spec.signature_name = "serving_default"
-    request.inputs["images"].CopyFrom(make_tensor_proto(np.asarray(images, np.float32)))
-    requests.append(request)
-    with tf.io.TFRecordWriter(path) as writer:
-        for request in requests:
-            log_record = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
-            writer.write(log_record.SerializeToString())
 
 
 def _graph_record(model, module: ServingModule, images, reference) -> Dict:

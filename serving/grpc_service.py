@@ -20,7 +20,7 @@ from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2,
 from revnet.common.errors import UserError
 from revnet.serving import layout
 from revnet.serving.inference import SIGNATURE_INPUTS, InferenceCore
-from revnet.serving.limits import RequestAbandoned, classify_error, client_message, one_line
+from revnet.serving.outcomes import RequestAbandoned, classify_error, client_message, one_line
 from revnet.serving.tensors import fill_shape, fill_tensor_proto, make_ndarray
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,8 @@ from revnet.common.errors import UserError
 from revnet.serving import layout
 from revnet.serving.backends import ModelRepository, Servable
 from revnet.serving.request_images import DecodePool, decode_images_numpy
-from revnet.serving.limits import ServingLimits, name_some
+from revnet.serving.config import ServeConfig
+from revnet.serving.outcomes import name_some
 from revnet.serving.tensors import DT_FLOAT, DT_STRING, InputSpec
 
 log = logging.getLogger(__name__)
@@ -32,9 +33,9 @@ CheckAlive = Optional[Callable[[], None]]  # raises RequestAbandoned when the cl
 
 
 class InferenceCore:
-    def __init__(self, repository: ModelRepository, limits: ServingLimits, batcher=None, metrics=None,
+    def __init__(self, repository: ModelRepository, config: ServeConfig, batcher=None, metrics=None,
                  decode_pool: Optional[DecodePool] = None):
-        self.repository, self.limits, self.batcher, self.metrics = repository, limits, batcher, metrics
+        self.repository, self.config, self.batcher, self.metrics = repository, config, batcher, metrics
         self.decode_pool = decode_pool
 
     def resolve_signature(self, signature: str, input_names: Sequence[str]) -> str:
@@ -54,7 +55,7 @@ class InferenceCore:
         return signature
 
     def input_spec(self, servable: Servable, signature: str) -> InputSpec:
-        rows = self.limits.max_request_rows
+        rows = self.config.max_request_rows
         if signature == "serving_default":
             size = servable.input_size
             return InputSpec("images", DT_FLOAT, (None, size, size, 3), rows, IMAGES_DESCRIPTION)
@@ -79,15 +80,15 @@ class InferenceCore:
     def check_rows(self, rows: int) -> None:
         if rows == 0:
             raise UserError("the request is empty; expected at least one image")
-        if rows > self.limits.max_request_rows:
-            raise UserError(f"a request of {rows} rows exceeds the server limit of {self.limits.max_request_rows} "
+        if rows > self.config.max_request_rows:
+            raise UserError(f"a request of {rows} rows exceeds the server limit of {self.config.max_request_rows} "
                             f"(--max-request-rows)")
 
     def decode(self, servable: Servable, image_bytes, check_alive: CheckAlive = None) -> np.ndarray:
         if not isinstance(image_bytes, list):
             raise UserError(f"input 'image_bytes' must be {BYTES_DESCRIPTION}")
         self.check_rows(len(image_bytes))
-        arguments = (image_bytes, servable.input_size, servable.preprocessing, self.limits.max_image_pixels, check_alive)
+        arguments = (image_bytes, servable.input_size, servable.preprocessing, self.config.max_image_pixels, check_alive)
         return self.decode_pool.decode(*arguments) if self.decode_pool else decode_images_numpy(*arguments)
 
     def predict(self, model_name: str, version: Optional[int], signature: str, inputs: Dict,
@@ -98,6 +99,14 @@ class InferenceCore:
         a list of bytes.
         """
         servable = self.repository.get(model_name, version)
+        images = self.prepare(servable, signature, inputs, output_filter, check_alive)
+        outputs = self.run(servable, images, check_alive)
+        wanted = list(output_filter) or list(layout.OUTPUTS)
+        return servable, {name: outputs[name] for name in wanted}
+
+    def prepare(self, servable: Servable, signature: str, inputs: Dict, output_filter: Sequence[str] = (),
+                check_alive: CheckAlive = None) -> np.ndarray:
+        """A request's input as the model's float32 images, checked against the signature and the limits."""
         signature = self.resolve_signature(signature, list(inputs))
         unknown = [name for name in output_filter if name not in layout.OUTPUTS]
         if unknown:
@@ -107,16 +116,12 @@ class InferenceCore:
         if callable(value):
             value = value(self.input_spec(servable, signature))
         if signature == "serving_default":
-            images = self.check_images(servable, value)
-        else:
-            images = self.decode(servable, value, check_alive)
-        outputs = self.run(servable, images, check_alive)
-        wanted = list(output_filter) or list(layout.OUTPUTS)
-        return servable, {name: outputs[name] for name in wanted}
+            return self.check_images(servable, value)
+        return self.decode(servable, value, check_alive)
 
     def run(self, servable: Servable, images: np.ndarray, check_alive: CheckAlive = None) -> Dict[str, np.ndarray]:
         """Run in chunks of at most max_batch_size rows (all queued at once, so they batch and pipeline)."""
-        step = self.limits.max_batch_size
+        step = self.config.max_batch_size
         chunks = [images[start:start + step] for start in range(0, len(images), step)]
         if check_alive:
             check_alive()  # between decode and inference: a late client's rows never reach the model

@@ -28,7 +28,7 @@ from revnet.common.errors import UserError
 from revnet.preprocess.images import (DEFAULT_MAX_IMAGE_PIXELS, DRAFT_MARGIN, ImageRejected, ImageTooLarge,
                                      decode_rgb, resize_bilinear)
 from revnet.preprocess.input_pipeline import INCEPTION_CENTRAL_FRACTION, imagenet_resize_target
-from revnet.serving.limits import RequestAbandoned, ServerBusy
+from revnet.serving.outcomes import RequestAbandoned, ServerBusy
 
 SERVED_FORMATS = ("JPEG", "PNG")
 ABANDON_POLL_SECONDS = 0.05

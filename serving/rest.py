@@ -9,8 +9,9 @@ an HTTP server with request timeouts and body limits):
   on every socket read (a client that announces a body and never sends it gets 408 and its thread back);
 - depth: JSON nested deeper than MAX_JSON_DEPTH (a request needs 6) is 400 before it is parsed, as is any
   malformed body;
-- connections: at most `rest_max_connections` open at once; one more is answered 503 and closed. After
-  an error that leaves a body unread, the rest is read and dropped (for at most the same timeout) so the
+- connections: at most `rest_max_connections` open at once (one more is answered 503 and closed) and at
+  most `rest_max_connections_per_client` from one address (429). After an error that leaves a body
+  unread, the rest is read and dropped until the request's deadline (at least a second more) so the
   client sees the answer rather than a connection reset.
 Client errors log one line; a 500 (a server fault) logs a traceback. Responses are strict JSON: a
 non-finite number is a server fault, never a bare NaN token.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import io
 import json
 import logging
@@ -34,7 +36,7 @@ import numpy as np
 
 from revnet.common.errors import UserError
 from revnet.serving.inference import InferenceCore
-from revnet.serving.limits import RequestAbandoned, ServingLimits, classify_error, client_message, name_some, one_line
+from revnet.serving.outcomes import RequestAbandoned, classify_error, client_message, name_some, one_line
 from revnet.serving.metrics import UNKNOWN
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,7 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 CONTENT_LENGTH = re.compile(r"^[0-9]{1,12}$")
 MAX_JSON_DEPTH = 64
 DRAIN_LIMIT_BYTES = 2 * MAX_BODY_BYTES
+DRAIN_GRACE_SECONDS = 1.0
 _DEPTH_STEP = np.zeros(256, np.int8)
 _DEPTH_STEP[[ord("["), ord("{")]] = 1
 _DEPTH_STEP[[ord("]"), ord("}")]] = -1
@@ -265,8 +268,12 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
                                             *core.metrics.labels_for(name, version))
 
         def _drain(self):
-            """Drop what the client still sends after our answer, for at most the timeout and DRAIN_LIMIT_BYTES."""
-            deadline, drained = time.monotonic() + timeout_seconds, 0
+            """Drop what the client still sends after our answer (so it reads the answer rather than a reset),
+            until the request's own deadline (at least DRAIN_GRACE_SECONDS more) and DRAIN_LIMIT_BYTES.
+
+            A client that sent nothing holds its slot for the timeout and the grace, not for twice the timeout."""
+            start = self._reader.deadline if self._reader.deadline is not None else time.monotonic() + timeout_seconds
+            deadline, drained = max(start, time.monotonic() + min(DRAIN_GRACE_SECONDS, timeout_seconds)), 0
             try:
                 self.connection.shutdown(socket.SHUT_WR)
                 while drained < DRAIN_LIMIT_BYTES and time.monotonic() < deadline:
@@ -334,27 +341,40 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
 
 
 class RestServer(ThreadingHTTPServer):
-    """ThreadingHTTPServer with a cap on open connections (one more gets 503 and is closed)."""
+    """ThreadingHTTPServer with caps on open connections, in all and per client address: one more is
+    answered (503 when the server is full, 429 when that client is at its share) and closed."""
 
     daemon_threads = True
     block_on_close = False  # stop() must not wait for idle keep-alive connections
     request_queue_size = 128  # listen backlog; socketserver's 5 drops bursts of connects (1 s SYN retries)
 
-    def __init__(self, address, handler, max_connections: int):
+    def __init__(self, address, handler, max_connections: int, max_per_client: int):
         super().__init__(address, handler)
-        self.max_connections, self.open_connections = max_connections, 0
+        self.max_connections, self.max_per_client = max_connections, max_per_client
+        self.open_connections, self._per_client = 0, collections.Counter()
         self._count_lock = threading.Lock()
 
-    def process_request(self, request, client_address):
+    def _refusal(self, client: str):
+        """None when the connection may open (and is counted), else (status, reason, message)."""
         with self._count_lock:
-            full = self.open_connections >= self.max_connections
-            if not full:
-                self.open_connections += 1
-        if full:
-            body = json.dumps({"error": f"the server has {self.max_connections} open REST connections; retry later"})
+            if self.open_connections >= self.max_connections:
+                return 503, "Service Unavailable", f"the server has {self.max_connections} open REST connections"
+            if self._per_client[client] >= self.max_per_client:
+                return 429, "Too Many Requests", (f"this client already has {self.max_per_client} open REST "
+                                                  f"connections (--rest-max-connections-per-client)")
+            self.open_connections += 1
+            self._per_client[client] += 1
+            return None
+
+    def process_request(self, request, client_address):
+        refusal = self._refusal(client_address[0])
+        if refusal:
+            status, reason, message = refusal
+            body = json.dumps({"error": message + "; retry later"})
             try:
-                request.sendall((f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n{body}").encode())
+                request.sendall((f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                                 f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
+                                 f"{body}").encode())
             except OSError:
                 pass
             self.shutdown_request(request)
@@ -367,6 +387,9 @@ class RestServer(ThreadingHTTPServer):
         finally:
             with self._count_lock:
                 self.open_connections -= 1
+                self._per_client[client_address[0]] -= 1
+                if not self._per_client[client_address[0]]:
+                    del self._per_client[client_address[0]]
 
     def handle_error(self, request, client_address):
         error = sys.exc_info()[1]
@@ -376,8 +399,10 @@ class RestServer(ThreadingHTTPServer):
             log.exception("REST connection from %s failed", client_address[0])
 
 
-def start_http(core: InferenceCore, host: str, port: int, limits: ServingLimits = ServingLimits()):
-    """A daemon-thread HTTP server; returns it (`.server_address[1]` is the bound port)."""
-    server = RestServer((host, port), make_handler(core, limits.rest_timeout_seconds), limits.rest_max_connections)
+def start_http(core: InferenceCore) -> RestServer:
+    """A daemon-thread HTTP server on the core's host and REST port; `.server_address[1]` is the bound port."""
+    config = core.config
+    server = RestServer((config.host, config.rest_port), make_handler(core, config.rest_timeout_seconds),
+                        config.rest_max_connections, config.rest_max_connections_per_client)
     threading.Thread(target=server.serve_forever, name="rest", daemon=True).start()
     return server

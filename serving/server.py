@@ -1,7 +1,9 @@
 """The model server: gRPC (TF Serving API, health and server reflection) with optional REST/metrics, dynamic
-batching, a bounded image decode pool, warm-up and hot reload. Its limits are one `ServingLimits`."""
+batching, a bounded image decode pool, warm-up and hot reload. Its options and limits are one `ServeConfig`."""
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import signal
 import threading
@@ -13,20 +15,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from revnet.common.errors import UserError
-from revnet.serving import layout
+from revnet.serving import warmup
 from revnet.serving.backends import ModelRepository
 from revnet.serving.batching import DynamicBatcher
 from revnet.serving.grpc_service import add_services
 from revnet.serving.request_images import DecodePool
 from revnet.serving.inference import InferenceCore
-from revnet.serving.limits import ServingLimits
+from revnet.serving.config import ServeConfig
 from revnet.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
-
-DEFAULT_PORT = 8500
-DEFAULT_REST_PORT = 8501
-
 
 class ServerHandle:
     """A running server: `.port`, `.rest_port` (None when REST is off), `.repository`, `.stop()`."""
@@ -60,71 +58,66 @@ def _read(path: Optional[str], what: str) -> bytes:
         raise UserError(f"cannot read {what} {path!r}: {error.strerror}") from None
 
 
-def start_server(model_dir: str, backend: str = "onnx", host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-                 rest_port: Optional[int] = DEFAULT_REST_PORT,
-                 max_batch_size: int = ServingLimits.max_batch_size, batch_timeout_ms: float = 2.0,
-                 workers: int = 16, tls_cert: Optional[str] = None, tls_key: Optional[str] = None,
-                 max_message_mb: int = 64, poll_seconds: float = 2.0, onnx_file: str = layout.ONNX_FILE,
-                 intra_op_threads: int = 0, max_request_rows: int = ServingLimits.max_request_rows,
-                 max_image_pixels: int = ServingLimits.max_image_pixels,
-                 decode_workers: int = ServingLimits.decode_workers, decode_queue: int = ServingLimits.decode_queue,
-                 rest_timeout_seconds: float = ServingLimits.rest_timeout_seconds,
-                 rest_max_connections: int = ServingLimits.rest_max_connections) -> ServerHandle:
-    """Start serving DIR/NAME in background threads. Port 0 picks a free port; rest_port None turns REST off.
+def start_server(config: Optional[ServeConfig] = None, **options) -> ServerHandle:
+    """Start serving in background threads, from a ServeConfig or its fields as keywords (`model_dir=...`).
 
-    batch_timeout_ms 0 turns dynamic batching off (each request runs on its own). A request of more than
-    max_batch_size rows runs as chunks of that size; max_request_rows bounds a request.
+    Port 0 picks a free port; rest_port -1 (or None) turns REST off. batch_timeout_ms 0 turns dynamic
+    batching off (each request runs on its own). A request of more than max_batch_size rows runs as chunks
+    of that size; max_request_rows bounds a request.
     """
-    limits = ServingLimits(max_batch_size=max_batch_size, max_request_rows=max_request_rows,
-                           max_image_pixels=max_image_pixels, decode_workers=decode_workers,
-                           decode_queue=decode_queue, rest_timeout_seconds=rest_timeout_seconds,
-                           rest_max_connections=rest_max_connections)
-    if batch_timeout_ms < 0 or workers < 1:
-        raise UserError("--workers must be at least 1 and --batch-timeout-ms at least 0")
-    if bool(tls_cert) != bool(tls_key):
-        raise UserError("TLS needs both --tls-cert and --tls-key")
+    if config is None:
+        config = ServeConfig(**options)
+    elif options:
+        config = dataclasses.replace(config, **options)
     metrics = Metrics()
-    repository = ModelRepository(model_dir, backend, onnx_file=onnx_file, intra_op_threads=intra_op_threads,
-                                 on_load=metrics.record_load)
+    batcher = (DynamicBatcher(config.max_batch_size, config.batch_timeout_ms, metrics.record_batch)
+               if config.batching else None)
+    core = InferenceCore(None, config, batcher, metrics, DecodePool(config.decode_workers, config.decode_queue))
+    try:
+        core.repository = ModelRepository(config.model_dir, config.backend, onnx_file=config.onnx_file,
+                                          intra_op_threads=config.intra_op_threads, on_load=metrics.record_load,
+                                          warmup=functools.partial(warmup.replay, core))
+    except BaseException:
+        _stop_workers(core)
+        raise
+    repository = core.repository
     metrics.set_model(repository.name, repository.current().version)
     repository.listeners.append(lambda servable: metrics.set_model(servable.name, servable.version))
-    batcher = DynamicBatcher(max_batch_size, batch_timeout_ms, metrics.record_batch) if batch_timeout_ms > 0 else None
-    core = InferenceCore(repository, limits, batcher, metrics, DecodePool(decode_workers, decode_queue))
     if batcher:
         metrics.watch_queue("batch", batcher.queue_depth)
     metrics.watch_queue("decode", lambda: core.decode_pool.in_flight)
     health_servicer = health.HealthServicer()
     try:
-        server, bound, executor = _start_grpc(core, health_servicer, f"{host}:{port}", workers, max_message_mb,
-                                              tls_cert, tls_key)
+        server, bound, executor = _start_grpc(core, health_servicer)
     except BaseException:
         _stop_workers(core)
         raise
     http_server = None
-    if rest_port is not None:
+    if config.rest_enabled:
         from revnet.serving.rest import start_http
 
         try:
-            http_server = start_http(core, host, rest_port, limits)
+            http_server = start_http(core)
         except OSError as error:
             server.stop(0)
             executor.shutdown(wait=False)
             _stop_workers(core)
-            raise UserError(f"cannot bind REST to {host}:{rest_port}: {error.strerror}") from None
+            raise UserError(f"cannot bind REST to {config.host}:{config.rest_port}: {error.strerror}") from None
     for service in ("", repository.name):
         health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
     poll_stop = threading.Event()
 
     def poll_versions():
-        while not poll_stop.wait(poll_seconds):
+        while not poll_stop.wait(config.poll_seconds):
             repository.poll()
 
     threading.Thread(target=poll_versions, name="version-poll", daemon=True).start()
     handle = ServerHandle(server, executor, bound, http_server, repository, health_servicer, poll_stop, core)
-    log.info("serving %r version %d (%s) on %s gRPC port %d%s; batching %s; limits %s", repository.name,
-             repository.current().version, backend, host, bound,
+    log.info("serving %r version %d (%s) on %s gRPC port %d%s; batching %s", repository.name,
+             repository.current().version, config.backend, config.host, bound,
              f", REST/metrics port {handle.rest_port}" if http_server else "",
-             f"up to {max_batch_size} rows / {batch_timeout_ms:g} ms" if batcher else "off", limits)
+             f"up to {config.max_batch_size} rows / {config.batch_timeout_ms:g} ms" if batcher else "off")
+    log.debug("server options: %s", config)
     return handle
 
 
@@ -149,10 +142,12 @@ def _refuse_a_port_in_use(address: str) -> None:
             # Anything else (an address not on this machine, a name) is left to gRPC's own bind and message.
 
 
-def _start_grpc(core, health_servicer, address: str, workers: int, max_message_mb: int, tls_cert, tls_key):
+def _start_grpc(core, health_servicer):
+    config = core.config
+    address = f"{config.host}:{config.port}"
     _refuse_a_port_in_use(address)
-    max_bytes = max_message_mb * 1024 * 1024
-    executor = futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc")
+    max_bytes = config.max_message_mb * 1024 * 1024
+    executor = futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc")
     server = grpc.server(executor,
                          options=[("grpc.max_receive_message_length", max_bytes),
                                   ("grpc.max_send_message_length", max_bytes), ("grpc.so_reuseport", 0)])
@@ -161,8 +156,9 @@ def _start_grpc(core, health_servicer, address: str, workers: int, max_message_m
     # Reflection lets grpcurl and other generic clients list and call the services without their .proto files.
     services += [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME]
     reflection.enable_server_reflection(services, server)
-    if tls_cert:
-        credentials = grpc.ssl_server_credentials([(_read(tls_key, "TLS key"), _read(tls_cert, "TLS certificate"))])
+    if config.tls_cert:
+        credentials = grpc.ssl_server_credentials([(_read(config.tls_key, "TLS key"),
+                                                    _read(config.tls_cert, "TLS certificate"))])
         bound = server.add_secure_port(address, credentials)
     else:
         bound = server.add_insecure_port(address)
@@ -179,9 +175,9 @@ def _stop_workers(core: InferenceCore) -> None:
     core.decode_pool.stop()
 
 
-def serve(**options) -> None:
+def serve(config: Optional[ServeConfig] = None, **options) -> None:
     """Run the server until SIGINT/SIGTERM."""
-    handle = start_server(**options)
+    handle = start_server(config, **options)
     stopped = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopped.set())

@@ -56,6 +56,31 @@ def test_the_highest_version_that_loads_is_served_and_a_broken_one_is_logged_onc
     assert restarted.current().version == 4
 
 
+def test_a_version_folder_that_is_not_an_export_is_logged_once(serving_env, tmp_path, caplog):
+    """`7 -> a folder without a model` (a symlink to /etc, say) is ignored with one warning naming the link's
+    target, however often the folder is polled; pointing it at a real export makes it served."""
+    from revnet.serving.backends import ModelRepository
+
+    model_dir = str(tmp_path / "revnet")
+    copy_version(serving_env, model_dir, 1)
+    elsewhere = tmp_path / "not-an-export"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("no model here")
+    os.symlink(str(elsewhere), os.path.join(model_dir, "7"))
+    caplog.set_level(logging.INFO, logger="revnet")
+    repository = ModelRepository(model_dir, "onnx")
+    for _ in range(4):
+        repository.poll()
+    warnings = [r.getMessage() for r in caplog.records if "not an export" in r.getMessage()]
+    assert len(warnings) == 1 and "link to" in warnings[0] and "not-an-export" in warnings[0], warnings
+    assert repository.current().version == 1
+    os.remove(os.path.join(model_dir, "7"))
+    copy_version(serving_env, str(tmp_path / "elsewhere"), 7)
+    os.symlink(str(tmp_path / "elsewhere" / "7"), os.path.join(model_dir, "7"))
+    repository.poll()
+    assert repository.current().version == 7
+
+
 def test_a_repaired_version_is_retried_and_nothing_loadable_is_a_clear_error(serving_env, tmp_path):
     from revnet.serving.backends import ModelRepository
 

@@ -28,7 +28,7 @@ def server(serving_env):
     handle = start_server(model_dir=serving_env["model_dir"], backend="onnx", port=0, rest_port=0,
                           max_batch_size=MAX_BATCH, max_request_rows=MAX_ROWS, max_image_pixels=MAX_PIXELS,
                           batch_timeout_ms=2, decode_workers=1, decode_queue=1, rest_timeout_seconds=1.0,
-                          rest_max_connections=8, poll_seconds=3600)
+                          rest_max_connections=8, rest_max_connections_per_client=7, poll_seconds=3600)
     channel = grpc.insecure_channel(f"127.0.0.1:{handle.port}")
     yield {"handle": handle, "stub": prediction_service_pb2_grpc.PredictionServiceStub(channel)}
     channel.close()
@@ -268,19 +268,67 @@ def test_rest_slow_bodies_time_out_and_free_their_threads(server, images):
     _wait_for(lambda: server["handle"].http_server.open_connections == 0, seconds=5)  # counted per handler thread
 
 
-def test_rest_connections_over_the_cap_get_503(server):
+def _connect_from(source: str, port: int):
+    """A connection to the server from `source`, another loopback address (all of 127/8 is this machine)."""
     import socket
 
+    return socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+
+
+def _get_metrics_from(source: str, port: int) -> int:
+    with _connect_from(source, port) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return http_status(sock.recv(65536))
+
+
+def test_rest_connections_over_the_cap_get_503(server):
     port = server["handle"].rest_port
-    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(8)]
+    held = [_connect_from("127.0.0.1", port) for _ in range(7)] + [_connect_from("127.0.0.2", port)]
     try:
         _wait_for(lambda: server["handle"].http_server.open_connections == 8)
-        assert http_status(raw_http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)) == 503
+        assert _get_metrics_from("127.0.0.3", port) == 503
     finally:
         for sock in held:
             sock.close()
     _wait_for(lambda: server["handle"].http_server.open_connections == 0, seconds=5)
     assert http_status(raw_http(port, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)) == 200
+
+
+def test_one_client_address_cannot_hold_every_rest_connection(server):
+    """At --rest-max-connections-per-client (7 of 8 here) one more from that address is 429; another
+    address is still served, and the first is served again once its connections close."""
+    port = server["handle"].rest_port
+    held = [_connect_from("127.0.0.1", port) for _ in range(7)]
+    try:
+        _wait_for(lambda: server["handle"].http_server.open_connections == 7)
+        with _connect_from("127.0.0.1", port) as sock:
+            answer = sock.recv(65536)
+        assert http_status(answer) == 429 and b"--rest-max-connections-per-client" in answer
+        assert b"Retry-After: 1" in answer
+        assert _get_metrics_from("127.0.0.2", port) == 200
+    finally:
+        for sock in held:
+            sock.close()
+    _wait_for(lambda: server["handle"].http_server.open_connections == 0, seconds=5)
+    assert _get_metrics_from("127.0.0.1", port) == 200
+
+
+def test_a_silent_client_holds_its_slot_for_the_timeout_and_a_grace_not_twice_the_timeout(server, monkeypatch):
+    """A body announced and never sent: 408 at the request deadline (1 s), then the server frees the
+    connection's slot after at most DRAIN_GRACE_SECONDS more (0.2 s here), not after a second full timeout
+    of draining, even though the client keeps its socket open."""
+    from revnet.serving import rest
+
+    monkeypatch.setattr(rest, "DRAIN_GRACE_SECONDS", 0.2)
+    http_server = server["handle"].http_server
+    _wait_for(lambda: http_server.open_connections == 0, seconds=5)
+    with _connect_from("127.0.0.1", http_server.server_address[1]) as sock:
+        started = time.monotonic()
+        sock.sendall(post_head(PREDICT_PATH, "100000"))
+        assert http_status(sock.recv(65536)) == 408
+        _wait_for(lambda: http_server.open_connections == 0, seconds=5)
+        freed = time.monotonic() - started
+    assert 0.9 < freed < 1.75, freed
 
 
 # --- Logging ----------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The server's request limits (one frozen dataclass) and the two outcomes that are not the client's fault.
+"""How a request ends when it does not succeed, and the error texts a client gets back.
 
 A client error is a UserError (INVALID_ARGUMENT / NOT_FOUND, REST 400/404). `ServerBusy` means a bounded
 queue is full (RESOURCE_EXHAUSTED, REST 503): retry later. `RequestAbandoned` means the client's deadline
@@ -7,11 +7,9 @@ an exception to its status and says whether it is a server fault (the only kind 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Tuple
 
 from revnet.common.errors import UserError
-from revnet.preprocess.images import DEFAULT_MAX_IMAGE_PIXELS
 
 
 class ServerBusy(Exception):
@@ -65,26 +63,3 @@ def classify_error(error: Exception) -> Tuple[str, bool]:
     if isinstance(error, RequestAbandoned):
         return ("DEADLINE_EXCEEDED" if error.deadline else "CANCELLED"), False
     return "INTERNAL", True
-
-
-@dataclass(frozen=True)
-class ServingLimits:
-    max_batch_size: int = 32  # rows per backend run; a larger request is split into chunks of this size
-    max_request_rows: int = 1024  # rows (images) one request may carry
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS  # width*height declared by a JPEG/PNG header
-    decode_workers: int = 2  # threads decoding JPEG/PNG requests
-    decode_queue: int = 64  # image requests waiting for a decode thread before RESOURCE_EXHAUSTED
-    rest_timeout_seconds: float = 10.0  # to receive a REST request's headers and body
-    rest_max_connections: int = 64  # open REST connections; more are answered 503 and closed
-
-    def __post_init__(self):
-        positive = {name: getattr(self, name) for name in ("max_batch_size", "max_request_rows", "max_image_pixels",
-                                                            "decode_workers", "rest_timeout_seconds",
-                                                            "rest_max_connections")}
-        bad = {name: value for name, value in positive.items() if not value > 0}
-        if bad or self.decode_queue < 0:
-            raise UserError(f"server limits must be positive (--decode-queue at least 0), got "
-                            f"{bad or {'decode_queue': self.decode_queue}}")
-        if self.max_request_rows < self.max_batch_size:
-            raise UserError(f"--max-request-rows ({self.max_request_rows}) must be at least --max-batch-size "
-                            f"({self.max_batch_size})")

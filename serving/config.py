@@ -1,0 +1,94 @@
+"""`ServeConfig`: every `serve` option, the server's request limits included, in one frozen dataclass.
+
+This is the only place serving defaults live. `cli.py serve` builds one flag per field (common/options.py:
+type from the annotation, default from the field, help and bounds from the metadata), and
+`start_server(**options)` takes the same names. The limits bound what one client can make the server do:
+rows per request, pixels per image, decode and connection slots, the time a REST request may take.
+
+Importing this module imports nothing heavy (the CLI builds its flags from it).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from revnet.common.errors import UserError
+from revnet.common.options import flag_of, option
+from revnet.preprocess.image_limits import DEFAULT_MAX_IMAGE_PIXELS
+from revnet.serving import layout
+
+BACKENDS = ("onnx", "tf")
+DEFAULT_PORT = 8500
+DEFAULT_REST_PORT = 8501
+
+
+def _field(default, help_text: str, **kwargs):
+    return dataclasses.field(default=default, metadata=option(help_text, **kwargs))
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+    """What to serve, where, and the bounds on every request."""
+
+    model_dir: str = dataclasses.field(metadata=option("OUTPUT/NAME folder from `export`.", path="dir"))
+    backend: str = _field("onnx", "ONNX Runtime or TF SavedModel.", choices=BACKENDS)
+    host: str = _field("127.0.0.1", "Bind address; use 0.0.0.0 to expose the server.")
+    port: int = _field(DEFAULT_PORT, "gRPC port (0 = any free port).", min=0)
+    rest_port: int = _field(DEFAULT_REST_PORT, "REST and /metrics port (0 = any free port, -1 = off).", min=-1)
+    max_batch_size: int = _field(32, "Rows per backend run (dynamic batch); a larger request runs as chunks of "
+                                     "this size.", min=1)
+    max_request_rows: int = _field(1024, "Most rows (images) one request may carry; more is INVALID_ARGUMENT "
+                                         "(REST 400).", min=1)
+    max_image_pixels: int = _field(DEFAULT_MAX_IMAGE_PIXELS, "Refuse a JPEG/PNG whose header declares more pixels "
+                                                             "(width*height), before decoding it.", min=1)
+    decode_workers: int = _field(2, "Threads decoding JPEG/PNG requests.", min=1)
+    decode_queue: int = _field(64, "Image requests that may wait for a decode thread; one more is "
+                                   "RESOURCE_EXHAUSTED (REST 503).", min=0)
+    rest_timeout_seconds: float = _field(10.0, "Time a REST client has to send a request's headers and body (then "
+                                               "408 and the connection closes); reading what it still sends after "
+                                               "an error answer ends at the same deadline.", min=0.1)
+    rest_max_connections: int = _field(64, "Open REST connections; one more is answered 503 and closed.", min=1)
+    rest_max_connections_per_client: int = _field(
+        32, "Open REST connections from one client address; one more is answered 429 and closed, so a few slow "
+            "clients cannot hold every slot (behind a proxy, where every client has its address, raise it to "
+            "--rest-max-connections).", min=1)
+    batch_timeout_ms: float = _field(2.0, "Wait this long for more requests to batch; 0 turns dynamic batching "
+                                          "off.", min=0)
+    workers: int = _field(16, "gRPC worker threads.", min=1)
+    tls_cert: Optional[str] = _field(None, "PEM certificate (with --tls-key) for TLS.", path="file")
+    tls_key: Optional[str] = _field(None, "PEM private key for TLS.", path="file")
+    max_message_mb: int = _field(64, "Largest gRPC message in MiB.", min=1)
+    poll_seconds: float = _field(2.0, "How often to look for new versions.", min=0.1)
+    onnx_file: str = _field(layout.ONNX_FILE, "ONNX file in each version folder (e.g. model.int8.onnx).")
+    intra_op_threads: int = _field(0, "ONNX Runtime intra-op threads; 0 = every core, less one kept for the gRPC "
+                                      "threads where there are more than 2.", min=0)
+
+    def __post_init__(self):
+        if self.rest_port is None:  # in-process callers turn REST off with None, the CLI with -1
+            object.__setattr__(self, "rest_port", -1)
+        if self.backend not in BACKENDS:
+            raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        positive = ("max_batch_size", "max_request_rows", "max_image_pixels", "decode_workers", "rest_timeout_seconds",
+                    "rest_max_connections", "rest_max_connections_per_client", "workers", "max_message_mb",
+                    "poll_seconds")
+        at_least_zero = ("decode_queue", "batch_timeout_ms", "intra_op_threads", "port")
+        bad = [name for name in positive if not getattr(self, name) > 0]
+        bad += [name for name in at_least_zero if not getattr(self, name) >= 0]
+        if self.rest_port < -1:
+            bad.append("rest_port")
+        if bad:
+            shown = ", ".join(f"{flag_of(ServeConfig, name)} {getattr(self, name)!r}" for name in bad)
+            raise UserError(f"server options out of range: {shown} (see `cli.py serve --help`)")
+        if self.max_request_rows < self.max_batch_size:
+            raise UserError(f"--max-request-rows ({self.max_request_rows}) must be at least --max-batch-size "
+                            f"({self.max_batch_size})")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise UserError("TLS needs both --tls-cert and --tls-key")
+
+    @property
+    def rest_enabled(self) -> bool:
+        return self.rest_port >= 0
+
+    @property
+    def batching(self) -> bool:
+        return self.batch_timeout_ms > 0
