@@ -1,4 +1,5 @@
 """Public reversible layers: a sequence of (f, g) coupling blocks whose backward pass rebuilds activations."""
+from revnet.reversible.coupling import AdditiveCoupling, AffineCoupling, Coupling
 from revnet.reversible.sequence import ReversibleSequence
 
-__all__ = ["ReversibleSequence"]
+__all__ = ["AdditiveCoupling", "AffineCoupling", "Coupling", "ReversibleSequence"]

@@ -1,15 +1,29 @@
-"""ReversibleSequence, experimental (additive coupling only, so far): y1 = x1 + f(x2), y2 = x2 + g(y1).
+"""ReversibleSequence, experimental: blocks (f, g) over the halves x1, x2 of the input along `split_axis`,
 
-mode="reversible" keeps only the output: the custom gradient rebuilds each block's input from its
-output and re-runs f and g under a tape. mode="autodiff" is plain autodiff, the reference.
-Not yet: affine/user couplings, "recompute", dropout replay, batch-norm statistics, serialization. Blocks
-holding randomness or state that the backward recomputation would change (Dropout, BatchNormalization,
-any non-trainable weight) are refused in reversible mode rather than given wrong gradients.
+    y1 = coupling.forward(x1, f(x2)),  y2 = coupling.forward(x2, g(y1)),
+
+with an additive, an affine or a user's own coupling (revnet.reversible.coupling), and `inverse(y)` for each.
+
+Modes: "reversible" keeps only the output: a custom gradient rebuilds each block's input from its output and
+re-runs f and g under a tape. "recompute" keeps each block's input and re-runs the block (tf.recompute_grad).
+"autodiff" is plain autodiff, the reference.
+
+In both re-running modes the re-run replays each f and g call: the non-trainable variables of the layer
+(the states of its seed generators, moving statistics) are set to what they were before the forward call, then
+back to what they were before the re-run. So Dropout and the like draw the forward pass's masks again, and
+BatchNormalization updates its statistics once per step. Randomness that no seed generator of the layer holds
+(tf.random ops, keras.random without a seed) is not replayed. f and g must be Keras layers. The layer serializes
+(get_config/from_config), so a model holding it saves and loads as a .keras file. See docs/reversible.md.
 """
 from __future__ import annotations
 
 import tensorflow as tf
 import keras
+from tensorflow.python.eager import record
+
+from revnet.reversible.coupling import get_coupling
+
+MODES = ("reversible", "autodiff", "recompute")
 
 
 def _tf_variables(layer):
@@ -17,43 +31,75 @@ def _tf_variables(layer):
     return [getattr(v, "value", v) for v in layer.trainable_variables]
 
 
-def _taped(fn, x, dy, var_grads):
-    """fn(x) re-run under a tape: (output, gradient of x), its weights' gradients added into `var_grads`."""
+def _values(variables):
+    """(variable, its current value) pairs, to assign back later."""
+    return [(v, tf.identity(v.value)) for v in variables]
+
+
+def _assign(values) -> None:
+    for variable, value in values:
+        variable.assign(value)
+
+
+class _Replayed:
+    """One call of a layer in the forward pass that can be run again exactly, for a backward recomputation.
+
+    The first run records the layer's non-trainable variables (seed-generator states, moving statistics) before
+    it; each later run starts from those values and leaves the variables as it found them.
+    """
+
+    def __init__(self, layer, training):
+        self.layer, self.training, self.before = layer, training, None
+
+    def __call__(self, x):
+        if self.before is None:
+            self.before = _values(self.layer.non_trainable_variables)
+            return self.layer(x, training=self.training)
+        now = _values(self.layer.non_trainable_variables)
+        _assign(self.before)
+        out = self.layer(x, training=self.training)
+        _assign(now)
+        return out
+
+
+def _taped_half(coupling, fn, x_in, y, dy, var_grads):
+    """Rebuild x from y = coupling.forward(x, fn(x_in)), re-running fn under a tape, and pull dy back through this
+    half-block: (x, gradient of x_in, gradient of x); the gradients of fn's weights are added into `var_grads`."""
     with tf.GradientTape() as tape:
+        tape.watch(x_in)
+        fx = fn(x_in)
+        with tape.stop_recording():
+            x = coupling.inverse(y, fx)
         tape.watch(x)
-        out = fn(x)
-    fn_vars = _tf_variables(fn)
-    grads = tape.gradient(out, [x] + fn_vars, output_gradients=dy, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    for v, d in zip(fn_vars, grads[1:]):
+        y = coupling.forward(x, fx)
+    fn_vars = _tf_variables(fn.layer)
+    grads = tape.gradient(y, [x_in, x] + fn_vars, output_gradients=dy, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    for v, d in zip(fn_vars, grads[2:]):
         var_grads[id(v)] = var_grads.get(id(v), 0) + d
-    return out, grads[0]
+    return x, grads[0], grads[1]
 
 
-_STATEFUL = (keras.layers.Dropout, keras.layers.BatchNormalization, keras.layers.GaussianNoise,
-             keras.layers.GaussianDropout, keras.layers.AlphaDropout)
+def _check_layers(blocks) -> None:
+    """Only a Keras layer's state can be found and replayed, and only a Keras layer serializes."""
+    for pair in blocks:
+        if len(pair) != 2 or not all(isinstance(fn, keras.layers.Layer) for fn in pair):
+            raise TypeError(f"each block must be a pair (f, g) of Keras layers; got {pair!r}")
 
 
-def _refuse_state(fn) -> None:
-    layers = fn._flatten_layers(include_self=True, recursive=True) if isinstance(fn, keras.layers.Layer) else []
-    for layer in layers:
-        if isinstance(layer, _STATEFUL) or layer.non_trainable_weights:
-            raise ValueError(f"{type(layer).__name__} inside a reversible block is not supported yet (its "
-                             f"recomputation in the backward pass would use another mask or move its statistics "
-                             f"again); use mode='autodiff' for this block")
-
-
+@keras.saving.register_keras_serializable(package="revnet")
 class ReversibleSequence(keras.layers.Layer):
-    """Reversible blocks `[(f, g), ...]` over the two halves of the input along `split_axis`."""
+    """Reversible blocks `[(f, g), ...]` over the two halves of the input along `split_axis`.
 
-    def __init__(self, blocks, mode: str = "reversible", split_axis: int = -1, **kwargs):
+    `coupling` is "additive", "affine" or a revnet.reversible.Coupling; `mode` one of MODES.
+    """
+
+    def __init__(self, blocks, coupling="additive", mode: str = "reversible", split_axis: int = -1, **kwargs):
         super().__init__(**kwargs)
-        if mode not in ("reversible", "autodiff"):
-            raise ValueError(f"unknown mode {mode!r}; expected 'reversible' or 'autodiff'")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(map(repr, MODES))}")
         self.blocks = [tuple(pair) for pair in blocks]
-        if mode == "reversible":
-            for pair in self.blocks:
-                for fn in pair:
-                    _refuse_state(fn)
+        _check_layers(self.blocks)
+        self.coupling = get_coupling(coupling, split_axis)
         self.mode = mode
         self.split_axis = split_axis
 
@@ -62,43 +108,77 @@ class ReversibleSequence(keras.layers.Layer):
             raise ValueError(f"split axis has odd size {x.shape[self.split_axis]}; expected an even size")
         return tf.split(x, 2, axis=self.split_axis)
 
-    def _forward(self, x1, x2):
-        for f, g in self.blocks:
-            x1 = x1 + f(x2)
-            x2 = x2 + g(x1)
-        return x1, x2
+    def _block(self, f, g, x1, x2):
+        """One block's forward pass, f and g being one-argument callables."""
+        y1 = self.coupling.forward(x1, f(x2))
+        return y1, self.coupling.forward(x2, g(y1))
 
     def inverse(self, y):
+        """The input that `call` maps to y (f and g run in inference mode)."""
         y1, y2 = self._split(y)
         for f, g in reversed(self.blocks):
-            y2 = y2 - g(y1)
-            y1 = y1 - f(y2)
+            y2 = self.coupling.inverse(y2, g(y1))
+            y1 = self.coupling.inverse(y1, f(y2))
         return tf.concat([y1, y2], axis=self.split_axis)
 
-    def call(self, x):
+    def call(self, x, training=None):
         x1, x2 = self._split(x)
-        if self.mode == "autodiff":
-            return tf.concat(self._forward(x1, x2), axis=self.split_axis)
-        return self._reversible(x1, x2)
+        run = {"autodiff": self._autodiff, "recompute": self._recompute, "reversible": self._reversible}[self.mode]
+        return tf.concat(run(x1, x2, training), axis=self.split_axis)
 
-    def _reversible(self, x1, x2):
+    def _autodiff(self, x1, x2, training):
+        """Plain calls: f and g inherit `training` from this layer's call."""
+        for f, g in self.blocks:
+            x1, x2 = self._block(f, g, x1, x2)
+        return x1, x2
+
+    def _recompute(self, x1, x2, training):
+        for f, g in self.blocks:
+            x1, x2 = tf.recompute_grad(self._replaying_block(f, g, training))(x1, x2)
+        return x1, x2
+
+    def _replaying_block(self, f, g, training):
+        """A block for tf.recompute_grad: its re-run in the backward pass replays the forward pass's f and g calls."""
+        f, g = _Replayed(f, training), _Replayed(g, training)
+
+        def block(x1, x2):
+            return self._block(f, g, x1, x2)
+
+        return block
+
+    def _reversible(self, x1, x2, training):
+        calls = [(_Replayed(f, training), _Replayed(g, training)) for f, g in self.blocks]
+
         @tf.custom_gradient
         def run(x1, x2):
-            y1, y2 = self._forward(x1, x2)
+            with record.stop_recording():   # as in tf.recompute_grad: a tape outside keeps no activation
+                for f, g in calls:
+                    x1, x2 = self._block(f, g, x1, x2)
 
             def grad(dy1, dy2, variables=None):
-                y1_, y2_ = y1, y2
-                var_grads = {id(v): tf.zeros_like(v) for v in variables or []}
-                for f, g in reversed(self.blocks):
-                    g_out, dg_in = _taped(g, y1_, dy2, var_grads)
-                    x2 = y2_ - g_out
-                    dz1 = dy1 + dg_in
-                    f_out, df_in = _taped(f, x2, dz1, var_grads)
-                    y1_, y2_ = y1_ - f_out, x2
-                    dy1, dy2 = dz1, dy2 + df_in
-                return (dy1, dy2), [var_grads[id(v)] for v in variables or []]
+                return self._backward(calls, x1, x2, dy1, dy2, variables or [])
 
-            return (y1, y2), grad
+            return (x1, x2), grad
 
-        y1, y2 = run(x1, x2)
-        return tf.concat([y1, y2], axis=self.split_axis)
+        return run(x1, x2)
+
+    def _backward(self, calls, y1, y2, dy1, dy2, variables):
+        """Gradients of the blocks' input and of `variables` from their output and its gradient, block by block."""
+        var_grads = {}
+        for f, g in reversed(calls):
+            x2, dy1_through_g, dx2 = _taped_half(self.coupling, g, y1, y2, dy2, var_grads)
+            dy1 = dy1 + dy1_through_g
+            x1, dx2_through_f, dx1 = _taped_half(self.coupling, f, x2, y1, dy1, var_grads)
+            y1, y2, dy1, dy2 = x1, x2, dx1, dx2 + dx2_through_f
+        return (dy1, dy2), [var_grads[id(v)] if id(v) in var_grads else tf.zeros_like(v) for v in variables]
+
+    def get_config(self) -> dict:
+        serialize = keras.saving.serialize_keras_object
+        return {**super().get_config(), "blocks": [[serialize(f), serialize(g)] for f, g in self.blocks],
+                "coupling": serialize(self.coupling), "mode": self.mode, "split_axis": self.split_axis}
+
+    @classmethod
+    def from_config(cls, config):
+        deserialize = keras.saving.deserialize_keras_object
+        blocks = [tuple(deserialize(fn) for fn in pair) for pair in config["blocks"]]
+        return super().from_config({**config, "blocks": blocks, "coupling": deserialize(config["coupling"])})
