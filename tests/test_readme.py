@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import subprocess
+import sys
 
 import click
 import pytest
@@ -28,7 +29,8 @@ ANY_FENCE = re.compile(r"^ *```.*?^ *```", re.S | re.M)
 FROM_IMPORT = re.compile(r"\bfrom\s+([A-Za-z_][\w.]*)\s+import\s+([\w, ]+?)(?:\s+as\s+\w+)?\s*(?:[;\"'\n]|$)")
 PLAIN_IMPORT = re.compile(r"(?:^|[;\"]\s*)import\s+([A-Za-z_][\w.]*)")
 RUN_MODULE = re.compile(r"python\s+-m\s+([A-Za-z_][\w.]*)")
-OUR_PACKAGES = ("benchmarks", "cli", "common", "demo", "models", "pipeline", "preprocess", "serving", "train")
+OUR_PACKAGES = ("benchmarks", "cli", "common", "demo", "models", "pipeline", "preprocess", "reversible", "serving",
+                "train")
 GLOBAL_OPTIONS = ("--debug", "-v", "--verbose")
 README_MAX_LINES = 300
 # A commit-hash-looking token: 7..40 lowercase hex digits with at least one letter and one digit.
@@ -243,8 +245,10 @@ def test_docs_relative_links_resolve(path):
 @pytest.mark.parametrize("path,block", [(path, body) for path, runnable, _, body in _blocks() if runnable],
                          ids=lambda value: value if value.endswith(".md") else value.strip().splitlines()[0][:60])
 def test_runnable_docs_block_succeeds(path, block, tmp_path):
+    """A runnable shell block runs in bash (-euo pipefail), a runnable python block in this interpreter."""
     env = dict(os.environ, README_TMP=str(tmp_path))
-    result = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=ROOT, capture_output=True, text=True,
-                            timeout=600, env=env)
+    language = next(language for page, runnable, language, body in _blocks() if page == path and body == block)
+    command = [sys.executable, "-c", block] if language == "python" else ["bash", "-euo", "pipefail", "-c", block]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, (f"{path}:\n{block}\nstdout:\n{result.stdout[-2000:]}\n"
                                     f"stderr:\n{result.stderr[-2000:]}")
