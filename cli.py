@@ -486,7 +486,9 @@ def serve_command(**options):
 @cli.command("predict")
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--server", default="127.0.0.1:8500", help="HOST:PORT of a model server.")
-@click.option("--model", default="", help="Model name (empty = the server's model).")
+@click.option("--model", default="", help="Model name (empty = the server's model, when it serves one).")
+@click.option("--version", type=click.IntRange(min=1), default=None, help="Model version [default: the highest served].")
+@click.option("--label", default=None, help="Version label of the server's model config, e.g. stable or canary.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, help="Classes to print per image.")
 @click.option("--timeout-seconds", type=click.FloatRange(min=0.1), default=30.0, help="Request deadline.")
 @click.option("--tls-ca", default=None, type=click.Path(dir_okay=False), help="PEM CA certificate to connect with TLS.")
@@ -494,12 +496,13 @@ def serve_command(**options):
               help="Files per request: any number of files goes as requests of this many (and at most 16 MB), "
                    "in order, printed as they are answered.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text (one list, at the end).")
-def predict_command(images, server, model, top_k, timeout_seconds, tls_ca, batch_rows, as_json):
+def predict_command(images, server, model, version, label, top_k, timeout_seconds, tls_ca, batch_rows, as_json):
     """Send JPEG/PNG files to a server and print the top-k classes with probabilities per image."""
     from revnet.serving.client import format_prediction, predict_stream
 
     results = predict_stream(server=server, images=list(images), model=model, top_k=top_k,
-                             timeout_seconds=timeout_seconds, tls_ca=tls_ca, batch_rows=batch_rows)
+                             timeout_seconds=timeout_seconds, tls_ca=tls_ca, batch_rows=batch_rows,
+                             version=version, label=label)
     if as_json:
         _emit(list(results), True, None)
         return

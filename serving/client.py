@@ -42,13 +42,17 @@ def _chunks(images: List[str], batch_rows: int):
 
 def predict_stream(server: str, images: List[str], model: str = "", top_k: int = 5,
                    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS, tls_ca: Optional[str] = None,
-                   max_message_mb: int = 64, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[Dict]:
-    """{image, classes: [{label, probability}]} per file, in the order given, via Classify (which carries the
-    label names); the files go in requests of at most `batch_rows`, each read only when it is sent."""
+                   max_message_mb: int = 64, batch_rows: int = DEFAULT_BATCH_ROWS, version: Optional[int] = None,
+                   label: Optional[str] = None) -> Iterator[Dict]:
+    """{image, model, version, classes: [{label, probability}]} per file, in the order given, via Classify (which
+    carries the label names); the files go in requests of at most `batch_rows`, each read only when it is sent.
+    `version` or `label` (a version label of the server's model config) picks the version; neither: the highest."""
     from tensorflow_serving.apis import classification_pb2, prediction_service_pb2_grpc
 
     if not images:
         raise UserError("give at least one IMAGE file")
+    if version is not None and label:
+        raise UserError("give --version or --label, not both")
     if top_k < 1 or batch_rows < 1:
         raise UserError(f"--top-k and --batch-rows must be at least 1, got {top_k} and {batch_rows}")
     missing = [path for path in images if not os.path.isfile(path)]
@@ -60,13 +64,18 @@ def predict_stream(server: str, images: List[str], model: str = "", top_k: int =
         for chunk in _chunks(images, batch_rows):
             request = classification_pb2.ClassificationRequest()
             request.model_spec.name = model
+            if version is not None:
+                request.model_spec.version.value = version
+            if label:
+                request.model_spec.version_label = label
             for _, data in chunk:
                 example = request.input.example_list.examples.add()
                 example.features.feature["image/encoded"].bytes_list.value.append(data)
             response = _classify(stub, request, server, timeout_seconds, chunk[0][0])
             for (path, _), classification in zip(chunk, response.result.classifications):
                 top = sorted(classification.classes, key=lambda c: -c.score)[:top_k]
-                yield {"image": path, "classes": [{"label": c.label, "probability": c.score} for c in top]}
+                yield {"image": path, "model": response.model_spec.name, "version": response.model_spec.version.value,
+                       "classes": [{"label": c.label, "probability": c.score} for c in top]}
 
 
 def _classify(stub, request, server: str, timeout_seconds: float, first: str):

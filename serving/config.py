@@ -30,8 +30,18 @@ def _field(default, help_text: str, **kwargs):
 class ServeConfig:
     """What to serve, where, and the bounds on every request."""
 
-    model_dir: str = dataclasses.field(metadata=option("OUTPUT/NAME folder from `export`.", path="dir"))
-    backend: str = _field("onnx", "ONNX Runtime or TF SavedModel.", choices=BACKENDS)
+    model_dir: Optional[str] = _field(None, "OUTPUT/NAME folder from `export`: serve this one model, its latest "
+                                            "version that loads (or give --model-config-file).", path="dir")
+    model_config_file: Optional[str] = _field(
+        None, "TF Serving ModelServerConfig (text format): several models, each with its base_path, "
+              "model_platform (onnx or tensorflow; empty = --backend), model_version_policy (latest N, all, "
+              "specific) and version_labels; see docs/serving.md.", path="file")
+    model_config_file_poll_wait_seconds: float = _field(
+        0.0, "Re-read --model-config-file this often and apply it when it changed; a bad file is refused and "
+             "the old config keeps serving (0 = never; ModelService.HandleReloadConfigRequest reloads any time).",
+        min=0)
+    backend: str = _field("onnx", "ONNX Runtime or TF SavedModel (for --model-dir, and for models whose "
+                                  "model_platform is empty).", choices=BACKENDS)
     host: str = _field("127.0.0.1", "Bind address; use 0.0.0.0 to expose the server.")
     port: int = _field(DEFAULT_PORT, "gRPC port (0 = any free port).", min=0)
     rest_port: int = _field(DEFAULT_REST_PORT, "REST and /metrics port (0 = any free port, -1 = off).", min=-1)
@@ -66,12 +76,18 @@ class ServeConfig:
     def __post_init__(self):
         if self.rest_port is None:  # in-process callers turn REST off with None, the CLI with -1
             object.__setattr__(self, "rest_port", -1)
+        if bool(self.model_dir) == bool(self.model_config_file):
+            raise UserError("give either --model-dir (one model) or --model-config-file (several), not "
+                            + ("both" if self.model_dir else "neither"))
+        if self.model_config_file_poll_wait_seconds and not self.model_config_file:
+            raise UserError("--model-config-file-poll-wait-seconds needs --model-config-file")
         if self.backend not in BACKENDS:
             raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         positive = ("max_batch_size", "max_request_rows", "max_image_pixels", "decode_workers", "rest_timeout_seconds",
                     "rest_max_connections", "rest_max_connections_per_client", "workers", "max_message_mb",
                     "poll_seconds")
-        at_least_zero = ("decode_queue", "batch_timeout_ms", "intra_op_threads", "port")
+        at_least_zero = ("decode_queue", "batch_timeout_ms", "intra_op_threads", "port",
+                         "model_config_file_poll_wait_seconds")
         bad = [name for name in positive if not getattr(self, name) > 0]
         bad += [name for name in at_least_zero if not getattr(self, name) >= 0]
         if self.rest_port < -1:

@@ -14,12 +14,13 @@ from typing import List
 import grpc
 import numpy as np
 from tensorflow_serving.apis import (classification_pb2, get_model_metadata_pb2, get_model_status_pb2,
-                                     model_service_pb2, model_service_pb2_grpc, predict_pb2,
+                                     model_management_pb2, model_service_pb2, model_service_pb2_grpc, predict_pb2,
                                      prediction_service_pb2, prediction_service_pb2_grpc)
 
 from revnet.common.errors import UserError
 from revnet.serving import layout
 from revnet.serving.inference import SIGNATURE_INPUTS, InferenceCore
+from revnet.serving.metrics import UNKNOWN
 from revnet.serving.outcomes import RequestAbandoned, classify_error, client_message, one_line
 from revnet.serving.tensors import fill_shape, fill_tensor_proto, make_ndarray
 
@@ -59,6 +60,8 @@ def _metric_labels(metrics, request, response):
     """(model, version) labels: what served the request when it has an answer, else its (bounded) model spec."""
     if response is not None and hasattr(response, "model_spec"):
         return response.model_spec.name, str(response.model_spec.version.value)
+    if not hasattr(request, "model_spec"):  # a ReloadConfigRequest names no model
+        return UNKNOWN, UNKNOWN
     return metrics.labels_for(request.model_spec.name, _version(request.model_spec))
 
 
@@ -77,10 +80,13 @@ def _version(model_spec):
     return model_spec.version.value if model_spec.HasField("version") else None
 
 
-def _check_spec(model_spec):
-    if model_spec.version_label:
-        raise UserError(f"version label {model_spec.version_label!r} not found; this server has no labels, use a version",
-                        not_found=True)
+def _label(model_spec):
+    return model_spec.version_label or None
+
+
+def _servable(core, model_spec):
+    """The servable a ModelSpec names: by version, by version_label, or the model's highest served version."""
+    return core.models.get(model_spec.name, _version(model_spec), _label(model_spec))
 
 
 class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -89,12 +95,11 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_rpc("predict")
     def Predict(self, request, context):
-        _check_spec(request.model_spec)
         # Each tensor is built only after its header was checked against the signature and the limits.
         inputs = {name: functools.partial(make_ndarray, proto, name) for name, proto in request.inputs.items()}
         servable, outputs = self.core.predict(request.model_spec.name, _version(request.model_spec),
                                               request.model_spec.signature_name, inputs, list(request.output_filter),
-                                              check_alive=alive_check(context))
+                                              check_alive=alive_check(context), label=_label(request.model_spec))
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
@@ -105,7 +110,6 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_rpc("classify")
     def Classify(self, request, context):
-        _check_spec(request.model_spec)
         kind = request.input.WhichOneof("kind")
         examples = (request.input.example_list.examples if kind == "example_list"
                     else request.input.example_list_with_context.examples if kind else [])
@@ -113,7 +117,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         image_bytes = [_example_image(example, index) for index, example in enumerate(examples)]
         servable, outputs = self.core.predict(request.model_spec.name, _version(request.model_spec), "predict_images",
                                               {"image_bytes": image_bytes}, ["probabilities"],
-                                              check_alive=alive_check(context))
+                                              check_alive=alive_check(context), label=_label(request.model_spec))
         response = classification_pb2.ClassificationResponse()
         response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
         response.model_spec.signature_name = "predict_images"
@@ -125,11 +129,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
 
     @_rpc("metadata")
     def GetModelMetadata(self, request, context):
-        _check_spec(request.model_spec)
         unknown = [field for field in request.metadata_field if field != "signature_def"]
         if unknown or not request.metadata_field:
             raise UserError(f"metadata_field must be ['signature_def'], got {list(request.metadata_field)}")
-        servable = self.core.repository.get(request.model_spec.name, _version(request.model_spec))
+        servable = _servable(self.core, request.model_spec)
         response = get_model_metadata_pb2.GetModelMetadataResponse()
         response.model_spec.name, response.model_spec.version.value = servable.name, servable.version
         response.metadata["signature_def"].Pack(signature_def_map(servable))
@@ -142,12 +145,27 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):
 
     @_rpc("status")
     def GetModelStatus(self, request, context):
-        _check_spec(request.model_spec)
-        servable = self.core.repository.get(request.model_spec.name, _version(request.model_spec))
+        """Every served version of the model, or the one its version or label names."""
+        spec = request.model_spec
+        repository = self.core.models.repository(spec.name)
+        versions = [_servable(self.core, spec).version] if (_version(spec) or _label(spec)) else repository.versions()
         response = get_model_status_pb2.GetModelStatusResponse()
-        status = response.model_version_status.add(version=servable.version,
-                                                   state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
-        status.status.error_code = 0
+        for version in sorted(versions, reverse=True):
+            status = response.model_version_status.add(version=version,
+                                                       state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+            status.status.error_code = 0
+        return response
+
+    @_rpc("reload")
+    def HandleReloadConfigRequest(self, request, context):
+        """Serve the request's ModelServerConfig instead; a config that fails any check is INVALID_ARGUMENT
+        and the old one keeps serving."""
+        from revnet.serving.model_config import parse_model_config
+
+        entries = parse_model_config(request.config, self.core.config.backend, where="the ReloadConfigRequest")
+        self.core.models.reload(entries)
+        response = model_management_pb2.ReloadConfigResponse()
+        response.status.error_code = 0
         return response
 
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from revnet.common.errors import UserError
 from revnet.serving import layout
-from revnet.serving.backends import ModelRepository, Servable
+from revnet.serving.backends import Servable
 from revnet.serving.request_images import DecodePool, decode_images_numpy
 from revnet.serving.config import ServeConfig
 from revnet.serving.outcomes import name_some
@@ -33,9 +33,10 @@ CheckAlive = Optional[Callable[[], None]]  # raises RequestAbandoned when the cl
 
 
 class InferenceCore:
-    def __init__(self, repository: ModelRepository, config: ServeConfig, batcher=None, metrics=None,
+    def __init__(self, models, config: ServeConfig, batcher=None, metrics=None,
                  decode_pool: Optional[DecodePool] = None):
-        self.repository, self.config, self.batcher, self.metrics = repository, config, batcher, metrics
+        """`models` is the ModelManager (or anything with its `get(name, version, label)`)."""
+        self.models, self.config, self.batcher, self.metrics = models, config, batcher, metrics
         self.decode_pool = decode_pool
 
     def resolve_signature(self, signature: str, input_names: Sequence[str]) -> str:
@@ -92,13 +93,14 @@ class InferenceCore:
         return self.decode_pool.decode(*arguments) if self.decode_pool else decode_images_numpy(*arguments)
 
     def predict(self, model_name: str, version: Optional[int], signature: str, inputs: Dict,
-                output_filter: Sequence[str] = (), check_alive: CheckAlive = None) -> tuple:
+                output_filter: Sequence[str] = (), check_alive: CheckAlive = None, label: Optional[str] = None) -> tuple:
         """(servable, {output: array}) for one request; UserError for anything the client got wrong.
 
+        The model is named by `model_name` and `version` or `label` (neither: its highest served version).
         An input value may be a callable taking the InputSpec (a gRPC tensor not yet built), an array or
         a list of bytes.
         """
-        servable = self.repository.get(model_name, version)
+        servable = self.models.get(model_name, version, label)
         images = self.prepare(servable, signature, inputs, output_filter, check_alive)
         outputs = self.run(servable, images, check_alive)
         wanted = list(output_filter) or list(layout.OUTPUTS)

@@ -7,7 +7,7 @@ Labels come from a bounded set: a request for a model or version that is not loa
 from __future__ import annotations
 
 import threading
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -41,9 +41,8 @@ class Metrics:
 
     def __init__(self):
         self.registry = CollectorRegistry()
-        self.model_name = ""
-        self._version_lock = threading.Lock()
-        self._served_version = 0
+        self._served_lock = threading.Lock()
+        self._served: Dict[str, frozenset] = {}
         register = {"registry": self.registry}
         self.requests = Counter(f"{PREFIX}_requests", "Requests by model, version, API and status.", REQUEST_LABELS,
                                 **register)
@@ -59,24 +58,38 @@ class Metrics:
         self.warmup_requests = Counter(f"{PREFIX}_warmup_requests", "Warm-up requests replayed while loading a "
                                        "version (assets.extra/tf_serving_warmup_requests).", ["model", "version"],
                                        **register)
-        self.model_version = Gauge(f"{PREFIX}_model_version", "Version being served.", **register)
+        self.model_version = Gauge(f"{PREFIX}_model_version", "Highest version served, by model.", ["model"],
+                                   **register)
+        self.versions_served = Gauge(f"{PREFIX}_versions_served", "Versions served, by model.", ["model"], **register)
 
-    def set_model(self, name: str, version: int) -> None:
-        """The model and version now served (at start and after each hot reload)."""
-        with self._version_lock:
-            self.model_name, self._served_version = name, version
-        self.model_version.set(version)
+    def set_served(self, served: Dict[str, Sequence[int]]) -> None:
+        """The models and versions now served (at start and after each load, unload or config reload)."""
+        served = {name: frozenset(versions) for name, versions in served.items()}
+        with self._served_lock:
+            gone, self._served = set(self._served) - set(served), served
+        for name, versions in served.items():
+            self.model_version.labels(model=name).set(max(versions) if versions else 0)
+            self.versions_served.labels(model=name).set(len(versions))
+        for name in gone:
+            self.model_version.remove(name)
+            self.versions_served.remove(name)
 
     def watch_queue(self, queue: str, depth: Callable[[], float]) -> None:
         """Report `depth()` as the queue's depth at every scrape."""
         self.queue_depth.labels(queue=queue).set_function(depth)
 
     def labels_for(self, name: Optional[str], version: Optional[int]) -> tuple:
-        """(model, version) label values for a request's model spec; "" and None mean the served ones."""
-        model = self.model_name if name in ("", None, self.model_name) else UNKNOWN
-        served = self._served_version
-        version_label = str(served) if version in (None, served) and model != UNKNOWN else UNKNOWN
-        return model, version_label
+        """(model, version) label values for a request's model spec: a model or version that is not served
+        counts as UNKNOWN (so clients cannot create label values); "" is the only model, None its highest version."""
+        served = self._served
+        if not name and len(served) == 1:
+            name = next(iter(served))
+        if name not in served:
+            return UNKNOWN, UNKNOWN
+        versions = served[name]
+        if version is None and versions:
+            version = max(versions)
+        return name, str(version) if version in versions else UNKNOWN
 
     def record_request(self, api: str, status: str, seconds: float, model: str = UNKNOWN,
                        version: str = UNKNOWN) -> None:

@@ -44,12 +44,18 @@ def client_message(text) -> str:
     return one_line(text, MAX_CLIENT_MESSAGE)
 
 
+def name_one(name, width: int = 40) -> str:
+    """One name a client sent, quoted and cut to `width`, for an error text."""
+    name = str(name)
+    return repr(name if len(name) <= width else name[:width] + "...")
+
+
 def name_some(names, shown: int = 3, width: int = 40) -> str:
     """Names a client sent, for an error text: the first few, each cut to `width`, and how many more."""
     names = sorted(str(name) for name in names)
     if not names:
         return "none"
-    cut = [repr(name if len(name) <= width else name[:width] + "...") for name in names[:shown]]
+    cut = [name_one(name, width) for name in names[:shown]]
     more = f" and {len(names) - shown} more" if len(names) > shown else ""
     return "[" + ", ".join(cut) + "]" + more
 

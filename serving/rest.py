@@ -41,8 +41,10 @@ from revnet.serving.metrics import UNKNOWN
 
 log = logging.getLogger(__name__)
 
-PREDICT_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?:predict$")
-STATUS_PATH = re.compile(r"^/v1/models/([^/:]+)(?:/versions/(\d+))?$")
+# /v1/models/NAME[/versions/N | /labels/LABEL], then :predict for a prediction (TF Serving's REST paths).
+MODEL_PATH = r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d{1,18})|/labels/(?P<label>[^/:]+))?"
+PREDICT_PATH = re.compile(MODEL_PATH + r":predict$")
+STATUS_PATH = re.compile(MODEL_PATH + r"$")
 METRICS_PATHS = ("/metrics", "/monitoring/prometheus/metrics")
 MAX_BODY_BYTES = 64 * 1024 * 1024
 CONTENT_LENGTH = re.compile(r"^[0-9]{1,12}$")
@@ -186,6 +188,11 @@ def _read_json_body(handler) -> object:
         raise UserError(f"the body is not valid JSON ({one_line(error, 200)})") from None
 
 
+def _model_spec(match):
+    """(name, version or None, label or None) from a matched model path."""
+    return match.group("name"), int(match.group("version")) if match.group("version") else None, match.group("label")
+
+
 def _predict_payload(outputs, rows: bool) -> dict:
     outputs = {name: value.tolist() for name, value in outputs.items()}
     if not rows:
@@ -254,15 +261,18 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
             if not match:
                 return self._reply(404, {"error": f"unknown path {self.path}"})
             started, status = time.perf_counter(), 404
-            name, version = match.group(1), int(match.group(2)) if match.group(2) else None
+            name, version, label = _model_spec(match)
             try:
                 try:
-                    servable = core.repository.get(name, version)
+                    repository = core.models.repository(name)
+                    versions = [core.models.get(name, version, label).version] if (version or label) \
+                        else repository.versions()
                 except UserError as error:
-                    return self._reply(404, {"error": str(error)})
+                    return self._reply(404, {"error": client_message(error)})
                 status = 200
-                self._reply(200, {"model_version_status": [{"version": str(servable.version), "state": "AVAILABLE",
-                                                            "status": {"error_code": "OK", "error_message": ""}}]})
+                self._reply(200, {"model_version_status": [
+                    {"version": str(served), "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+                    for served in sorted(versions, reverse=True)]})
             finally:
                 core.metrics.record_request("rest_status", str(status), time.perf_counter() - started,
                                             *core.metrics.labels_for(name, version))
@@ -305,18 +315,18 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
                 match = PREDICT_PATH.match(self.path)
                 if not match:
                     self.close_connection = True  # the body is not read
-                    raise UserError(f"unknown path {self.path}; expected /v1/models/NAME[/versions/N]:predict",
-                                    not_found=True)
-                version = int(match.group(2)) if match.group(2) else None
-                labels = core.metrics.labels_for(match.group(1), version)
+                    raise UserError(f"unknown path {self.path}; expected "
+                                    f"/v1/models/NAME[/versions/N | /labels/LABEL]:predict", not_found=True)
+                name, version, label = _model_spec(match)
+                labels = core.metrics.labels_for(name, version)
                 try:
                     body = _read_json_body(self)
                 except HttpError:
                     self.close_connection = True  # the rest of the body may still be on its way
                     raise
                 signature, inputs, rows = parse_predict_body(body)
-                servable, outputs = core.predict(match.group(1), version, signature, inputs,
-                                                 check_alive=self.check_alive)
+                servable, outputs = core.predict(name, version, signature, inputs, check_alive=self.check_alive,
+                                                 label=label)
                 labels = (servable.name, str(servable.version))
                 try:
                     self._reply(200, _predict_payload(outputs, rows))

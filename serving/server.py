@@ -7,6 +7,7 @@ import functools
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from typing import Optional
 
@@ -16,7 +17,8 @@ from grpc_reflection.v1alpha import reflection
 
 from revnet.common.errors import UserError
 from revnet.serving import warmup
-from revnet.serving.backends import ModelRepository
+from revnet.serving.model_config import entry_for_model_dir, parse_model_config, read_model_config_file
+from revnet.serving.repository import ModelManager, ModelRepository
 from revnet.serving.batching import DynamicBatcher
 from revnet.serving.grpc_service import add_services
 from revnet.serving.request_images import DecodePool
@@ -27,13 +29,19 @@ from revnet.serving.metrics import Metrics
 log = logging.getLogger(__name__)
 
 class ServerHandle:
-    """A running server: `.port`, `.rest_port` (None when REST is off), `.repository`, `.stop()`."""
+    """A running server: `.port`, `.rest_port` (None when REST is off), `.models` (the ModelManager), `.stop()`."""
 
-    def __init__(self, grpc_server, grpc_executor, port, http_server, repository, health_servicer, poll_stop, core):
+    def __init__(self, grpc_server, grpc_executor, port, http_server, health_servicer, poll_stop, core):
         self.grpc_server, self.grpc_executor, self.port, self.http_server = grpc_server, grpc_executor, port, http_server
         self.rest_port = http_server.server_address[1] if http_server else None
-        self.repository, self.health, self._poll_stop, self.core = repository, health_servicer, poll_stop, core
+        self.health, self._poll_stop, self.core = health_servicer, poll_stop, core
+        self.models = core.models
         self.batcher, self.decode_pool = core.batcher, core.decode_pool
+
+    @property
+    def repository(self) -> ModelRepository:
+        """The model's repository, on a server of one model."""
+        return self.models.repository("")
 
     @property
     def metrics(self) -> Metrics:
@@ -73,20 +81,22 @@ def start_server(config: Optional[ServeConfig] = None, **options) -> ServerHandl
     batcher = (DynamicBatcher(config.max_batch_size, config.batch_timeout_ms, metrics.record_batch)
                if config.batching else None)
     core = InferenceCore(None, config, batcher, metrics, DecodePool(config.decode_workers, config.decode_queue))
+
+    def make_repository(entry, previous):
+        return ModelRepository(entry, onnx_file=config.onnx_file, intra_op_threads=config.intra_op_threads,
+                               on_load=metrics.record_load, warmup=functools.partial(warmup.replay, core),
+                               previous=previous)
+
+    health_servicer = health.HealthServicer()
     try:
-        core.repository = ModelRepository(config.model_dir, config.backend, onnx_file=config.onnx_file,
-                                          intra_op_threads=config.intra_op_threads, on_load=metrics.record_load,
-                                          warmup=functools.partial(warmup.replay, core))
+        core.models = ModelManager(_entries(config), make_repository)
     except BaseException:
         _stop_workers(core)
         raise
-    repository = core.repository
-    metrics.set_model(repository.name, repository.current().version)
-    repository.listeners.append(lambda servable: metrics.set_model(servable.name, servable.version))
+    _track(core.models, metrics, health_servicer)
     if batcher:
         metrics.watch_queue("batch", batcher.queue_depth)
     metrics.watch_queue("decode", lambda: core.decode_pool.in_flight)
-    health_servicer = health.HealthServicer()
     try:
         server, bound, executor = _start_grpc(core, health_servicer)
     except BaseException:
@@ -103,22 +113,70 @@ def start_server(config: Optional[ServeConfig] = None, **options) -> ServerHandl
             executor.shutdown(wait=False)
             _stop_workers(core)
             raise UserError(f"cannot bind REST to {config.host}:{config.rest_port}: {error.strerror}") from None
-    for service in ("", repository.name):
-        health_servicer.set(service, health_pb2.HealthCheckResponse.SERVING)
+    health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     poll_stop = threading.Event()
-
-    def poll_versions():
-        while not poll_stop.wait(config.poll_seconds):
-            repository.poll()
-
-    threading.Thread(target=poll_versions, name="version-poll", daemon=True).start()
-    handle = ServerHandle(server, executor, bound, http_server, repository, health_servicer, poll_stop, core)
-    log.info("serving %r version %d (%s) on %s gRPC port %d%s; batching %s", repository.name,
-             repository.current().version, config.backend, config.host, bound,
+    threading.Thread(target=_poll, args=(core.models, config, poll_stop), name="version-poll", daemon=True).start()
+    handle = ServerHandle(server, executor, bound, http_server, health_servicer, poll_stop, core)
+    served = ", ".join(f"{name} {repository.versions()} ({repository.backend})"
+                       for name, repository in sorted(core.models.models.items()))
+    log.info("serving %s on %s gRPC port %d%s; batching %s", served, config.host, bound,
              f", REST/metrics port {handle.rest_port}" if http_server else "",
              f"up to {config.max_batch_size} rows / {config.batch_timeout_ms:g} ms" if batcher else "off")
     log.debug("server options: %s", config)
     return handle
+
+
+def _entries(config: ServeConfig):
+    if config.model_config_file:
+        return read_model_config_file(config.model_config_file, config.backend)
+    return (entry_for_model_dir(config.model_dir, config.backend),)
+
+
+def _track(models: ModelManager, metrics: Metrics, health_servicer) -> None:
+    """Keep the metrics' served set and the per-model health statuses in step with what is served."""
+    names = set()
+
+    def update(repositories):
+        metrics.set_served({name: repository.versions() for name, repository in repositories.items()})
+        for name in names - set(repositories):
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN)
+        for name in repositories:
+            health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        names.clear()
+        names.update(repositories)
+
+    models.listeners.append(update)
+    update(models.models)
+
+
+def _poll(models: ModelManager, config: ServeConfig, stop: threading.Event) -> None:
+    """Look for new versions every --poll-seconds, and re-read the model config file every
+    --model-config-file-poll-wait-seconds (applied when its text changed; a refused one is logged once)."""
+    every = config.model_config_file_poll_wait_seconds
+    applied = refused = _config_text(config.model_config_file) if every else None
+    next_read = time.monotonic() + every
+    while not stop.wait(min(config.poll_seconds, every) if every else config.poll_seconds):
+        if every and time.monotonic() >= next_read:
+            next_read = time.monotonic() + every
+            text = _config_text(config.model_config_file)
+            if text is not None and text not in (applied, refused):
+                try:
+                    models.reload(parse_model_config(text, config.backend, where=config.model_config_file))
+                    applied = text
+                except UserError as error:
+                    refused = text
+                    log.error("the changed %s is refused; the previous config keeps serving: %s",
+                              config.model_config_file, error)
+        models.poll()
+
+
+def _config_text(path: str) -> Optional[str]:
+    try:
+        with open(path, "r", encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as error:
+        log.warning("cannot read %s (%s); keeping the config being served", path, error)
+        return None
 
 
 def _refuse_a_port_in_use(address: str) -> None:

@@ -87,7 +87,8 @@ def test_request_counts_reconcile_with_the_requests_sent(server):
     assert value(samples, "revnet_serving_queue_depth", queue="batch") == 0
     assert value(samples, "revnet_serving_queue_depth", queue="decode") == 0
     assert value(samples, "revnet_serving_model_loads_total", model="revnet", version="1", status="ok") == 1
-    assert value(samples, "revnet_serving_model_version") == 1
+    assert value(samples, "revnet_serving_model_version", model="revnet") == 1
+    assert value(samples, "revnet_serving_versions_served", model="revnet") == 1
     assert scrape(handle, "/metrics")[0]["revnet_serving_requests_total"] == samples["revnet_serving_requests_total"]
 
 

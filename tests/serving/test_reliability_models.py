@@ -36,7 +36,7 @@ def flip_byte(path, offset_fraction=0.6):
 # --- Version loading (item 7) -----------------------------------------------------------------------
 
 def test_the_highest_version_that_loads_is_served_and_a_broken_one_is_logged_once(serving_env, tmp_path, caplog):
-    from revnet.serving.backends import ModelRepository
+    from revnet.serving.repository import ModelRepository
 
     model_dir = str(tmp_path / "revnet")
     for version in (1, 2, 3):
@@ -59,7 +59,7 @@ def test_the_highest_version_that_loads_is_served_and_a_broken_one_is_logged_onc
 def test_a_version_folder_that_is_not_an_export_is_logged_once(serving_env, tmp_path, caplog):
     """`7 -> a folder without a model` (a symlink to /etc, say) is ignored with one warning naming the link's
     target, however often the folder is polled; pointing it at a real export makes it served."""
-    from revnet.serving.backends import ModelRepository
+    from revnet.serving.repository import ModelRepository
 
     model_dir = str(tmp_path / "revnet")
     copy_version(serving_env, model_dir, 1)
@@ -82,7 +82,7 @@ def test_a_version_folder_that_is_not_an_export_is_logged_once(serving_env, tmp_
 
 
 def test_a_repaired_version_is_retried_and_nothing_loadable_is_a_clear_error(serving_env, tmp_path):
-    from revnet.serving.backends import ModelRepository
+    from revnet.serving.repository import ModelRepository
 
     model_dir = str(tmp_path / "revnet")
     copy_version(serving_env, model_dir, 1)
@@ -117,7 +117,7 @@ def test_export_records_the_sha256_of_every_artefact(serving_env):
 @pytest.mark.parametrize("backend,artefact", [("onnx", "model.onnx"), ("onnx", "labels.txt"),
                                               ("tf", "variables/variables.data-00000-of-00001")])
 def test_a_flipped_byte_is_never_served(serving_env, tmp_path, backend, artefact):
-    from revnet.serving.backends import ModelRepository
+    from revnet.serving.repository import ModelRepository
 
     model_dir = str(tmp_path / "revnet")
     copy_version(serving_env, model_dir, 1)

@@ -44,7 +44,7 @@ def _records(requests) -> bytes:
 
 
 def _repository(model_dir, counted):
-    from revnet.serving.backends import ModelRepository
+    from revnet.serving.repository import ModelRepository
     from revnet.serving.config import ServeConfig
     from revnet.serving.inference import InferenceCore
 
@@ -55,8 +55,7 @@ def _repository(model_dir, counted):
         counted.append((servable.version, count))
         return count
 
-    core.repository = ModelRepository(model_dir, "onnx", warmup=replay)
-    return core.repository
+    return ModelRepository(model_dir, "onnx", warmup=replay)
 
 
 def test_every_export_writes_warmup_requests_and_records_their_count(serving_env):
