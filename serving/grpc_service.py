@@ -60,9 +60,15 @@ def _metric_labels(metrics, request, response):
     """(model, version) labels: what served the request when it has an answer, else its (bounded) model spec."""
     if response is not None and hasattr(response, "model_spec"):
         return response.model_spec.name, str(response.model_spec.version.value)
-    if not hasattr(request, "model_spec"):  # a ReloadConfigRequest names no model
+    if response is not None and getattr(response, "model_name", ""):   # a v2 ModelInferResponse
+        return response.model_name, response.model_version
+    if hasattr(request, "model_spec"):
+        return metrics.labels_for(request.model_spec.name, _version(request.model_spec))
+    name = getattr(request, "model_name", None) or getattr(request, "name", None)   # v2 requests
+    if name is None:  # a ReloadConfigRequest, ServerLive: no model
         return UNKNOWN, UNKNOWN
-    return metrics.labels_for(request.model_spec.name, _version(request.model_spec))
+    version = getattr(request, "model_version", None) or getattr(request, "version", "")
+    return metrics.labels_for(name, int(version) if str(version).isdigit() and len(version) < 19 else None)
 
 
 def alive_check(context):
@@ -207,8 +213,13 @@ def signature_def_map(servable):
 
 
 def add_services(server: grpc.Server, core: InferenceCore) -> List[str]:
-    """Register PredictionService and ModelService; their full names, for server reflection."""
+    """Register PredictionService, ModelService and the Open Inference Protocol's GRPCInferenceService;
+    their full names, for server reflection."""
+    from revnet.serving.kserve import make_grpc_service
+
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
+    v2_service, v2_name, add_v2 = make_grpc_service(core, _rpc, alive_check)
+    add_v2(v2_service, server)
     return [prediction_service_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name,
-            model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name]
+            model_service_pb2.DESCRIPTOR.services_by_name["ModelService"].full_name, v2_name]

@@ -1,5 +1,6 @@
-"""TF Serving's REST API (predict and model status) and the Prometheus endpoint (/monitoring/prometheus/metrics,
-as TF Serving, and /metrics) on one HTTP port.
+"""TF Serving's REST API (predict and model status), the Open Inference Protocol's (KServe v2: /v2/health,
+/v2/models/..., .../infer, serving/kserve.py) and the Prometheus endpoint (/monitoring/prometheus/metrics, as
+TF Serving, and /metrics) on one HTTP port.
 
 Python's http.server, with every input bounded explicitly (nothing in the pinned dependency set offers
 an HTTP server with request timeouts and body limits):
@@ -35,6 +36,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 
 from revnet.common.errors import UserError
+from revnet.serving import kserve
+from revnet.serving.json_body import parse_json_bytes
 from revnet.serving.inference import InferenceCore
 from revnet.serving.outcomes import RequestAbandoned, classify_error, client_message, name_some, one_line
 from revnet.serving.metrics import UNKNOWN
@@ -44,16 +47,15 @@ log = logging.getLogger(__name__)
 # /v1/models/NAME[/versions/N | /labels/LABEL], then :predict for a prediction (TF Serving's REST paths).
 MODEL_PATH = r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d{1,18})|/labels/(?P<label>[^/:]+))?"
 PREDICT_PATH = re.compile(MODEL_PATH + r":predict$")
+# The Open Inference Protocol's: /v2/models/NAME[/versions/N][/ready | /infer].
+V2_MODEL_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?(?P<ready>/ready)?$")
+V2_INFER_PATH = re.compile(r"^/v2/models/(?P<name>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 STATUS_PATH = re.compile(MODEL_PATH + r"$")
 METRICS_PATHS = ("/metrics", "/monitoring/prometheus/metrics")
 MAX_BODY_BYTES = 64 * 1024 * 1024
 CONTENT_LENGTH = re.compile(r"^[0-9]{1,12}$")
-MAX_JSON_DEPTH = 64
 DRAIN_LIMIT_BYTES = 2 * MAX_BODY_BYTES
 DRAIN_GRACE_SECONDS = 1.0
-_DEPTH_STEP = np.zeros(256, np.int8)
-_DEPTH_STEP[[ord("["), ord("{")]] = 1
-_DEPTH_STEP[[ord("]"), ord("}")]] = -1
 HTTP_STATUS = {"INVALID_ARGUMENT": 400, "NOT_FOUND": 404, "RESOURCE_EXHAUSTED": 503, "UNAVAILABLE": 503,
                "DEADLINE_EXCEEDED": 408,
                "CANCELLED": 408, "INTERNAL": 500}
@@ -85,19 +87,6 @@ class _DeadlineReader(io.RawIOBase):
             raise TimeoutError(f"the request did not arrive within {self.timeout_seconds:g} s")
         self.sock.settimeout(remaining)
         return self.sock.recv_into(buffer)
-
-
-def json_depth_within(data: bytes, limit: int = MAX_JSON_DEPTH, chunk_bytes: int = 1 << 20) -> bool:
-    """False when brackets nest deeper than `limit`. Brackets inside strings count too, which can only
-    overestimate; the C JSON parser recurses per level, so the depth is bounded before it runs."""
-    depth = 0
-    for start in range(0, len(data), chunk_bytes):
-        steps = _DEPTH_STEP[np.frombuffer(data, np.uint8, count=min(chunk_bytes, len(data) - start), offset=start)]
-        running = np.cumsum(steps, dtype=np.int32) + depth
-        if int(running.max()) > limit:
-            return False
-        depth = int(running[-1])
-    return True
 
 
 def _client_gone(sock: socket.socket) -> bool:
@@ -162,8 +151,8 @@ def parse_predict_body(body: dict):
     return signature, {name: value}, False
 
 
-def _read_json_body(handler) -> object:
-    """The request's JSON body, with its length, arrival time and nesting bounded; HttpError/UserError otherwise."""
+def _read_body(handler) -> bytes:
+    """The request's body, with its length and arrival time bounded; HttpError otherwise."""
     if handler.headers.get("Transfer-Encoding"):
         raise HttpError(411, "chunked request bodies are not supported; send a Content-Length")
     length_text = (handler.headers.get("Content-Length") or "").strip()
@@ -178,14 +167,7 @@ def _read_json_body(handler) -> object:
         raise HttpError(408, f"{error}; the body was announced as {length} bytes") from None
     if len(data) != length:
         raise HttpError(400, f"the body ended after {len(data)} of the {length} bytes announced by Content-Length")
-    if not json_depth_within(data):
-        raise UserError(f"the JSON body is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
-    try:
-        return json.loads(data or b"null")
-    except RecursionError:
-        raise UserError("the JSON body is nested too deeply") from None
-    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
-        raise UserError(f"the body is not valid JSON ({one_line(error, 200)})") from None
+    return data
 
 
 def _model_spec(match):
@@ -255,11 +237,14 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
                 core.metrics.record_request("rest_other", "405", time.perf_counter() - started, UNKNOWN, UNKNOWN)
 
         def do_GET(self):
-            if self.path.partition("?")[0] in METRICS_PATHS:
+            path = self.path.partition("?")[0]
+            if path in METRICS_PATHS:
                 return self._reply(200, core.metrics.render(), core.metrics.CONTENT_TYPE)
+            if path == "/v2" or path.startswith("/v2/"):
+                return self._v2_get(path)
             match = STATUS_PATH.match(self.path)
             if not match:
-                return self._reply(404, {"error": f"unknown path {self.path}"})
+                return self._reply(404, {"error": client_message(f"unknown path {self.path}")})
             started, status = time.perf_counter(), 404
             name, version, label = _model_spec(match)
             try:
@@ -310,42 +295,101 @@ def make_handler(core: InferenceCore, timeout_seconds: float):
                 raise RequestAbandoned("the client closed the connection", deadline=False)
 
         def do_POST(self):
-            started, status, labels = time.perf_counter(), 200, (UNKNOWN, UNKNOWN)
+            started, status, labels, api = time.perf_counter(), 200, (UNKNOWN, UNKNOWN), "rest_predict"
             try:
+                v2 = V2_INFER_PATH.match(self.path)
+                if v2:
+                    api = "rest_v2_infer"
+                    labels = self._v2_infer(v2.group("name"), v2.group("version"))
+                    return
                 match = PREDICT_PATH.match(self.path)
                 if not match:
                     self.close_connection = True  # the body is not read
-                    raise UserError(f"unknown path {self.path}; expected "
-                                    f"/v1/models/NAME[/versions/N | /labels/LABEL]:predict", not_found=True)
+                    raise UserError(f"unknown path {self.path}; expected /v1/models/NAME[/versions/N | "
+                                    f"/labels/LABEL]:predict or /v2/models/NAME[/versions/N]/infer", not_found=True)
                 name, version, label = _model_spec(match)
                 labels = core.metrics.labels_for(name, version)
-                try:
-                    body = _read_json_body(self)
-                except HttpError:
-                    self.close_connection = True  # the rest of the body may still be on its way
-                    raise
-                signature, inputs, rows = parse_predict_body(body)
+                signature, inputs, rows = parse_predict_body(parse_json_bytes(self._body()))
                 servable, outputs = core.predict(name, version, signature, inputs, check_alive=self.check_alive,
                                                  label=label)
                 labels = (servable.name, str(servable.version))
-                try:
-                    self._reply(200, _predict_payload(outputs, rows))
-                except ValueError as error:  # allow_nan=False: the model produced a non-finite value
-                    raise RuntimeError(f"the model returned a non-finite value ({error})") from None
-                except ConnectionError as error:  # the client left before its answer: its doing, one line
-                    raise RequestAbandoned(f"the client closed the connection ({error})", deadline=False) from None
+                self._answer(lambda: self._reply(200, _predict_payload(outputs, rows)))
             except Exception as error:  # noqa: BLE001 - one bad request must not stop the server
                 code, fault = classify_error(error)
                 status = error.status if isinstance(error, HttpError) else HTTP_STATUS[code]
                 if fault:
-                    log.exception("REST predict failed")
+                    log.exception("REST %s failed", api)
                     message = f"internal error: {type(error).__name__}: {error}"
                 else:
-                    log.info("RestPredict %d: %s", status, one_line(error))
+                    log.info("REST %s %d: %s", api, status, one_line(error))
                     message = str(error)
                 self._answer_error(status, message, abandoned=isinstance(error, RequestAbandoned))
             finally:
-                core.metrics.record_request("rest_predict", str(status), time.perf_counter() - started, *labels)
+                core.metrics.record_request(api, str(status), time.perf_counter() - started, *labels)
+
+        def _body(self) -> bytes:
+            try:
+                return _read_body(self)
+            except HttpError:
+                self.close_connection = True  # the rest of the body may still be on its way
+                raise
+
+        def _answer(self, reply):
+            try:
+                reply()
+            except ValueError as error:  # allow_nan=False: the model produced a non-finite value
+                raise RuntimeError(f"the model returned a non-finite value ({error})") from None
+            except ConnectionError as error:  # the client left before its answer: its doing, one line
+                raise RequestAbandoned(f"the client closed the connection ({error})", deadline=False) from None
+
+        def _v2_infer(self, name: str, version_text):
+            """An Open Inference Protocol infer request (JSON, or JSON + binary tensors); its metric labels."""
+            labels = core.metrics.labels_for(name, kserve.parse_version(version_text))
+            header_text = self.headers.get(kserve.BINARY_HEADER)
+            if header_text is not None and not CONTENT_LENGTH.match(header_text.strip()):
+                self.close_connection = True
+                raise UserError(f"{kserve.BINARY_HEADER} must be a decimal integer, got {header_text[:40]!r}")
+            body = self._body()
+            payload, json_length = kserve.rest_infer(core, name, version_text, body,
+                                                     int(header_text) if header_text is not None else None,
+                                                     check_alive=self.check_alive)
+            if json_length is None:
+                self._answer(lambda: self._reply(200, payload))
+            else:
+                self._answer(lambda: self._reply(200, payload, "application/octet-stream",
+                                                 headers=[(kserve.BINARY_HEADER, str(json_length))]))
+            return labels
+
+        def _v2_get(self, path: str):
+            """Open Inference Protocol health, readiness and metadata."""
+            started, status, labels = time.perf_counter(), 200, (UNKNOWN, UNKNOWN)
+            try:
+                if path == "/v2/health/live":
+                    return self._reply(200, {"live": True})
+                if path == "/v2/health/ready":
+                    ready = kserve.server_ready(core)
+                    status = 200 if ready else 400
+                    return self._reply(status, {"ready": ready})
+                if path == "/v2":
+                    return self._reply(200, kserve.server_metadata())
+                match = V2_MODEL_PATH.match(path)
+                if not match:
+                    status = 404
+                    return self._reply(404, {"error": client_message(f"unknown path {path}")})
+                name, version_text = match.group("name"), match.group("version")
+                labels = core.metrics.labels_for(name, None)
+                if match.group("ready"):
+                    ready = kserve.model_ready(core, name, version_text)
+                    status = 200 if ready else 400
+                    return self._reply(status, {"name": name[:200], "ready": ready})
+                try:
+                    metadata = kserve.model_metadata(core, name, version_text)
+                except UserError as error:
+                    status = 404 if error.not_found else 400
+                    return self._reply(status, {"error": client_message(error)})
+                return self._reply(200, metadata)
+            finally:
+                core.metrics.record_request("rest_v2_metadata", str(status), time.perf_counter() - started, *labels)
 
     return Handler
 

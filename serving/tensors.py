@@ -98,11 +98,15 @@ def _element_count(shape) -> int:
 
 def check_header(proto, spec: InputSpec) -> Tuple[int, ...]:
     """The proto's shape after checking dtype, rank and every dimension against `spec`; nothing is built."""
-    if proto.dtype != spec.dtype:
-        raise UserError(f"input {spec.name!r} must be {spec.description}, got {dtype_name(proto.dtype)}")
-    if proto.tensor_shape.unknown_rank:
+    if proto.tensor_shape.unknown_rank and proto.dtype == spec.dtype:
         raise UserError(f"input {spec.name!r} has an unknown rank; expected shape {_dims_text(spec)}")
-    shape = tensor_shape(proto)
+    return check_shape(proto.dtype, tensor_shape(proto), spec, dtype_name(proto.dtype))
+
+
+def check_shape(dtype: int, shape: Tuple[int, ...], spec: InputSpec, dtype_text: str) -> Tuple[int, ...]:
+    """`shape` after checking the dtype, rank, every dimension and the row count against `spec`."""
+    if dtype != spec.dtype:
+        raise UserError(f"input {spec.name!r} must be {spec.description}, got {dtype_text}")
     if len(shape) != len(spec.dims) or any(want is not None and size != want for size, want in zip(shape, spec.dims)):
         raise UserError(f"input {spec.name!r} has shape {list(shape)}; expected {_dims_text(spec)}")
     rows = shape[0]

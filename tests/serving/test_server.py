@@ -133,9 +133,13 @@ def test_reflection_lists_the_services(server):
 
     database = ProtoReflectionDescriptorDatabase(server["channel"])
     assert set(database.get_services()) == {"tensorflow.serving.PredictionService", "tensorflow.serving.ModelService",
-                                            "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
-    service = DescriptorPool(database).FindServiceByName("tensorflow.serving.PredictionService")
+                                            "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
+                                            "inference.GRPCInferenceService"}
+    pool = DescriptorPool(database)
+    service = pool.FindServiceByName("tensorflow.serving.PredictionService")
     assert {"Predict", "Classify", "GetModelMetadata"} <= {method.name for method in service.methods}
+    v2 = pool.FindServiceByName("inference.GRPCInferenceService")
+    assert {"ServerLive", "ModelReady", "ModelMetadata", "ModelInfer"} <= {method.name for method in v2.methods}
 
 
 def _rest(server, path, body):
