@@ -34,7 +34,7 @@ from revnet.models.modes import MODES
 class ReversibleStack(tf.Module):
     """`num_blocks` reversible blocks sharing the residual functions `f` and `g` (weights stacked)."""
 
-    def __init__(self, f: ResidualFn, g: ResidualFn, num_blocks: int, name: str, dtype: tf.DType,
+    def __init__(self, *, f: ResidualFn, g: ResidualFn, num_blocks: int, name: str, dtype: tf.DType,
                  seeds: SeedSequence, bn_momentum: float, mode: str = "reversible",
                  compute_dtype: Optional[tf.DType] = None):
         super().__init__(name=name.replace("/", "_"))

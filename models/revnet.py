@@ -61,9 +61,10 @@ class RevNet(Network):
             self.openers.append(self._layer(fn, f"stage{stage + 1}/unit1"))
             half = out_channels // 2
             self.stacks.append(ReversibleStack(
-                residual_fn(config.block, half, half), residual_fn(config.block, half, half),
-                num_units - 1, f"stage{stage + 1}/reversible", self.param_dtype, self.seeds,
-                config.bn_momentum, config.mode, self.compute_dtype) if num_units > 1 else None)
+                f=residual_fn(config.block, half, half), g=residual_fn(config.block, half, half),
+                num_blocks=num_units - 1, name=f"stage{stage + 1}/reversible", dtype=self.param_dtype,
+                seeds=self.seeds, bn_momentum=config.bn_momentum, mode=config.mode,
+                compute_dtype=self.compute_dtype) if num_units > 1 else None)
             in_channels = out_channels
         self._build_head(in_channels)
 

@@ -73,7 +73,7 @@ def test_moving_statistics_move_exactly_once_per_step(small_batch):
 @pytest.mark.parametrize("fn_class", [BasicFn, BottleneckFn])
 def test_reconstructed_inputs_match_true_inputs(fn_class):
     channels = 8
-    stack = ReversibleStack(fn_class(channels, channels), fn_class(channels, channels), num_blocks=5,
+    stack = ReversibleStack(f=fn_class(channels, channels), g=fn_class(channels, channels), num_blocks=5,
                             name="stack", dtype=tf.float64, seeds=SeedSequence(3), bn_momentum=0.9)
     x1 = tf.random.stateless_normal([2, 8, 8, channels], [1, 1], dtype=tf.float64)
     x2 = tf.random.stateless_normal([2, 8, 8, channels], [1, 2], dtype=tf.float64)
