@@ -10,6 +10,10 @@ filling the pipeline) and reports the mean over the next `steps`:
 - bare: the trainer's compiled step (`steps.make_train_step`) on one in-memory batch, 1 replica;
 - trainer: `train.trainer.run` on CIFAR-format TFRecords, the rate its own progress log measures
   between steps `warmup` and `warmup + steps` (input decoding, augmentation and logging included);
+- cli: `python -m revnet train` (what `python cli.py train` runs) on resnet-32 with default options and
+  `--checkpoint-every STEPS`, timed from its checkpoint files between steps 2*STEPS and 6*STEPS (with the
+  default --steps 20: every 20, steps 40 to 120): start-up outside, checkpoint saves, logging and
+  summaries inside; beside a Keras fit row timed over the same steps;
 - keras: the same ResNet in stock Keras layers (`benchmarks/keras_resnet.py`), `model.fit` on the
   same tf.data pipeline, timed by a callback; once with `jit_compile=False` and once with Keras'
   default (`"auto"`, which turns XLA on for these models);
@@ -43,12 +47,12 @@ BFC = {"TF_CPU_ALLOCATOR_USE_BFC": "true"}
 # Worker side: one row per process
 # --------------------------------------------------------------------------------------------------
 def measure(spec: Dict) -> Dict:
-    """Worker process: one row for `spec` (kind: bare | trainer | keras | pipeline)."""
+    """Worker process: one row for `spec` (kind: bare | trainer | keras | pipeline | cli)."""
     from revnet.common.devices import configure_cpu_replicas
 
     configure_cpu_replicas(spec.get("replicas", 1))
     started_cpu = _cpu_seconds(os.getpid())
-    row = {"bare": _bare, "trainer": _trainer, "keras": _keras, "pipeline": _pipeline}[spec["kind"]](spec)
+    row = {"bare": _bare, "trainer": _trainer, "keras": _keras, "pipeline": _pipeline, "cli": _cli}[spec["kind"]](spec)
     row.setdefault("process_cpu_seconds", _cpu_seconds(os.getpid()) - started_cpu)
     return dict(spec, **row)
 
@@ -117,6 +121,45 @@ def _trainer(spec: Dict) -> Dict:
         rates = read_scalars(os.path.join(summary["experiment_dir"], "tensorboard", "train"))["examples_per_second"]
     (last_step, rate), = [item for item in rates if item[0] == 2 * spec["steps"]]
     return {"step_seconds": spec["batch_size"] / rate, "examples_per_second": rate, "peak_bytes": _peak_bytes()}
+
+
+def _cli(spec: Dict) -> Dict:
+    """`python -m revnet train` as a user runs it (default options plus --checkpoint-every N), timed from the
+    modification times of its checkpoints at steps `warmup` and `warmup + steps`: start-up and tracing are
+    outside the window, checkpoint saves, logging and summaries inside it."""
+    first, last, every = spec["warmup"], spec["warmup"] + spec["steps"], spec["checkpoint_every"]
+    with tempfile.TemporaryDirectory() as workdir:
+        command = [sys.executable, "-m", "revnet", "train", "--model", spec["model"], "--data", spec["data"],
+                   "--id", "cli", "--workdir", workdir, "--batch-size", str(spec["batch_size"]),
+                   "--steps", str(last), "--checkpoint-every", str(every), "--seed", "0"]
+        folder, seen = os.path.join(workdir, "cli", "checkpoints"), {}
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        while process.poll() is None:   # record each checkpoint's time before the manager may delete it
+            _note_checkpoints(folder, seen)
+            time.sleep(0.05)
+        _note_checkpoints(folder, seen)
+        stderr = process.stderr.read()
+        if process.returncode != 0 or not {first, last} <= set(seen):
+            raise RuntimeError(f"`{' '.join(command[1:])}` exited {process.returncode} with checkpoints "
+                               f"{sorted(seen)}: {stderr[-2000:]}")
+    step_seconds = (seen[last] - seen[first]) / (last - first)
+    return {"step_seconds": step_seconds, "examples_per_second": spec["batch_size"] / step_seconds,
+            "peak_bytes": None, "checkpoints_in_window": (last - first) // every}
+
+
+def _note_checkpoints(folder: str, seen: Dict[int, float]) -> None:
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith("ckpt-") and name.endswith(".index") and name[5:-6].isdigit():
+            step = int(name[5:-6])
+            if step not in seen:
+                try:
+                    seen[step] = os.stat(os.path.join(folder, name)).st_mtime
+                except OSError:
+                    pass
 
 
 def _keras(spec: Dict) -> Dict:
@@ -329,6 +372,11 @@ def plan(models: List[str], batch_sizes: List[int], steps: int, jit_steps: int, 
             if config.architecture == "resnet":
                 specs.append(dict(base, kind="keras", data=cifar_dir, keras_jit=False, warmup=steps))
                 specs.append(dict(base, kind="keras", data=cifar_dir, keras_jit="auto", steps=jit_steps, warmup=2))
+            if config.name == "resnet-32" and batch == batch_sizes[0]:
+                # What a user sees: the CLI process checkpointing every `steps` (20: steps 40-120 by default)
+                # against Keras fit over the same steps.
+                window = dict(base, data=cifar_dir, warmup=2 * steps, steps=4 * steps, window="cli")
+                specs += [dict(window, kind="cli", checkpoint_every=steps), dict(window, kind="keras", keras_jit=False)]
     if "revnet-38" in models:
         # Memory against depth with and without XLA: the same RevNet with 19 instead of 3 units per stage.
         deep = {"kind": "bare", "model": "revnet-38", "batch_size": batch_sizes[0], "replicas": 1, "steps": jit_steps,
@@ -405,7 +453,12 @@ def describe(row: Dict) -> str:
         if row.get("full_decode"):
             return "local, decode whole JPEG"
         return f"local, {row['threads']} thread" if row.get("threads") else "local"
+    window = f"steps {row.get('warmup')}-{row.get('warmup', 0) + row.get('steps', 0)}"
+    if row["kind"] == "cli":
+        return f"cli.py train, {window}"
     if row["kind"] == "keras":
+        if row.get("window") == "cli":
+            return f"keras fit, {window}"
         return "keras fit, jit_compile=auto" if row["keras_jit"] == "auto" else "keras fit"
     label = {"bare": "bare step", "trainer": "trainer"}[row["kind"]]
     if row.get("mode") == "reversible" or (row["kind"] == "bare" and row["model"].startswith("revnet")):
@@ -436,15 +489,24 @@ def format_rows(rows: List[Dict]) -> str:
         if row["kind"] == "bare" and row.get("jit"):
             plain = find(model, batch, kind="bare", mode=row["mode"], jit=None, overrides=row.get("overrides"))
             ratio = f"{_ratio(row, plain)} of no jit"
+        elif row["kind"] == "cli":
+            keras = find(model, batch, kind="keras", window="cli")
+            trainer = find(model, batch, kind="trainer", replicas=1)
+            ratio = f"{_ratio(row, keras)} of keras fit" if keras else ""
+            if trainer:
+                extra = row["step_seconds"] - trainer["step_seconds"]
+                per_save = extra * row["steps"] / row["checkpoints_in_window"]
+                ratio += (f", {_ratio(row, trainer)} of trainer (+{1000 * extra:.0f} ms/step: "
+                          f"{per_save:.2f} s per checkpoint if the saves cost it all)")
         elif row["kind"] == "trainer" and row["replicas"] == 1:
-            keras = find(model, batch, kind="keras", keras_jit=False)
+            keras = find(model, batch, kind="keras", keras_jit=False, window=None)
             bare = find(model, batch, kind="bare", mode=bare_mode, jit=None, overrides=None)
             ratio = f"{_ratio(row, bare)} of bare step"
             ratio += f", {_ratio(row, keras)} of keras fit" if keras else ""
         elif row["kind"] == "trainer":
             ratio = f"{_ratio(row, find(model, batch, kind='trainer', replicas=1))} of 1 replica"
         elif row["kind"] == "keras" and row["keras_jit"] == "auto":
-            ratio = f"{_ratio(row, find(model, batch, kind='keras', keras_jit=False))} of jit_compile=False"
+            ratio = f"{_ratio(row, find(model, batch, kind='keras', keras_jit=False, window=None))} of jit_compile=False"
         elif row.get("service_workers"):
             ratio = f"{_ratio(row, find(model, batch, kind='pipeline', service_workers=None, threads=None, full_decode=None))} of local"
         elif row["kind"] == "pipeline" and row["model"] == "imagenet input":

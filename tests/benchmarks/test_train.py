@@ -24,6 +24,8 @@ def test_the_plan_has_every_row_per_model_and_batch():
             wanted = {bare, bare + ", --jit", "trainer", "trainer, 2 replicas"}
             wanted |= {"bare step autodiff", "bare step autodiff, --jit"} if model.startswith("revnet") else \
                 {"keras fit", "keras fit, jit_compile=auto"}
+            if (model, batch) == ("resnet-32", 32):
+                wanted |= {"cli.py train, steps 8-24", "keras fit, steps 8-24"}
             assert wanted <= {label for m, b, label in labels if (m, b) == (model, batch)}, (model, batch)
     assert {("cifar input", 32, "local"), ("cifar input", 128, "local")} <= labels
     assert {label for m, _, label in labels if m == "imagenet input"} == {
@@ -123,7 +125,10 @@ def test_a_tiny_full_run_through_the_cli_leaves_no_process_behind(tmp_path):
     assert "of bare step" in outcome["stdout"] and "of local" in outcome["stdout"]   # the table
     labels = {bench.describe(row) for row in rows}
     assert {"bare step", "bare step, --jit", "trainer", "trainer, 2 replicas", "keras fit",
-            "keras fit, jit_compile=auto", "local", "tf.data service, 2 workers"} <= labels
+            "keras fit, jit_compile=auto", "local", "tf.data service, 2 workers", "cli.py train, steps 4-12",
+            "keras fit, steps 4-12"} <= labels
+    cli_line = next(line for line in outcome["stdout"].splitlines() if "cli.py train" in line)
+    assert "of keras fit" in cli_line and "of trainer" in cli_line
     service = next(row for row in rows if row.get("service_workers"))
     assert set(service["cores_used"]) == {"client", "dispatcher", "worker1", "worker2"}
     assert all(row["examples_per_second"] > 0 for row in rows)
