@@ -36,3 +36,27 @@ def test_fused_batch_norm_matches_the_float64_reference(training, dtype, toleran
     for index, (reference, candidate) in enumerate(zip(results[tf.float64], results[dtype])):
         reference, candidate = reference.numpy(), tf.cast(candidate, tf.float64).numpy()
         assert np.linalg.norm(candidate - reference) <= tolerance * np.linalg.norm(reference), index
+
+
+def test_the_recomputed_batch_norm_has_autodiffs_output_moments_and_gradients_in_float64():
+    """batch_norm_recomputed (what a 16-bit input trains through) against autodiff of the plain ops."""
+    from revnet.models.layers import batch_norm_recomputed
+
+    x = tf.random.stateless_normal([3, 5, 5, 6], [1, 2], mean=2.0, stddev=3.0, dtype=tf.float64)
+    upstream = tf.random.stateless_normal([3, 5, 5, 6], [3, 4], dtype=tf.float64)
+    params = _params(tf.float64)
+    gamma, beta = params["bn/gamma"], params["bn/beta"]
+    results = []
+    for recomputed in (False, True):
+        with tf.GradientTape() as tape:
+            tape.watch([x, gamma, beta])
+            if recomputed:
+                y, mean, variance = batch_norm_recomputed(x, gamma, beta, 1e-3)
+            else:
+                mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+                y = tf.nn.batch_normalization(x, mean, variance, beta, gamma, 1e-3)
+            loss = tf.reduce_sum(y * upstream)
+        results.append([y, mean, variance] + tape.gradient(loss, [x, gamma, beta]))
+    for reference, candidate in zip(*results):
+        np.testing.assert_allclose(candidate.numpy(), reference.numpy(), rtol=0, atol=1e-10)
+
