@@ -1,6 +1,6 @@
 """The memory benchmark's table, its comparisons (the ratios the README quotes) and its plot.
 
-Every ratio compares rows of one run: a RevNet's reversible row against its own autodiff row, against
+Every ratio compares rows of one run: a RevNet's (or RevViT's) reversible row against its own autodiff row, against
 the ResNet of the same family, block and nearest depth (autodiff and recompute), each precision against
 float32, and the deepest against the shallowest variant of a series.
 """
@@ -15,6 +15,8 @@ FIELDS = ("model", "architecture", "family", "block", "units_per_stage", "depth"
           "grad_rel_err", "recon_rel_err")
 
 MB = 1e6
+# Architectures with a reversible mode: their reversible rows are compared with their own autodiff twin.
+REVERSIBLE_ARCHITECTURES = ("revnet", "revvit")
 
 
 def _units(row: Dict) -> str:
@@ -62,7 +64,7 @@ def comparisons(rows: List[Dict]) -> List[str]:
     by_key = {_key(row): row for row in rows}
     lines = []
     for row in rows:
-        if row["architecture"] != "revnet" or row["mode"] != "reversible":
+        if row["architecture"] not in REVERSIBLE_ARCHITECTURES or row["mode"] != "reversible":
             continue
         label = f"{row['model']} [{_units(row)}] {row['precision']} batch {row['batch_size']}"
         own = by_key.get(_key(row, mode="autodiff"))
@@ -168,7 +170,8 @@ def format_rows(rows: List[Dict]) -> str:
 
 LABELS = {("resnet", "autodiff"): ("ResNet, autodiff", "s"), ("resnet", "recompute"): ("ResNet, recompute", "D"),
           ("revnet", "autodiff"): ("RevNet, autodiff", "o"), ("revnet", "recompute"): ("RevNet, recompute", "v"),
-          ("revnet", "reversible"): ("RevNet, reversible", "^")}
+          ("revnet", "reversible"): ("RevNet, reversible", "^"), ("revvit", "autodiff"): ("RevViT, autodiff", "x"),
+          ("revvit", "recompute"): ("RevViT, recompute", "+"), ("revvit", "reversible"): ("RevViT, reversible", "*")}
 
 
 def plot_rows(rows: List[Dict], path: str) -> None:

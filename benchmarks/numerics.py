@@ -66,11 +66,12 @@ def gradient_error(name: str, mode: str, precision: str, images, labels, overrid
 
 def reconstruction_error(name: str, precision: str, images, overrides: Optional[Dict] = None,
                          seed: int = 0) -> Optional[float]:
-    """Worst per-stage ||x_rec - x|| / ||x|| of a RevNet's stacks (None for a network without any)."""
+    """Worst per-stage ||x_rec - x|| / ||x|| of a RevNet's stacks or a RevViT's blocks (None for a network without
+    any)."""
     import tensorflow as tf
 
     model = _build(name, dict(overrides or {}), mode="reversible", compute_dtype=PRECISIONS[precision], seed=seed)
-    if model.config.architecture != "revnet":
+    if model.config.architecture not in ("revnet", "revvit"):
         return None
     errors = model.reconstruction_errors(tf.cast(images, tf.float32))
     return max(errors) if errors else None

@@ -10,7 +10,7 @@ import tensorflow as tf
 from revnet.models.layers import (DECAY_KINDS, BatchStats, Param, ResidualFn, SeedSequence, batch_norm, bn_params,
                            conv2d, conv_param, create_variables)
 from revnet.models.normalization import normalization_constants, normalize
-from revnet.models.parts import part_names
+from revnet.models.parts import frozen_sets
 
 def update_moving_stats(variables: Dict[str, tf.Variable], stats: BatchStats, momentum: float) -> None:
     """moving = momentum * moving + (1 - momentum) * batch, once per real forward pass."""
@@ -125,17 +125,7 @@ class Network(tf.Module):
         """Freeze these parts (models/parts.py): they run in inference mode (moving batch-norm statistics,
         never updated) and `trained_variables` leaves their weights out. What only frozen parts feed is cut
         from the backward pass, so a frozen prefix stores nothing for it."""
-        names = part_names(self.config)
-        unknown = sorted(set(parts) - set(names))
-        if unknown:
-            raise ValueError(f"no part(s) {unknown} in {self.config.name}; its parts are {list(names)}")
-        self.frozen = frozenset(parts)
-        prefix = []
-        for name in names:
-            if name not in self.frozen:
-                break
-            prefix.append(name)
-        self._frozen_prefix = frozenset(prefix)
+        self.frozen, self._frozen_prefix = frozen_sets(self.config, parts)
 
     def unroll_loops(self) -> None:
         """Unroll the reversible stacks' loops (for XLA: train --jit). Same results; under XLA the activation

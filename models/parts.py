@@ -6,7 +6,7 @@ gradient, weight decay or momentum.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import FrozenSet, Tuple
 
 from revnet.common.errors import UserError
 
@@ -35,3 +35,18 @@ def parse_freeze(spec, config) -> Tuple[str, ...]:
         raise UserError(f"--freeze {spec!r} freezes every part of {config.name}: nothing would be trained "
                         f"(use {ALL_BUT_HEAD} to train only the classifier)")
     return frozen
+
+
+def frozen_sets(config, parts) -> Tuple[FrozenSet[str], FrozenSet[str]]:
+    """(the frozen parts, the frozen prefix: those before the first trained part) for Network.freeze;
+    ValueError naming an unknown part."""
+    names = part_names(config)
+    unknown = sorted(set(parts) - set(names))
+    if unknown:
+        raise ValueError(f"no part(s) {unknown} in {config.name}; its parts are {list(names)}")
+    frozen, prefix = frozenset(parts), []
+    for name in names:
+        if name not in frozen:
+            break
+        prefix.append(name)
+    return frozen, frozenset(prefix)

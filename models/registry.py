@@ -25,11 +25,11 @@ PREPROCESSING = ("cifar", "imagenet", "inception")
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     name: str
-    architecture: str                 # "resnet" | "revnet"
+    architecture: str                 # "resnet" | "revnet" | "revvit"
     family: str                       # "cifar" | "imagenet": input size, stem, pixel statistics, recipe
-    block: str                        # "basic" | "bottleneck"
-    units_per_stage: Tuple[int, ...]
-    channels_per_stage: Tuple[int, ...]
+    block: str                        # "basic" | "bottleneck" | "transformer" (revvit)
+    units_per_stage: Tuple[int, ...]  # revvit: (blocks,)
+    channels_per_stage: Tuple[int, ...]  # revvit: (embedding width of both streams together,)
     stem_channels: int
     strides: Tuple[int, ...]
     num_classes: int
@@ -58,6 +58,10 @@ class ModelConfig:
     # `pixel_mean`, the original code's CIFAR convention) or "symmetric" ((x/255 - 0.5) * 2, its ImageNet one).
     input_normalization: str = "standardize"
     pixel_mean: Optional[Tuple] = None  # 0..255 scale: [3] per channel or [H][W][3] per pixel
+    # revvit only (models/revvit.py): attention heads per stream and the patch size; None for the conv nets, and
+    # in configs saved before the fields existed.
+    num_heads: Optional[int] = None
+    patch_size: Optional[int] = None
 
     def __post_init__(self):
         # JSON gives nested lists; keep the config hashable and its JSON unchanged.
@@ -75,6 +79,8 @@ class ModelConfig:
     @property
     def depth(self) -> int:
         """Layers with weights, counted as the paper names its models (revnet-110: 9-9-9 basic units)."""
+        if self.architecture == "revvit":
+            return 2 * sum(self.units_per_stage) + 2   # f and g per block, the patch embedding and the head
         convs_per_unit = 2 if self.block == "basic" else 3
         if self.architecture == "revnet":
             convs_per_unit *= 2  # F and G
@@ -105,6 +111,13 @@ def _imagenet(name, architecture, units, channels, stem):
                        preprocessing="imagenet")
 
 
+def _revvit(name, blocks, width, num_heads, patch_size):
+    """A RevViT for 32x32 inputs: `width` is both streams together (each stream has width / 2, num_heads heads);
+    stem_channels is the width and strides the patch embedding's stride, for the fields the conv nets also read."""
+    return ModelConfig(name, "revvit", "cifar", "transformer", (blocks,), (width,), width, (patch_size,), 10, 32,
+                       num_heads=num_heads, patch_size=patch_size)
+
+
 _CONFIGS: Dict[str, ModelConfig] = {c.name: c for c in [
     _cifar("resnet-32", "resnet", "basic", (5, 5, 5), (16, 32, 64), 16),
     _cifar("resnet-110", "resnet", "basic", (18, 18, 18), (16, 32, 64), 16),
@@ -116,6 +129,7 @@ _CONFIGS: Dict[str, ModelConfig] = {c.name: c for c in [
     _imagenet("resnet-101", "resnet", (3, 4, 23, 3), (64, 128, 256, 512), 64),
     _imagenet("revnet-56", "revnet", (2, 2, 3, 2), (128, 256, 512, 832), 128),
     _imagenet("revnet-104", "revnet", (2, 2, 11, 2), (128, 256, 512, 832), 128),
+    _revvit("revvit-tiny", 12, 192, 3, 4),
 ]}
 
 # The original code calls the 2-2-3-2 ImageNet RevNet "revnet-54".
@@ -155,7 +169,24 @@ def check_config(config: ModelConfig) -> ModelConfig:
         raise UserError(f"num_classes must be an integer >= 2, got {config.num_classes!r}")
     if not isinstance(config.bn_momentum, (int, float)) or not 0.0 <= config.bn_momentum < 1.0:
         raise UserError(f"--bn-momentum must be in [0, 1), got {config.bn_momentum}")
+    if config.architecture == "revvit":
+        _check_revvit(config)
     return config
+
+
+def _check_revvit(config: ModelConfig) -> None:
+    width, heads, patch = config.channels_per_stage[0], config.num_heads, config.patch_size
+    if len(config.units_per_stage) != 1:
+        raise UserError(f"{config.name} has one stage of blocks; units_per_stage must be one integer, got "
+                        f"{tuple(config.units_per_stage)}")
+    if not isinstance(patch, int) or patch < 1 or config.input_size % patch:
+        raise UserError(f"patch_size must be a positive integer dividing the input size {config.input_size}, got {patch!r}")
+    if not isinstance(heads, int) or heads < 1 or width % 2 or (width // 2) % heads:
+        raise UserError(f"{config.name}: the width {width} must be even and each stream's half divisible by "
+                        f"num_heads ({heads!r})")
+    if config.compute_dtype not in (None, config.param_dtype):
+        raise UserError(f"{config.name} computes in its parameter dtype; --mixed-precision is not supported for "
+                        f"RevViT models")
 
 
 def model_config_from_json(fields: Dict) -> ModelConfig:
@@ -175,5 +206,8 @@ def build_model(name_or_config, **overrides):
     if config.architecture == "revnet":
         from revnet.models.revnet import RevNet
         return RevNet(config)
+    if config.architecture == "revvit":
+        from revnet.models.revvit import RevViT
+        return RevViT(config)
     from revnet.models.resnet import ResNet
     return ResNet(config)

@@ -65,6 +65,12 @@ class _Replayed:
 def _taped_half(coupling, fn, x_in, y, dy, var_grads):
     """Rebuild x from y = coupling.forward(x, fn(x_in)), re-running fn under a tape, and pull dy back through this
     half-block: (x, gradient of x_in, gradient of x); the gradients of fn's weights are added into `var_grads`."""
+    # In a graph (tf.function) the re-run waits for dy, the gradient of the half-block after this one. Otherwise
+    # nothing orders the reconstruction chain after the gradients: the executor may rebuild every block ahead of
+    # the backward pass and keep all their taped activations alive, so memory grows with depth as autodiff's does.
+    # (The identities also keep grappler from merging the last block's re-run with its forward call.)
+    with tf.control_dependencies([dy]):
+        x_in, y = tf.identity(x_in), tf.identity(y)
     with tf.GradientTape() as tape:
         tape.watch(x_in)
         fx = fn(x_in)

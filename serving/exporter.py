@@ -2,8 +2,9 @@
 
 Both formats serve the inference graph of `serving/inference_graph.py` (reversible stages unrolled,
 batch norm folded into the convolutions, moving statistics), NHWC in the SavedModel and NCHW in ONNX
-(`serving/onnx_export.py`). The export fails, publishing nothing, unless that graph matches the
-model's own inference function and ONNX Runtime matches TensorFlow on the parity images.
+(`serving/onnx_export.py`); a RevViT serves its own traced inference call (`serving/traced_graph.py`).
+The export fails, publishing nothing, unless that graph matches the model's own inference function and
+ONNX Runtime matches TensorFlow on the parity images.
 
 Safety of the output: the model name is one folder name; a version folder is claimed by creating it
 exclusively (concurrent exports take different numbers); --overwrite replaces only an empty folder or
@@ -26,7 +27,8 @@ from revnet.common.errors import UserError, choose
 from revnet.common.fileio import atomic_write_bytes, atomic_write_json, read_json
 from revnet.serving import layout, onnx_export, warmup
 from revnet.serving.request_images import decode_image_tf, decode_images_numpy
-from revnet.serving.inference_graph import InferenceGraph, outputs_from_logits
+from revnet.serving.inference_graph import outputs_from_logits
+from revnet.serving.traced_graph import export_graph
 from revnet.train.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
@@ -46,8 +48,9 @@ class ServingModule(tf.Module):
     def __init__(self, model, input_size: int, preprocessing: str):
         super().__init__(name="serving")
         # The graph holds its own folded copies of the weights as variables (which tf2onnx freezes into
-        # constants, so nothing captured becomes an extra ONNX input); the model is only read.
-        self.graph = InferenceGraph(model)
+        # constants, so nothing captured becomes an extra ONNX input); the model is only read. A RevViT has no
+        # folded program: its graph is its own inference call (serving/traced_graph.py).
+        self.graph = export_graph(model)
         self.input_size = input_size
         self.preprocessing = preprocessing
         spec = tf.TensorSpec([None, input_size, input_size, 3], tf.float32, name="images")
@@ -163,7 +166,7 @@ def _graph_record(model, module: ServingModule, images, reference) -> Dict:
     expected = tf.nn.softmax(model(tf.constant(images), training=False), axis=-1).numpy()
     difference = float(np.abs(reference["probabilities"] - expected).max())
     if difference > PARITY_TOLERANCE:
-        raise UserError(f"the folded inference graph disagrees with the model: max abs probability difference "
+        raise UserError(f"the export's inference graph disagrees with the model: max abs probability difference "
                         f"{difference:.3g} exceeds {PARITY_TOLERANCE:g}; nothing was exported")
     return {"unrolled_blocks": sum(getattr(stack, "num_blocks", 0) for stack in getattr(model, "stacks", []) if stack),
             "folded_weights": len(module.graph.weights), "max_abs_probability_diff_vs_model": difference}

@@ -1,17 +1,8 @@
 """The CLI's model listing and its handling of bad input, run as a user would run it."""
 import json
-import os
-import subprocess
-import sys
 
 import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_cli(*args, timeout=240):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+from cli_runner import run_cli
 
 
 def test_models_json_lists_every_model_with_the_documented_keys():

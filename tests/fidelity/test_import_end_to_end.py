@@ -4,11 +4,10 @@ logits; an imported CIFAR model (mean image from --data) fine-tunes with `train 
 `eval --id`."""
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_runner import run_cli
 
 from fidelity_helpers import CIFAR_MEAN, assert_logits_match, checkpoint_prefix, raw_pixels
 
@@ -17,12 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def cli(*args, timeout=900):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    env.pop("TF_CONFIG", None)
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), *args], capture_output=True, text=True,
-                            timeout=timeout, env=env, cwd=ROOT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return run_cli(*args, timeout=timeout, check=True, quiet_tf=True)
 
 
 def served_logits(version_dir, pixels):

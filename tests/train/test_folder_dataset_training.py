@@ -3,11 +3,10 @@ a dataset prepared for the other model family is refused with what to do instead
 import glob
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from cli_runner import run_cli
 
 from revnet.common.errors import UserError
 from revnet.models import get_config
@@ -19,8 +18,7 @@ CLASSES = ["cat", "dog house", "Zoë 猫"]
 
 
 def _cli(*args, timeout=600):
-    return subprocess.run([sys.executable, os.path.join(ROOT, "cli.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    return run_cli(*args, timeout=timeout)
 
 
 @pytest.mark.slow  # two command-line runs, one of them importing TensorFlow: about 20 s
