@@ -16,7 +16,7 @@ import click
 from revnet.common.options import click_options, given
 from revnet.models.registry import ModelConfig
 from revnet.pipeline.config import DATASETS, PreprocessConfig
-from revnet.serving.config import ServeConfig
+from revnet.serving.config import ExportConfig, ServeConfig
 from revnet.train.config import DEFAULT_WORKDIR, TrainConfig
 from revnet.train.preflight import check_experiment_arguments, check_import_arguments, check_train_arguments
 
@@ -431,35 +431,15 @@ def benchmark_finetune_command(model, pretrain_steps, steps, batch_size, target_
 # ---------------------------------------------------------------------------------------------------
 # export / serve / predict
 # ---------------------------------------------------------------------------------------------------
-@cli.command("export")
-@click.option("--id", "exp_id", required=True, help="Experiment id (folder under --workdir).")
-@click.option("--workdir", default=DEFAULT_WORKDIR, help="Folder holding the experiments.")
-@click.option("--format", "export_format", type=click.Choice(["savedmodel", "onnx", "all"]), default="all",
-              help="SavedModel (TF-Serving layout), ONNX, or both in the same version folder.")
-@click.option("--output", required=True, type=click.Path(file_okay=False), help="Export root; writes OUTPUT/NAME/VERSION/.")
-@click.option("--name", default=None,
-              help="Model name: one folder name under --output (no '/', no leading '.'). Default: the experiment id.")
-@click.option("--version", type=int, default=None,
-              help="Version number. Default: the next free number, claimed atomically (safe with concurrent exports).")
-@click.option("--checkpoint", default="latest", help="'latest', 'best' or a checkpoint path prefix.")
-@click.option("--opset", type=int, default=17, help="ONNX opset for tf2onnx (7..18).")
-@click.option("--quantize", type=click.Choice(["int8"]), default=None,
-              help="Also write model.int8.onnx (static QDQ int8, calibrated on training images) and report its "
-                   "speed, top-1 agreement and accuracy change on validation images.")
-@click.option("--data-dir", default=None,
-              help="Dataset for the parity, calibration and int8 evaluation images. Default: the experiment's data dir.")
-@click.option("--overwrite", is_flag=True,
-              help="Replace an existing version folder, but only an earlier export (it holds export.json) or an "
-                   "empty folder; anything else is refused and left untouched.")
+@cli.command("export", preflight=lambda as_json, **options: ExportConfig(**options))
+@click_options(ExportConfig)
 @click.option("--json", "as_json", is_flag=True, help="Print the full export.json record.")
-def export_command(exp_id, workdir, export_format, output, name, version, checkpoint, opset, quantize, data_dir,
-                   overwrite, as_json):
+def export_command(as_json, **options):
     """Export a trained experiment for serving (inference-only graph), checked for TF/ONNX parity."""
+    config = ExportConfig(**options)   # checked already, before TensorFlow loaded (preflight)
     from revnet.serving.exporter import export
 
-    record = export(exp_id=exp_id, workdir=workdir, format=export_format, output=output, name=name,
-                    version=version, checkpoint=checkpoint, opset=opset, quantize=quantize, data_dir=data_dir,
-                    overwrite=overwrite)
+    record = export(config)
     if as_json:
         _print_json(record)
     else:
@@ -473,14 +453,15 @@ def export_command(exp_id, workdir, export_format, output, name, version, checkp
                        f"{int8['speedup']:.2f}x float images/s at batch {int8['speed_batch']}")
 
 
-@cli.command("serve")
+@cli.command("serve", preflight=lambda **options: ServeConfig(**options))
 @click_options(ServeConfig)
 def serve_command(**options):
-    """Serve the highest version that verifies and loads over TF Serving's gRPC API (plus REST, health and
-    Prometheus metrics)."""
+    """Serve exports over TF Serving's gRPC and REST APIs and the Open Inference Protocol (KServe v2), with
+    health, reflection and Prometheus metrics: one model (--model-dir) or a TF Serving model config file."""
+    config = ServeConfig(**options)   # checked already, before TensorFlow loaded (preflight)
     from revnet.serving.server import serve
 
-    serve(ServeConfig(**options))
+    serve(config)
 
 
 @cli.command("predict")

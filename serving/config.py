@@ -1,8 +1,8 @@
-"""`ServeConfig`: every `serve` option, the server's request limits included, in one frozen dataclass.
+"""`ServeConfig` and `ExportConfig`: every `serve` and `export` option, each in one frozen dataclass.
 
-This is the only place serving defaults live. `cli.py serve` builds one flag per field (common/options.py:
-type from the annotation, default from the field, help and bounds from the metadata), and
-`start_server(**options)` takes the same names. The limits bound what one client can make the server do:
+This is the only place serving and export defaults live. `cli.py serve` and `cli.py export` build one
+flag per field (common/options.py: type from the annotation, default from the field, help and bounds from
+the metadata), and `start_server(**options)` and `export(**options)` take the same names. The limits bound what one client can make the server do:
 rows per request, pixels per image, decode and connection slots, the time a REST request may take.
 
 Importing this module imports nothing heavy (the CLI builds its flags from it).
@@ -16,8 +16,12 @@ from revnet.common.errors import UserError
 from revnet.common.options import flag_of, option
 from revnet.preprocess.image_limits import DEFAULT_MAX_IMAGE_PIXELS
 from revnet.serving import layout
+from revnet.train.config import DEFAULT_WORKDIR
 
 BACKENDS = ("onnx", "tf")
+EXPORT_FORMATS = ("savedmodel", "onnx", "all")
+QUANTIZATIONS = ("int8",)
+OPSETS = (7, 18)   # what tf2onnx 1.17 converts to
 DEFAULT_PORT = 8500
 DEFAULT_REST_PORT = 8501
 
@@ -108,3 +112,53 @@ class ServeConfig:
     @property
     def batching(self) -> bool:
         return self.batch_timeout_ms > 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """Which experiment and checkpoint to export, where, and in which formats."""
+
+    exp_id: str = dataclasses.field(metadata=option("Experiment id (folder under --workdir).", flag="--id"))
+    output: str = dataclasses.field(metadata=option("Export root; writes OUTPUT/NAME/VERSION/.", path="dir"))
+    workdir: str = _field(DEFAULT_WORKDIR, "Folder holding the experiments.")
+    format: str = _field("all", "SavedModel (TF-Serving layout), ONNX, or both in the same version folder.",
+                         choices=EXPORT_FORMATS)
+    name: Optional[str] = _field(None, "Model name: one folder name under --output (no '/', no leading '.'). "
+                                       "Default: the experiment id.")
+    version: Optional[int] = _field(None, "Version number. Default: the next free number, claimed atomically "
+                                          "(safe with concurrent exports).", min=1)
+    checkpoint: str = _field("latest", "'latest', 'best' or a checkpoint path prefix.")
+    opset: int = _field(17, f"ONNX opset for tf2onnx ({OPSETS[0]}..{OPSETS[1]}).", min=OPSETS[0], max=OPSETS[1])
+    quantize: Optional[str] = _field(None, "Also write model.int8.onnx (static QDQ int8, calibrated on training "
+                                           "images) and report its speed, top-1 agreement and accuracy change on "
+                                           "validation images.", choices=QUANTIZATIONS)
+    data_dir: Optional[str] = _field(None, "Dataset for the parity, calibration and int8 evaluation images. "
+                                           "Default: the experiment's data dir.")
+    overwrite: bool = _field(False, "Replace an existing version folder, but only an earlier export (it holds "
+                                    "export.json) or an empty folder; anything else is refused and left untouched.")
+
+    def __post_init__(self):
+        if self.format not in EXPORT_FORMATS:
+            raise UserError(f"--format must be one of {', '.join(EXPORT_FORMATS)}, got {self.format!r}")
+        if self.quantize is not None:
+            if self.quantize not in QUANTIZATIONS:
+                raise UserError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, got {self.quantize!r}")
+            if self.format == "savedmodel":
+                raise UserError("--quantize int8 applies to ONNX; use --format onnx or all")
+        if not OPSETS[0] <= self.opset <= OPSETS[1]:
+            raise UserError(f"--opset {self.opset} is not supported by tf2onnx 1.17; expected {OPSETS[0]}..{OPSETS[1]}")
+        if self.version is not None and self.version < 1:
+            raise UserError(f"--version must be a positive integer, got {self.version}")
+        check_model_name(self.name or self.exp_id)
+
+    @property
+    def model_name(self) -> str:
+        return self.name or self.exp_id
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it is one plain path component (the model folder under --output), else a UserError."""
+    if not name or name.startswith(".") or any(character in name for character in ("/", "\\", "\0")):
+        raise UserError(f"model name {name!r} must be a single folder name (no '/', '\\', NUL or leading '.'); "
+                        f"choose another --name")
+    return name

@@ -23,9 +23,10 @@ from typing import Dict, List, Optional
 import numpy as np
 import tensorflow as tf
 
-from revnet.common.errors import UserError, choose
+from revnet.common.errors import UserError
 from revnet.common.fileio import atomic_write_bytes, atomic_write_json, read_json
 from revnet.serving import layout, onnx_export, warmup
+from revnet.serving.config import ExportConfig
 from revnet.serving.request_images import decode_image_tf, decode_images_numpy
 from revnet.serving.inference_graph import outputs_from_logits
 from revnet.serving.traced_graph import export_graph
@@ -33,8 +34,6 @@ from revnet.train.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("savedmodel", "onnx", "all")
-DEFAULT_OPSET = 17
 PARITY_TOLERANCE = 1e-4
 PARITY_IMAGES = 16
 QUANTIZE_CALIBRATION_IMAGES = 256
@@ -67,22 +66,16 @@ class ServingModule(tf.Module):
         return self._predict(images)
 
 
-def export(exp_id: str, output: str, format: str = "all", workdir: Optional[str] = None, name: Optional[str] = None,
-           version: Optional[int] = None, checkpoint: str = "latest", opset: int = DEFAULT_OPSET,
-           overwrite: bool = False, quantize: Optional[str] = None, data_dir: Optional[str] = None) -> Dict:
-    """Export experiment `exp_id` into OUTPUT/NAME/VERSION/; returns (and writes) the export.json record."""
+def export(options: Optional[ExportConfig] = None, **fields) -> Dict:
+    """Export an experiment into OUTPUT/NAME/VERSION/ from an ExportConfig or its fields as keywords
+    (`exp_id=..., output=...`); returns (and writes) the export.json record."""
     from revnet.train.experiment import restore_model
 
-    choose("format", format, FORMATS)
-    if quantize is not None:
-        choose("quantization", quantize, ("int8",))
-        if format == "savedmodel":
-            raise UserError("--quantize int8 applies to ONNX; use --format onnx or all")
-    if not 7 <= opset <= 18:
-        raise UserError(f"--opset {opset} is not supported by tf2onnx 1.17; expected 7..18")
-    name = check_model_name(name or exp_id)
-    if version is not None and version < 1:
-        raise UserError(f"--version must be a positive integer, got {version}")
+    options = options or ExportConfig(**fields)
+    exp_id, output, format, version, quantize = (options.exp_id, options.output, options.format, options.version,
+                                                 options.quantize)
+    opset, overwrite, data_dir, name = options.opset, options.overwrite, options.data_dir, options.model_name
+    workdir, checkpoint = options.workdir, options.checkpoint
     model, config, checkpoint_path = restore_model(workdir, exp_id, checkpoint)
     model_config = model.config
     labels = _labels(config, model_config.num_classes)
@@ -181,14 +174,6 @@ def _quantize_int8(staging: str, config: ExperimentConfig, data_dir: Optional[st
     calibration = read_image_set(data_dir, "train", QUANTIZE_CALIBRATION_IMAGES, size, preprocessing, seed=1)
     evaluation = read_image_set(data_dir, "validation", QUANTIZE_EVALUATION_IMAGES, size, preprocessing, seed=2)
     return onnx_export.quantize_int8(staging, calibration, evaluation)
-
-
-def check_model_name(name: str) -> str:
-    """`name` if it is one plain path component (the model folder under --output), else a UserError."""
-    if not name or name.startswith(".") or any(character in name for character in ("/", "\\", "\0")):
-        raise UserError(f"model name {name!r} must be a single folder name (no '/', '\\', NUL or leading '.'); "
-                        f"choose another --name")
-    return name
 
 
 def _is_replaceable(version_dir: str) -> bool:

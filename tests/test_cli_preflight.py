@@ -28,6 +28,20 @@ def test_argument_errors_come_before_tensorflow(args, fragment, tmp_path):
     assert fragment in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("args, fragment", [
+    (["export", "--id", ".hidden", "--output", "out"], "must be a single folder name"),
+    (["export", "--id", "a", "--output", "out", "--format", "savedmodel", "--quantize", "int8"],
+     "--quantize int8 applies to ONNX"),
+    (["serve", "--model-dir", "m", "--max-request-rows", "2"], "must be at least --max-batch-size"),
+    (["serve", "--model-dir", "m", "--model-config-file", "c"], "not both"),
+    (["serve", "--tls-cert", "c.pem", "--model-dir", "m"], "TLS needs both"),
+])
+def test_export_and_serve_argument_errors_come_before_tensorflow(args, fragment):
+    result = subprocess.run([sys.executable, "-c", RUN, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.stdout.strip().splitlines()[-1] == "exit 2 False", result.stdout + result.stderr
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+
+
 def test_a_good_command_still_imports_tensorflow_quietly(tmp_path):
     result = subprocess.run([sys.executable, "-c", RUN, "models", "--json"], capture_output=True, text=True,
                             timeout=240, cwd=ROOT)

@@ -6,18 +6,19 @@ from click.testing import CliRunner
 
 from revnet.common.errors import UserError
 from revnet.common.options import flag_of, option_fields
-from revnet.serving.config import ServeConfig
+from revnet.serving.config import ExportConfig, ServeConfig
 
 
-def test_every_field_is_a_serve_flag_with_the_fields_default():
+@pytest.mark.parametrize("command, config", [("serve", ServeConfig), ("export", ExportConfig)])
+def test_every_field_is_a_flag_with_the_fields_default(command, config):
     from revnet import cli
 
-    command = cli.cli.commands["serve"]
-    params = {param.name: param for param in command.params}
-    for field in option_fields(ServeConfig):
+    params = {param.name: param for param in cli.cli.commands[command].params}
+    for field in option_fields(config):
         assert field.name in params, field.name
         if field.default is not dataclasses.MISSING:
             assert params[field.name].default == field.default, field.name
+        assert flag_of(config, field.name) in params[field.name].opts
     assert "--rest-max-connections-per-client" in CliRunner().invoke(cli.cli, ["serve", "--help"]).output
 
 
