@@ -114,22 +114,18 @@ def conv2d(x, kernel, stride: int):
 
 
 def batch_norm(p: Mapping[str, tf.Tensor], name: str, x, training: bool, epsilon: float, stats: BatchStats):
-    """Batch norm with float32 (or float64) statistics; training mode records the biased batch moments in `stats`.
+    """Batch norm in float32 whatever the compute dtype; training mode records the batch moments in `stats`.
 
-    - float32: TF's fused kernel. On this CPU build (oneDNN) it makes a ResNet-32 training step 1.25-1.33x
-      faster than the same maths in separate ops, with float32 gradients as close to a float64 reference
-      (median tensor 6.0e-6 relative, worst 2.4e-3, against 3.7e-6 and 2.4e-3 for separate ops).
-    - float64 (the reference the parity tests use): separate ops; the fused kernel has no float64.
-    - a 16-bit input (mixed precision) trains through `batch_norm_recomputed`, which keeps only that input
-      for the backward pass instead of float32 copies of it.
+    Not TF's fused kernel: inside tf.function on this CPU build (oneDNN on) it gave float32 gradients
+    ~1e-2 off a float64 reference in a full ResNet-32 (median tensor 7e-3, against 5e-6 for these ops).
+    A 16-bit input trains through `batch_norm_recomputed`, which keeps only that input for the backward
+    pass instead of autodiff's float32 copies of it.
     """
     gamma, beta = p[f"{name}/gamma"], p[f"{name}/beta"]
     if training and x.dtype in (tf.bfloat16, tf.float16):
         y, mean, variance = batch_norm_recomputed(x, gamma, beta, epsilon)
         stats[name] = (mean, variance)
         return y
-    if x.dtype == tf.float32 and gamma.dtype == tf.float32:
-        return _fused_batch_norm(p, name, x, training, epsilon, stats)
     x32 = tf.cast(x, gamma.dtype)
     if training:
         mean, variance = tf.nn.moments(x32, axes=[0, 1, 2])
@@ -138,18 +134,6 @@ def batch_norm(p: Mapping[str, tf.Tensor], name: str, x, training: bool, epsilon
         mean, variance = p[f"{name}/moving_mean"], p[f"{name}/moving_var"]
     y = tf.nn.batch_normalization(x32, mean, variance, beta, gamma, epsilon)
     return tf.cast(y, x.dtype)
-
-
-def _fused_batch_norm(p, name, x, training: bool, epsilon: float, stats: BatchStats):
-    gamma, beta = p[f"{name}/gamma"], p[f"{name}/beta"]
-    if not training:
-        return tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, p[f"{name}/moving_mean"], p[f"{name}/moving_var"],
-                                                 epsilon=epsilon, is_training=False)[0]
-    y, mean, unbiased = tf.compat.v1.nn.fused_batch_norm(x, gamma, beta, epsilon=epsilon, is_training=True)[:3]
-    count = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), unbiased.dtype)
-    # The kernel returns Bessel's corrected variance; the moving averages take the biased one, as tf.nn.moments.
-    stats[name] = (mean, unbiased * (count - 1.0) / count)
-    return y
 
 
 def batch_norm_recomputed(x, gamma, beta, epsilon: float):
