@@ -15,9 +15,9 @@ import click
 
 from revnet.common.options import click_options, given
 from revnet.models.registry import ModelConfig
-from revnet.pipeline.config import DATASETS, PreprocessConfig
-from revnet.serving.config import ExportConfig, ServeConfig
-from revnet.train.config import DEFAULT_WORKDIR, TrainConfig
+from revnet.pipeline.preprocess_config import DATASETS, PreprocessConfig
+from revnet.serving.serve_config import ExportConfig, ServeConfig
+from revnet.train.train_config import DEFAULT_WORKDIR, TrainConfig
 from revnet.train.preflight import check_experiment_arguments, check_import_arguments, check_train_arguments
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

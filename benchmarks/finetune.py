@@ -95,7 +95,7 @@ def write_shape_folder(root: str, shapes, per_class: Dict[str, int], seed: int) 
 
 def _preprocess(input_dir: str, output_dir: str) -> None:
     from revnet.pipeline import run_preprocess
-    from revnet.pipeline.config import PreprocessConfig
+    from revnet.pipeline.preprocess_config import PreprocessConfig
 
     run_preprocess(PreprocessConfig(dataset="folder", input_path=input_dir, output_dir=output_dir, image_size=32,
                                     workers=1))

@@ -62,7 +62,7 @@ def _export(root: str, experiment: Optional[str], workdir: Optional[str]) -> str
 
     if experiment is None:
         from revnet.models import build_model
-        from revnet.train.config import DataConfig
+        from revnet.train.train_config import DataConfig
         from revnet.train.experiment import create_experiment
 
         workdir, experiment = os.path.join(root, "experiments"), "bench"

@@ -12,7 +12,7 @@ class _DropApitoolsNotice(logging.Filter):
 
 logging.getLogger().addFilter(_DropApitoolsNotice())
 
-from revnet.pipeline.config import DATASETS, PreprocessConfig  # noqa: E402
+from revnet.pipeline.preprocess_config import DATASETS, PreprocessConfig  # noqa: E402
 from revnet.pipeline.run import default_workers, format_summary, run_preprocess  # noqa: E402
 
 __all__ = ["DATASETS", "PreprocessConfig", "default_workers", "format_summary", "run_preprocess"]

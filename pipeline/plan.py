@@ -17,14 +17,14 @@ from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 import numpy as np
 
 from revnet.common import storage
-from revnet.pipeline.config import PreprocessConfig
+from revnet.pipeline.preprocess_config import PreprocessConfig
 from revnet.pipeline.shards import TASKS_DIR, task_name
 from revnet.preprocess.tfrecord import SPLITS
 
 
 class ImageStyle(NamedTuple):
     """What a dataset's image size means: the model family whose training augmentation and evaluation
-    preprocessing fit it (train/config.py RECIPES, models/registry.py), and how its records store images."""
+    preprocessing fit it (train/train_config.py RECIPES, models/registry.py), and how its records store images."""
     model_family: str
     image_format: str
     encoding: Dict[str, object]  # how a shard worker encodes an image file (pipeline/shards.py)

@@ -14,7 +14,7 @@ from typing import Dict, List
 
 from revnet.common import storage
 from revnet.common.errors import UserError
-from revnet.pipeline.config import PreprocessConfig
+from revnet.pipeline.preprocess_config import PreprocessConfig
 
 REJECT_KEYS = ("path", "reason", "split")
 

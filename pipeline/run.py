@@ -21,7 +21,7 @@ from revnet.common.errors import UserError
 from revnet.pipeline import plan as planning
 from revnet.pipeline import rejects as limits
 from revnet.pipeline import runners, shards
-from revnet.pipeline.config import PreprocessConfig
+from revnet.pipeline.preprocess_config import PreprocessConfig
 from revnet.pipeline.plan import Plan
 from revnet.preprocess.tfrecord import METADATA_FILE, REJECTS_FILE, shard_name
 

@@ -25,7 +25,7 @@ from typing import Iterator, List, Optional, Sequence
 
 from revnet.common.errors import UserError
 from revnet.common.optional import require
-from revnet.pipeline.config import RUNNERS
+from revnet.pipeline.preprocess_config import RUNNERS
 
 log = logging.getLogger(__name__)
 

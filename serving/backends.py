@@ -14,7 +14,7 @@ import numpy as np
 from revnet.common.errors import UserError
 from revnet.common.fileio import read_json
 from revnet.serving import layout
-from revnet.serving.config import BACKENDS
+from revnet.serving.serve_config import BACKENDS
 
 log = logging.getLogger(__name__)
 

@@ -26,11 +26,11 @@ import tensorflow as tf
 from revnet.common.errors import UserError
 from revnet.common.fileio import atomic_write_bytes, atomic_write_json, read_json
 from revnet.serving import layout, onnx_export, warmup
-from revnet.serving.config import ExportConfig
+from revnet.serving.serve_config import ExportConfig
 from revnet.serving.request_images import decode_image_tf, decode_images_numpy
 from revnet.serving.inference_graph import outputs_from_logits
 from revnet.serving.traced_graph import export_graph
-from revnet.train.config import ExperimentConfig
+from revnet.train.train_config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from revnet.common.errors import UserError
 from revnet.serving import layout
 from revnet.serving.backends import Servable
 from revnet.serving.request_images import DecodePool, decode_images_numpy
-from revnet.serving.config import ServeConfig
+from revnet.serving.serve_config import ServeConfig
 from revnet.serving.outcomes import name_some
 from revnet.serving.tensors import DT_FLOAT, DT_STRING, InputSpec
 

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 from revnet.common.errors import UserError
 from revnet.serving import layout
 from revnet.serving.backends import Servable, has_artifact, load_servable, model_file
-from revnet.serving.config import BACKENDS
+from revnet.serving.serve_config import BACKENDS
 from revnet.serving.model_config import ModelEntry, entry_for_model_dir, same_source
 from revnet.serving.outcomes import name_one, name_some
 

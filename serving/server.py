@@ -23,7 +23,7 @@ from revnet.serving.batching import DynamicBatcher
 from revnet.serving.grpc_service import add_services
 from revnet.serving.request_images import DecodePool
 from revnet.serving.inference import InferenceCore
-from revnet.serving.config import ServeConfig
+from revnet.serving.serve_config import ServeConfig
 from revnet.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)

@@ -158,3 +158,23 @@ def test_the_cycle_check_sees_a_function_level_circle(tmp_path):
     (tmp_path / "models" / "registry.py").write_text("def build():\n    from revnet.models import revnet\n")
     (tmp_path / "models" / "revnet.py").write_text("from revnet.models.registry import build\n")
     assert _cycles(_module_graph(str(tmp_path))) == [["revnet.models.registry", "revnet.models.revnet"]]
+
+
+def _duplicated_basenames(paths):
+    seen = {}
+    for path in paths:
+        name = os.path.basename(path)
+        if name != "__init__.py":
+            seen.setdefault(name, []).append(os.path.relpath(path, ROOT))
+    return {name: where for name, where in seen.items() if len(where) > 1}
+
+
+def test_no_two_modules_share_a_basename():
+    """A name like config.py in three packages hides what each holds; tracebacks and editors show basenames."""
+    assert _duplicated_basenames(path for _, path in _sources()) == {}
+
+
+def test_the_basename_check_sees_a_duplicate():
+    paths = [os.path.join(ROOT, "train", "config.py"), os.path.join(ROOT, "serving", "config.py"),
+             os.path.join(ROOT, "train", "__init__.py"), os.path.join(ROOT, "serving", "__init__.py")]
+    assert list(_duplicated_basenames(paths)) == ["config.py"]

@@ -17,7 +17,7 @@ from revnet.common.fileio import atomic_write_bytes, atomic_write_json, read_jso
 from revnet.models import build_model
 from revnet.preprocess import input_pipeline, schema
 from revnet.train import experiment, summaries
-from revnet.train.config import ExperimentConfig
+from revnet.train.train_config import ExperimentConfig
 from revnet.train.steps import make_eval_step, run_evaluation
 
 log = logging.getLogger(__name__)

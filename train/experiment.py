@@ -23,7 +23,7 @@ from revnet.common.errors import UserError, error_reason
 from revnet.common.fileio import atomic_write_json, read_json
 from revnet.models.registry import build_model
 from revnet.preprocess import input_pipeline
-from revnet.train.config import DEFAULT_WORKDIR, DataConfig, ExperimentConfig, TrainConfig, recipe_for
+from revnet.train.train_config import DEFAULT_WORKDIR, DataConfig, ExperimentConfig, TrainConfig, recipe_for
 from revnet.train.optimizer import MomentumSGD
 
 log = logging.getLogger(__name__)

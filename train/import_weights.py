@@ -25,7 +25,7 @@ from revnet.models.original_names import (OBJECT_GRAPH_KEY, check_fit, fit_error
                                           original_variable_map, assign_weights)
 from revnet.models.registry import PREPROCESSING, build_model, get_config
 from revnet.train import experiment
-from revnet.train.config import DEFAULT_WORKDIR, DataConfig, recipe_for
+from revnet.train.train_config import DEFAULT_WORKDIR, DataConfig, recipe_for
 from revnet.train.input_normalization import dataset_pixel_mean, original_normalization, parse_pixel_mean
 from revnet.train.original_checkpoint import located_checkpoint, read_structure, read_tensors, scalar_value
 

@@ -9,7 +9,7 @@ from typing import Optional
 from revnet.common.errors import UserError
 from revnet.models.parts import parse_freeze
 from revnet.models.registry import get_config
-from revnet.train.config import DEFAULT_WORKDIR
+from revnet.train.train_config import DEFAULT_WORKDIR
 
 CONFIG_FILE = "config.json"   # train/experiment.py's, without importing it (it imports TensorFlow)
 METADATA_FILE = "metadata.json"

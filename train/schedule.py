@@ -13,7 +13,7 @@ from typing import Callable, Tuple
 
 import tensorflow as tf
 
-from revnet.train.config import TrainConfig
+from revnet.train.train_config import TrainConfig
 
 
 def decay_steps(train: TrainConfig) -> Tuple[int, ...]:

@@ -33,7 +33,7 @@ from revnet.models.parts import parse_freeze
 from revnet.models.registry import ModelConfig
 from revnet.preprocess import input_pipeline, schema
 from revnet.train import data_service as service, experiment, summaries
-from revnet.train.config import DEFAULT_WORKDIR, FINE_TUNING, ExperimentConfig, TrainConfig, recipe_for
+from revnet.train.train_config import DEFAULT_WORKDIR, FINE_TUNING, ExperimentConfig, TrainConfig, recipe_for
 from revnet.train.distribute import make_placement
 from revnet.train.input_normalization import training_normalization
 from revnet.train.optimizer import DynamicLossScale, MomentumSGD

@@ -20,7 +20,7 @@ def make_experiment(workdir: str, exp_id: str, data_dir: str):
     import tensorflow as tf
 
     from revnet.models import build_model
-    from revnet.train.config import DataConfig
+    from revnet.train.train_config import DataConfig
     from revnet.train.experiment import create_experiment
 
     model = build_model("revnet-38", num_classes=len(LABELS), seed=3)

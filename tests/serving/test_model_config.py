@@ -221,7 +221,7 @@ def test_a_label_to_a_version_that_is_not_served_fails_the_start(exports, tmp_pa
 
 
 def test_model_dir_and_config_file_are_one_or_the_other(exports, tmp_path):
-    from revnet.serving.config import ServeConfig
+    from revnet.serving.serve_config import ServeConfig
 
     with pytest.raises(UserError, match="not both"):
         ServeConfig(model_dir=exports["alpha"], model_config_file="x")

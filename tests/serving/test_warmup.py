@@ -45,7 +45,7 @@ def _records(requests) -> bytes:
 
 def _repository(model_dir, counted):
     from revnet.serving.repository import ModelRepository
-    from revnet.serving.config import ServeConfig
+    from revnet.serving.serve_config import ServeConfig
     from revnet.serving.inference import InferenceCore
 
     core = InferenceCore(None, ServeConfig(model_dir=model_dir, max_batch_size=2, max_request_rows=8), None)

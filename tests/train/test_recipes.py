@@ -5,7 +5,7 @@ import tensorflow as tf
 
 from revnet.common.errors import UserError
 from revnet.train.optimizer import MomentumSGD
-from revnet.train.config import TrainConfig, recipe_for
+from revnet.train.train_config import TrainConfig, recipe_for
 from revnet.train.schedule import decay_steps, learning_rate_fn
 
 

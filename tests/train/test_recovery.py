@@ -99,7 +99,7 @@ def test_interrupted_saves_are_cleaned_on_the_next_run(experiment_copy, caplog):
 @pytest.mark.parametrize("without_optimizer", [False, True])
 def test_train_id_fine_tunes_a_create_experiment_folder(toy_data, tmp_path, caplog, without_optimizer):
     from revnet.models import build_model
-    from revnet.train.config import DataConfig
+    from revnet.train.train_config import DataConfig
     from revnet.train.experiment import checkpoints_dir, create_experiment
 
     workdir = str(tmp_path)

@@ -217,7 +217,7 @@ def test_jit_compiles_the_reversible_step_with_its_while_loops_and_matches_the_p
 
 def test_jit_warns_only_for_the_reversible_stack():
     from revnet.models import get_config
-    from revnet.train.config import recipe_for
+    from revnet.train.train_config import recipe_for
     from revnet.train.trainer import jit_warning
 
     base = recipe_for("cifar")

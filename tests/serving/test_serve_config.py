@@ -6,7 +6,7 @@ from click.testing import CliRunner
 
 from revnet.common.errors import UserError
 from revnet.common.options import flag_of, option_fields
-from revnet.serving.config import ExportConfig, ServeConfig
+from revnet.serving.serve_config import ExportConfig, ServeConfig
 
 
 @pytest.mark.parametrize("command, config", [("serve", ServeConfig), ("export", ExportConfig)])

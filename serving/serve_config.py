@@ -16,7 +16,7 @@ from revnet.common.errors import UserError
 from revnet.common.options import flag_of, option
 from revnet.preprocess.image_limits import DEFAULT_MAX_IMAGE_PIXELS
 from revnet.serving import layout
-from revnet.train.config import DEFAULT_WORKDIR
+from revnet.train.train_config import DEFAULT_WORKDIR
 
 BACKENDS = ("onnx", "tf")
 EXPORT_FORMATS = ("savedmodel", "onnx", "all")
