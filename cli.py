@@ -170,8 +170,9 @@ def benchmark_memory_command(model_names, batch_sizes, steps, modes, precisions,
     from revnet.benchmarks.memory import run_memory_benchmark
     from revnet.benchmarks.memory_report import format_rows
 
-    rows = run_memory_benchmark(model_names.split(","), batch_sizes.split(","), steps, modes.split(","), precisions.split(","),
-                                units, numerics, numerics_batch, json_path=json_path, plot_path=plot_path)
+    rows = run_memory_benchmark(model_names.split(","), batch_sizes.split(","), steps, modes.split(","),
+                                precisions.split(","), units, numerics, numerics_batch, json_path=json_path,
+                                plot_path=plot_path)
     click.echo(format_rows(rows))
 
 
@@ -308,7 +309,8 @@ def data_service_group():
 @click.option("--port", type=click.IntRange(0, 65535), default=5050, help="Port to serve on (0 = any free port).")
 @click.option("--host", default="127.0.0.1", help="Address trainers and workers reach this dispatcher at.")
 @click.option("--work-dir", type=click.Path(file_okay=False), default=None,
-              help="Journal the dispatcher's state here (fault-tolerant mode: a restarted dispatcher resumes its jobs).")
+              help="Journal the dispatcher's state here (fault-tolerant mode: a restarted dispatcher resumes its "
+                   "jobs).")
 @click.option("--worker-timeout", "worker_timeout_seconds", type=click.FloatRange(min=0.1), default=10.0,
               help="Seconds without a heartbeat after which a worker counts as gone and its work is handed on.")
 def data_service_dispatcher_command(port, host, work_dir, worker_timeout_seconds):
@@ -373,8 +375,10 @@ def import_weights_command(checkpoint, model, exp_id, workdir, data, pixel_mean,
 
 
 @benchmark_group.command("train")
-@click.option("--models", default="resnet-32,resnet-110,revnet-38", help="Comma-separated CIFAR models.")
-@click.option("--batch-sizes", default="32,128", help="Comma-separated global batch sizes (even: 2 replicas split them).")
+@click.option("--models", default="resnet-32,resnet-110,revnet-38",
+              help="Comma-separated CIFAR models; '' measures only the input pipelines.")
+@click.option("--batch-sizes", default="32,128",
+              help="Comma-separated global batch sizes (even: 2 replicas split them).")
 @click.option("--steps", type=click.IntRange(min=2), default=20,
               help="Timed steps per row (the trainer and Keras also warm up for as many).")
 @click.option("--jit-steps", type=click.IntRange(min=1), default=5,
@@ -393,7 +397,8 @@ def benchmark_train_command(models, batch_sizes, steps, jit_steps, imagenet, ima
     from revnet.benchmarks.train import format_rows, parse_batch_sizes, run_train_benchmark
     from revnet.common.fileio import atomic_write_json
 
-    rows = run_train_benchmark(models.split(","), parse_batch_sizes(batch_sizes), steps, jit_steps, imagenet,
+    names = [name for name in models.split(",") if name.strip()]
+    rows = run_train_benchmark(names, parse_batch_sizes(batch_sizes), steps, jit_steps, imagenet,
                                imagenet_batches=imagenet_batches)
     if json_path:
         atomic_write_json(json_path, rows)
@@ -468,7 +473,8 @@ def serve_command(**options):
 @click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--server", default="127.0.0.1:8500", help="HOST:PORT of a model server.")
 @click.option("--model", default="", help="Model name (empty = the server's model, when it serves one).")
-@click.option("--version", type=click.IntRange(min=1), default=None, help="Model version [default: the highest served].")
+@click.option("--version", type=click.IntRange(min=1), default=None,
+              help="Model version [default: the highest served].")
 @click.option("--label", default=None, help="Version label of the server's model config, e.g. stable or canary.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, help="Classes to print per image.")
 @click.option("--timeout-seconds", type=click.FloatRange(min=0.1), default=30.0, help="Request deadline.")
@@ -528,12 +534,14 @@ def benchmark_serve_command(model_dir, experiment, workdir, requests_per_client,
 # demo
 # ---------------------------------------------------------------------------------------------------
 @cli.command("demo")
-@click.option("--workdir", default="./demo", help="Folder for every artifact: raw archive, TFRecords, experiment, exports.")
+@click.option("--workdir", default="./demo",
+              help="Folder for every artifact: raw archive, TFRecords, experiment, exports.")
 @click.option("--model", default="revnet-38", help="CIFAR model to train (see `cli.py models`).")
 @click.option("--steps", type=click.IntRange(min=1), default=300, help="Training steps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, help="Global batch size (split across replicas).")
 @click.option("--cpu-replicas", type=click.IntRange(min=1), default=2, help="Logical CPU replicas for synchronous SGD.")
-@click.option("--lr", type=float, default=0.05, help="Base learning rate (decayed at the paper's fractions of --steps).")
+@click.option("--lr", type=float, default=0.05,
+              help="Base learning rate (decayed at the paper's fractions of --steps).")
 @click.option("--train-images", type=click.IntRange(min=10), default=3000, help="Generated training images.")
 @click.option("--val-images", type=click.IntRange(min=10), default=600, help="Generated validation images.")
 @click.option("--requests", type=click.IntRange(min=1), default=100, help="gRPC Predict requests to send.")

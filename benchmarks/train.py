@@ -197,7 +197,11 @@ def _pipeline(spec: Dict) -> Dict:
     from revnet.preprocess import input_pipeline, schema
 
     metadata = schema.load_metadata(spec["data"])
-    servers = _start_service(spec["service_workers"]) if spec.get("service_workers") else None
+    core_limit = spec.get("core_limit")
+    if core_limit and not spec.get("service_workers"):
+        _pin_this_process(range(core_limit))
+    servers = (_start_service(spec["service_workers"], core_limit=core_limit) if spec.get("service_workers")
+               else None)
     try:
         if spec.get("full_decode"):
             dataset = _full_decode_dataset(spec["data"], metadata, spec["image_size"], spec["batch_size"])
@@ -226,7 +230,7 @@ def _pipeline(spec: Dict) -> Dict:
     names = ["client"] + (["dispatcher"] + [f"worker{i + 1}" for i in range(spec["service_workers"])]
                           if servers else [])
     return {"step_seconds": seconds / spec["steps"], "examples_per_second": images / seconds,
-            "cores_used": {name: round(cpu[pid] / seconds, 2) for name, pid in zip(names, pids)},
+            "cores_used": {name: round(cpu[pid] / seconds, 2) for name, pid in zip(names, pids, strict=True)},
             "images_per_cpu_second": images / max(sum(cpu.values()), 1e-9)}
 
 
@@ -254,8 +258,17 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _start_service(num_workers: int) -> Dict:
-    """A dispatcher and `num_workers` workers (`cli.py data-service`) on free 127.0.0.1 ports."""
+def _pin_this_process(cores) -> None:
+    """Limit every thread of this process (and the threads they start) to `cores`: the local pipeline's
+    share of the machine in the core-limited rows."""
+    for thread in os.listdir("/proc/self/task"):
+        os.sched_setaffinity(int(thread), set(cores))
+
+
+def _start_service(num_workers: int, core_limit: Optional[int] = None) -> Dict:
+    """A dispatcher and `num_workers` workers (`cli.py data-service`) on free 127.0.0.1 ports. With
+    `core_limit`, worker i runs on cores [i * core_limit, (i + 1) * core_limit) only (set before exec, so
+    every thread of the worker inherits it), as if each had a machine of that many cores."""
     from revnet.train.data_service import wait_until_reachable
 
     def free_port():
@@ -275,9 +288,14 @@ def _start_service(num_workers: int) -> Dict:
     servers = {"address": f"grpc://127.0.0.1:{port}", "processes": processes, "log": dispatcher_log}
     try:
         wait_until_reachable(f"127.0.0.1:{port}", 60)
-        for _ in range(num_workers):
+        for index in range(num_workers):
+            worker_spawn = dict(spawn)
+            if core_limit:
+                cores = set(range(index * core_limit, (index + 1) * core_limit))
+                worker_spawn["preexec_fn"] = _die_with_parent(cores)
             processes.append(subprocess.Popen(command + ["worker", "--dispatcher", f"127.0.0.1:{port}", "--port",
-                                                         str(free_port())], stderr=subprocess.DEVNULL, **spawn))
+                                                         str(free_port())], stderr=subprocess.DEVNULL,
+                                              **worker_spawn))
         deadline = time.monotonic() + 120
         while f"workers registered: {num_workers}" not in open(dispatcher_log.name).read():
             if time.monotonic() > deadline:
@@ -289,15 +307,20 @@ def _start_service(num_workers: int) -> Dict:
     return servers
 
 
-def _die_with_parent():
+def _die_with_parent(cores=None):
     """A preexec_fn: in the child, before exec, ask Linux to SIGTERM it when its parent ends
-    (prctl PR_SET_PDEATHSIG). Loaded here, so the forked child imports nothing (TensorFlow's threads
-    may hold Python locks at fork time)."""
+    (prctl PR_SET_PDEATHSIG), and with `cores` limit it to them. Loaded here, so the forked child imports
+    nothing (TensorFlow's threads may hold Python locks at fork time)."""
     import ctypes
     import signal
 
     prctl = ctypes.CDLL(None, use_errno=True).prctl
-    return lambda: prctl(1, int(signal.SIGTERM))
+
+    def in_child():
+        prctl(1, int(signal.SIGTERM))
+        if cores:
+            os.sched_setaffinity(0, cores)
+    return in_child
 
 
 def _stop_service(servers: Dict) -> None:
@@ -391,6 +414,10 @@ def plan(models: List[str], batch_sizes: List[int], steps: int, jit_steps: int, 
                 "image_size": 224, "batch_size": IMAGENET_BATCH, "steps": imagenet_batches,
                 "warmup": max(1, imagenet_batches // 4)}
         specs += [dict(base, full_decode=True), dict(base, threads=1), dict(base), dict(base, service_workers=2)]
+        if (os.cpu_count() or 1) >= 2:
+            # Each side limited to a known share of the machine: the local pipeline to one core, each of the
+            # two workers to a core of its own (the trainer-side client runs wherever it finds time).
+            specs += [dict(base, core_limit=1), dict(base, service_workers=2, core_limit=1)]
     return specs
 
 
@@ -449,7 +476,10 @@ def describe(row: Dict) -> str:
     """The row's label in the table."""
     if row["kind"] == "pipeline":
         if row.get("service_workers"):
-            return f"tf.data service, {row['service_workers']} workers"
+            each = f", {row['core_limit']} core each" if row.get("core_limit") else ""
+            return f"tf.data service, {row['service_workers']} workers{each}"
+        if row.get("core_limit"):
+            return f"local, {row['core_limit']} core"
         if row.get("full_decode"):
             return "local, decode whole JPEG"
         return f"local, {row['threads']} thread" if row.get("threads") else "local"
@@ -506,9 +536,13 @@ def format_rows(rows: List[Dict]) -> str:
         elif row["kind"] == "trainer":
             ratio = f"{_ratio(row, find(model, batch, kind='trainer', replicas=1))} of 1 replica"
         elif row["kind"] == "keras" and row["keras_jit"] == "auto":
-            ratio = f"{_ratio(row, find(model, batch, kind='keras', keras_jit=False, window=None))} of jit_compile=False"
+            without = find(model, batch, kind='keras', keras_jit=False, window=None)
+            ratio = f"{_ratio(row, without)} of jit_compile=False"
         elif row.get("service_workers"):
-            ratio = f"{_ratio(row, find(model, batch, kind='pipeline', service_workers=None, threads=None, full_decode=None))} of local"
+            limit = row.get("core_limit")
+            local = find(model, batch, kind='pipeline', service_workers=None, threads=None, full_decode=None,
+                         core_limit=limit)
+            ratio = f"{_ratio(row, local)} of local" + (f", {limit} core" if limit else "")
         elif row["kind"] == "pipeline" and row["model"] == "imagenet input":
             ratio = f"{row['images_per_cpu_second']:.0f} images per CPU-second"
         if row["kind"] == "bare" and row.get("overrides"):

@@ -29,7 +29,8 @@ def test_the_plan_has_every_row_per_model_and_batch():
             assert wanted <= {label for m, b, label in labels if (m, b) == (model, batch)}, (model, batch)
     assert {("cifar input", 32, "local"), ("cifar input", 128, "local")} <= labels
     assert {label for m, _, label in labels if m == "imagenet input"} == {
-        "local", "local, 1 thread", "local, decode whole JPEG", "tf.data service, 2 workers"}
+        "local", "local, 1 thread", "local, decode whole JPEG", "tf.data service, 2 workers", "local, 1 core",
+        "tf.data service, 2 workers, 1 core each"}
     deep = [s for s in specs if s.get("overrides")]
     assert {(s["mode"], bool(s.get("jit"))) for s in deep} == {(m, j) for m in ("reversible", "autodiff")
                                                               for j in (False, True)}
@@ -43,15 +44,6 @@ def test_bad_axes_are_user_errors():
         bench.run_train_benchmark(["revnet-110"], [8], steps=2, jit_steps=1, imagenet=False)
     result = CliRunner().invoke(cli, ["benchmark", "train", "--batch-sizes", "7"])
     assert result.exit_code == 2 and "--batch-sizes" in result.output
-
-
-@pytest.fixture(scope="module")
-def toy_data(tmp_path_factory):
-    from revnet.preprocess.fake_data import write_toy_dataset
-
-    path = str(tmp_path_factory.mktemp("toy_data"))
-    write_toy_dataset(path, num_train=64, num_validation=8, num_classes=4, num_shards=2)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -131,4 +123,11 @@ def test_a_tiny_full_run_through_the_cli_leaves_no_process_behind(tmp_path):
     assert "of keras fit" in cli_line and "of trainer" in cli_line
     service = next(row for row in rows if row.get("service_workers"))
     assert set(service["cores_used"]) == {"client", "dispatcher", "worker1", "worker2"}
+    # The core-limited pair: the local pipeline on one core, each worker on a core of its own.
+    assert {"local, 1 core", "tf.data service, 2 workers, 1 core each"} <= labels
+    limited = {bench.describe(row): row for row in rows if row.get("core_limit")}
+    assert limited["local, 1 core"]["cores_used"]["client"] <= 1.1
+    workers = limited["tf.data service, 2 workers, 1 core each"]["cores_used"]
+    assert workers["worker1"] <= 1.1 and workers["worker2"] <= 1.1
+    assert "of local, 1 core" in outcome["stdout"]
     assert all(row["examples_per_second"] > 0 for row in rows)
