@@ -69,7 +69,7 @@ def _grpc_predict(port: int, encoded: List[bytes], labels: List[int]) -> Dict:
     latencies, correct = [], 0
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        for image, label in zip(encoded, labels):
+        for image, label in zip(encoded, labels, strict=True):
             request = predict_pb2.PredictRequest()
             request.model_spec.name = EXPORT_NAME
             request.model_spec.signature_name = "predict_images"
@@ -227,7 +227,8 @@ def format_summary(summary: Dict) -> str:
     memory = summary.get("memory")
     if memory:
         lines.append(
-            f"  memory      {memory['model']} training step at batch {memory['batch_size']}: peak {memory['reversible_peak_bytes'] / 1e6:.0f} MB "
+            f"  memory      {memory['model']} training step at batch {memory['batch_size']}: "
+            f"peak {memory['reversible_peak_bytes'] / 1e6:.0f} MB "
             f"reversible vs {memory['autodiff_peak_bytes'] / 1e6:.0f} MB autodiff; activations "
             f"{memory['reversible_activation_bytes'] / 1e6:.0f} vs {memory['autodiff_activation_bytes'] / 1e6:.0f} MB")
     lines += [
@@ -237,6 +238,7 @@ def format_summary(summary: Dict) -> str:
         "  artifacts",
     ]
     lines += [f"    {name:<12}{path}" for name, path in summary["artifacts"].items()]
-    lines.append(f"  time        {summary['seconds']['total']:.0f} s ({', '.join(f'{k} {v:.0f}s' for k, v in summary['seconds'].items() if k != 'total')})")
+    parts = ", ".join(f"{k} {v:.0f}s" for k, v in summary["seconds"].items() if k != "total")
+    lines.append(f"  time        {summary['seconds']['total']:.0f} s ({parts})")
     lines.append("  result      " + ("PASSED" if summary["passed"] else "FAILED: accuracy below the required minimum"))
     return "\n".join(lines)

@@ -40,7 +40,7 @@ def build_keras_resnet(config, weight_decay: float = 2e-4):
     x = bn_relu(conv(config.stem_channels, 1)(x))
     channels = config.stem_channels
     for stage, (units, width, stride) in enumerate(zip(config.units_per_stage, config.channels_per_stage,
-                                                       config.strides)):
+                                                       config.strides, strict=True)):
         for unit in range(units):
             unit_stride = stride if unit == 0 else 1
             y = x if stage == 0 and unit == 0 else bn_relu(x)

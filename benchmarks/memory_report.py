@@ -109,8 +109,8 @@ def marginal_per_image(rows: List[Dict]) -> List[str]:
                            / (large["batch_size"] - small["batch_size"]), small, large)
     lines = []
     for slope, small, large in slopes.values():
-        text = (f"{small['model']} [{_units(small)}] {small['mode']} {small['precision']}: {slope / MB:.2f} MB per added "
-                f"image (batch {small['batch_size']} -> {large['batch_size']})")
+        text = (f"{small['model']} [{_units(small)}] {small['mode']} {small['precision']}: "
+                f"{slope / MB:.2f} MB per added image (batch {small['batch_size']} -> {large['batch_size']})")
         if small["architecture"] == "revnet" and small["mode"] == "reversible":
             for mode in ("autodiff", "recompute"):
                 resnet = matching_resnet(rows, small, mode)
@@ -183,7 +183,8 @@ def plot_rows(rows: List[Dict], path: str) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     lines = series(rows)
-    for axis, key, title in ((axes[0], "peak_bytes", "allocator peak"), (axes[1], "activation_bytes", "activation memory")):
+    panels = ((axes[0], "peak_bytes", "allocator peak"), (axes[1], "activation_bytes", "activation memory"))
+    for axis, key, title in panels:
         for (architecture, mode, block, _family, precision, batch), members in lines.items():
             if len(members) < 2:
                 continue

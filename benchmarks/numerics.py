@@ -21,7 +21,7 @@ FLOAT16_LOSS_SCALE = 2.0 ** 10
 def max_relative_error(reference, other) -> float:
     """max over tensors of ||a - b|| / ||a|| (each gradient tensor against its own norm)."""
     worst = 0.0
-    for a, b in zip(reference, other):
+    for a, b in zip(reference, other, strict=True):
         a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
         worst = max(worst, float(np.linalg.norm(a - b)) / max(float(np.linalg.norm(a)), 1e-300))
     return worst
@@ -56,7 +56,7 @@ def gradient_error(name: str, mode: str, precision: str, images, labels, overrid
     overrides = dict(overrides or {})
     candidate = _build(name, overrides, mode=mode, compute_dtype=PRECISIONS[precision], seed=seed)
     reference = _build(name, overrides, mode="autodiff", param_dtype="float64", seed=seed)
-    for source, target in zip(candidate.variables, reference.variables):
+    for source, target in zip(candidate.variables, reference.variables, strict=True):
         assert source.name == target.name, (source.name, target.name)
         target.assign(tf.cast(source, tf.float64))
     scale = FLOAT16_LOSS_SCALE if precision == "fp16" else 1.0

@@ -42,7 +42,7 @@ def call_layers(steps: List, x, training: bool, recompute: bool = False):
     only): the whole chain keeps just its input x for the backward pass, which re-runs it."""
     layers = [step for step in steps if isinstance(step, Layer)]
     names = [[spec.name for spec in layer.param_specs if spec.trainable or not training] for layer in layers]
-    values = [tf.convert_to_tensor(layer.params[name]) for layer, layer_names in zip(layers, names)
+    values = [tf.convert_to_tensor(layer.params[name]) for layer, layer_names in zip(layers, names, strict=True)
               for name in layer_names]
     flat_x = tf.nest.flatten(x)
 
@@ -66,7 +66,7 @@ def call_layers(steps: List, x, training: bool, recompute: bool = False):
     if not training:
         return forward(*flat_x, *values)[0]
     y, all_stats = (tf.recompute_grad(forward) if recompute else forward)(*flat_x, *values)
-    for layer, stats in zip(layers, all_stats):
+    for layer, stats in zip(layers, all_stats, strict=True):
         update_moving_stats(layer.params, stats, layer.bn_momentum)
     return y
 

@@ -104,16 +104,17 @@ def original_variable_map(model) -> Dict[str, Target]:
     targets = _targets(model.stem, "stem", _stem)
     position = [(stage, unit) for stage, count in enumerate(config.units_per_stage, 1) for unit in range(count)]
     if config.architecture == "resnet":
-        for (stage, unit), layer in zip(position, model.units):
+        for (stage, unit), layer in zip(position, model.units, strict=True):
             targets.update(_targets(layer, f"stage{stage}/unit{unit + 1}",
                                     lambda n, s=stage, u=unit: f"unit_{s}_{u}/" + _unit(n, "resnet")))
     else:
-        for stage, (opener, stack) in enumerate(zip(model.openers, model.stacks), 1):
+        for stage, (opener, stack) in enumerate(zip(model.openers, model.stacks, strict=True), 1):
             targets.update(_targets(opener, f"stage{stage}/unit1",
                                     lambda n, s=stage: f"unit_{s}_0/" + _unit(n, "revnet")))
             for index in range(stack.num_blocks if stack is not None else 0):
-                targets.update(_targets(stack, f"stage{stage}/reversible", index=index,
-                                        translate=lambda n, s=stage, u=index + 1: f"unit_{s}_{u}/" + _unit(n, "revnet")))
+                def translate(n, s=stage, u=index + 1):
+                    return f"unit_{s}_{u}/" + _unit(n, "revnet")
+                targets.update(_targets(stack, f"stage{stage}/reversible", index=index, translate=translate))
     targets.update(_targets(model.head, "head", _head))
     return targets
 
@@ -146,7 +147,8 @@ def describe(shapes: Mapping[str, Sequence[int]]) -> str:
     family = {3: "cifar", 7: "imagenet"}.get(kernel, f"{kernel}x{kernel}")
     per_stage = tuple(units.get(stage, 0) for stage in range(1, max(units) + 1))
     kinds = {name: get_config(name) for name in list_models()}
-    same_kind = [name for name, c in kinds.items() if (c.architecture, c.block, c.family) == (architecture, block, family)]
+    kind = (architecture, block, family)
+    same_kind = [name for name, c in kinds.items() if (c.architecture, c.block, c.family) == kind]
     matches = [name for name in same_kind if kinds[name].units_per_stage == per_stage]
     text = (f"it looks like a {'RevNet' if architecture == 'revnet' else 'ResNet'} with {block} units "
             f"{'-'.join(map(str, per_stage))} and a {family} stem")
@@ -221,7 +223,8 @@ def check_fit(expected: Mapping[str, Target], shapes: Mapping[str, Sequence[int]
         elif name not in expected:
             problems.append((name, "is in the checkpoint but not in the model"))
         elif compare_shapes and present[name] != expected[name].shape:
-            problems.append((name, f"has shape {list(present[name])} but the model expects {list(expected[name].shape)}"))
+            problems.append((name, f"has shape {list(present[name])} but the model expects "
+                                   f"{list(expected[name].shape)}"))
     return problems
 
 

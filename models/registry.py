@@ -180,7 +180,8 @@ def _check_revvit(config: ModelConfig) -> None:
         raise UserError(f"{config.name} has one stage of blocks; units_per_stage must be one integer, got "
                         f"{tuple(config.units_per_stage)}")
     if not isinstance(patch, int) or patch < 1 or config.input_size % patch:
-        raise UserError(f"patch_size must be a positive integer dividing the input size {config.input_size}, got {patch!r}")
+        raise UserError(f"patch_size must be a positive integer dividing the input size {config.input_size}, "
+                        f"got {patch!r}")
     if not isinstance(heads, int) or heads < 1 or width % 2 or (width // 2) % heads:
         raise UserError(f"{config.name}: the width {width} must be even and each stream's half divisible by "
                         f"num_heads ({heads!r})")

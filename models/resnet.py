@@ -33,7 +33,7 @@ class ResNet(Network):
         in_channels = config.stem_channels
         self.units = []
         for stage, (num_units, out_channels, stride) in enumerate(
-                zip(config.units_per_stage, widths, config.strides)):
+                zip(config.units_per_stage, widths, config.strides, strict=True)):
             for unit in range(num_units):
                 # The stem already ends in BN-ReLU, so the very first unit starts with its conv.
                 fn = ResNetUnitFn(config.block, in_channels, out_channels, stride if unit == 0 else 1,

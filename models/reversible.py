@@ -96,8 +96,8 @@ class ReversibleStack(tf.Module):
         f_grads = tape.gradient(f_out, [x2] + [p[n] for n in f_names], output_gradients=dz1,
                                 unconnected_gradients=tf.UnconnectedGradients.ZERO)
         x1 = y1 - f_out
-        param_grads = dict(zip(g_names, g_grads[1:]))
-        param_grads.update(zip(f_names, f_grads[1:]))
+        param_grads = dict(zip(g_names, g_grads[1:], strict=True))
+        param_grads.update(zip(f_names, f_grads[1:], strict=True))
         return x1, x2, dz1, dy2 + f_grads[0], param_grads
 
     def _backward_loop(self, y1, y2, dy1, dy2, weights: List[tf.Tensor]):
@@ -106,7 +106,7 @@ class ReversibleStack(tf.Module):
         if self.unrolled:
             per_block = []
             for index in reversed(range(self.num_blocks)):
-                p = {name: weight[index] for name, weight in zip(names, weights)}
+                p = {name: weight[index] for name, weight in zip(names, weights, strict=True)}
                 # Each block's reconstruction waits for the previous block's gradients, as in the loop.
                 with tf.control_dependencies([dy1, dy2]):
                     y1, y2, dy1, dy2, param_grads = self._block_backward(p, tf.identity(y1), tf.identity(y2),
@@ -118,9 +118,9 @@ class ReversibleStack(tf.Module):
                        for weight in weights]
 
         def back_body(index, h1, h2, dh1, dh2, *arrays):
-            p = {name: tf.gather(weight, index) for name, weight in zip(names, weights)}
+            p = {name: tf.gather(weight, index) for name, weight in zip(names, weights, strict=True)}
             h1, h2, dh1, dh2, param_grads = self._block_backward(p, h1, h2, dh1, dh2)
-            arrays = [array.write(index, param_grads[name]) for name, array in zip(names, arrays)]
+            arrays = [array.write(index, param_grads[name]) for name, array in zip(names, arrays, strict=True)]
             return (index - 1, h1, h2, dh1, dh2, *arrays)
 
         # parallel_iterations=1: see _forward_reversible.
@@ -158,7 +158,7 @@ class ReversibleStack(tf.Module):
         names = self.trainable_names
 
         def block(x1, x2, *block_weights):
-            return self._block(dict(zip(names, block_weights)), x1, x2, True)
+            return self._block(dict(zip(names, block_weights, strict=True)), x1, x2, True)
 
         if recompute:
             block = tf.recompute_grad(block)
@@ -203,7 +203,7 @@ class ReversibleStack(tf.Module):
             stats_arrays = [tf.TensorArray(weights[0].dtype, size=num_blocks) for _ in range(2 * len(self.bn_names))]
 
             def body(index, h1, h2, *arrays):
-                p = {name: tf.gather(weight, index) for name, weight in zip(names, weights)}
+                p = {name: tf.gather(weight, index) for name, weight in zip(names, weights, strict=True)}
                 h1, h2, stats = self._block(p, h1, h2, True)
                 arrays = [array.write(index, stats[self.bn_names[k // 2]][k % 2]) for k, array in enumerate(arrays)]
                 return (index + 1, h1, h2, *arrays)

@@ -55,7 +55,7 @@ class RevNet(Network):
         in_channels = config.stem_channels
         self.openers, self.stacks = [], []
         for stage, (num_units, out_channels, stride) in enumerate(
-                zip(config.units_per_stage, widths, config.strides)):
+                zip(config.units_per_stage, widths, config.strides, strict=True)):
             fn = RevNetUnitFn(config.block, in_channels, out_channels, stride, preactivate=stage != 0,
                               compute_dtype=self.compute_dtype)
             self.openers.append(self._layer(fn, f"stage{stage + 1}/unit1"))
@@ -88,7 +88,7 @@ class RevNet(Network):
                              x, stem_training, recompute=reversible and stem_training)
         if not joined:
             x1, x2 = self._after("stem", (x1, x2))
-        for stage, (opener, stack) in enumerate(zip(self.openers, self.stacks)):
+        for stage, (opener, stack) in enumerate(zip(self.openers, self.stacks, strict=True)):
             part = f"stage{stage + 1}"
             part_training = self._training(part, training)
             if stage > 0 or not joined:
@@ -103,7 +103,7 @@ class RevNet(Network):
         after one training-mode forward pass (which also moves the batch-norm averages, as a step would)."""
         x1, x2 = self._split(self.stem(tf.cast(self.normalize(images), self.compute_dtype), True))
         errors = []
-        for opener, stack in zip(self.openers, self.stacks):
+        for opener, stack in zip(self.openers, self.stacks, strict=True):
             x1, x2 = opener((x1, x2), True)
             if stack is None:
                 continue

@@ -23,7 +23,8 @@ def model_table() -> List[Dict]:
 
 
 def format_model_table(rows: List[Dict]) -> str:
-    header = f"{'name':<12}{'family':<10}{'block':<12}{'units':<12}{'channels':<18}{'params':>12}{'paper':>9}{'input':>8}"
+    header = (f"{'name':<12}{'family':<10}{'block':<12}{'units':<12}{'channels':<18}"
+              f"{'params':>12}{'paper':>9}{'input':>8}")
     lines = [header, "-" * len(header)]
     for row in rows:
         paper = f"{row['paper_params'] / 1e6:.2f}M" if row["paper_params"] else "-"

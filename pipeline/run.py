@@ -197,7 +197,7 @@ def _run_in(work_dir: str, config: PreprocessConfig, plan: Plan, num_shards: Dic
     limits.check_limits(read, {split: counts["rejected"] for split, counts in splits.items()}, rejects, config,
                         output_dir)
     storage.write_bytes(storage.join(work_dir, REJECTS_FILE), limits.rejects_jsonl(rejects))
-    empty = [name for name, count in zip(plan.label_names, splits["train"]["class_counts"]) if not count]
+    empty = [name for name, count in zip(plan.label_names, splits["train"]["class_counts"], strict=True) if not count]
     if empty:
         log.warning("class(es) %s have no training records (see %s)", ", ".join(map(repr, empty)), REJECTS_FILE)
     # Only the dataset is published: scratch folders and any temporary file a killed worker left go.

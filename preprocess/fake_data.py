@@ -397,7 +397,7 @@ def write_mixed_format_split(data_dir: str, label_names: Sequence[str], num_imag
     encoded = [png_bytes(p) if i % 2 == 0 else jpeg_bytes(p) for i, p in enumerate(pixels)]
     labels = [i % len(label_names) for i in range(num_images)]
     records = [(data, "PNG" if i % 2 == 0 else "JPEG", 32, 32, f"img{i}", label, label_names[label])
-               for i, (data, label) in enumerate(zip(encoded, labels))]
+               for i, (data, label) in enumerate(zip(encoded, labels, strict=True))]
     write_record_dataset(data_dir, {"validation": [records]}, {
         "dataset": "cifar-10", "num_classes": len(label_names), "label_names": list(label_names), "options": {}})
     return encoded, labels

@@ -228,7 +228,8 @@ def _rgb_array(image: Image.Image, band_bytes: int = 1 << 22) -> np.ndarray:
 def resize_bilinear(image: np.ndarray, height: int, width: int, half_pixel_centers: bool = True) -> np.ndarray:
     """tf.image.resize(method="bilinear") in numpy (the model server's resize; a folder dataset's 32x32
     images are made with it, so a served photo becomes the pixels training saw): half-pixel centres, edge
-    clamping, float output; with half_pixel_centers=False, TF1's resize_bilinear (output pixel i samples input position i * in/out)."""
+    clamping, float output; with half_pixel_centers=False, TF1's resize_bilinear (output pixel i samples
+    input position i * in/out)."""
     def axis(out_size, in_size):
         if half_pixel_centers:
             position = np.maximum((np.arange(out_size) + 0.5) * (in_size / out_size) - 0.5, 0.0)

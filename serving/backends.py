@@ -58,7 +58,7 @@ class OnnxServable(Servable):
         self.output_names = [output.name for output in self.session.get_outputs()]
 
     def run(self, images):
-        return dict(zip(self.output_names, self.session.run(None, {"images": images})))
+        return dict(zip(self.output_names, self.session.run(None, {"images": images}), strict=True))
 
 
 class TfServable(Servable):

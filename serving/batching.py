@@ -55,7 +55,8 @@ class DynamicBatcher:
         self._queue.put(_Item(servable, images, future, check_alive))
         return future
 
-    def run(self, servable, images: np.ndarray, check_alive: Optional[Callable[[], None]] = None) -> Dict[str, np.ndarray]:
+    def run(self, servable, images: np.ndarray,
+            check_alive: Optional[Callable[[], None]] = None) -> Dict[str, np.ndarray]:
         return self.submit(servable, images, check_alive).result()
 
     def queue_depth(self) -> int:
@@ -124,6 +125,6 @@ class DynamicBatcher:
                 continue
             self.on_batch(sum(sizes))
             start = 0
-            for item, size in zip(items, sizes):
+            for item, size in zip(items, sizes, strict=True):
                 item.future.set_result({key: value[start:start + size] for key, value in outputs.items()})
                 start += size

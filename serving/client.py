@@ -12,7 +12,8 @@ DEFAULT_TIMEOUT_SECONDS = 30.0
 
 
 def _channel(server: str, tls_ca: Optional[str], max_message_mb: int):
-    options = [("grpc.max_send_message_length", max_message_mb << 20), ("grpc.max_receive_message_length", max_message_mb << 20)]
+    options = [("grpc.max_send_message_length", max_message_mb << 20),
+               ("grpc.max_receive_message_length", max_message_mb << 20)]
     if tls_ca:
         with open(tls_ca, "rb") as handle:
             return grpc.secure_channel(server, grpc.ssl_channel_credentials(handle.read()), options=options)
@@ -72,7 +73,11 @@ def predict_stream(server: str, images: List[str], model: str = "", top_k: int =
                 example = request.input.example_list.examples.add()
                 example.features.feature["image/encoded"].bytes_list.value.append(data)
             response = _classify(stub, request, server, timeout_seconds, chunk[0][0])
-            for (path, _), classification in zip(chunk, response.result.classifications):
+            answered = len(response.result.classifications)
+            if answered != len(chunk):
+                raise UserError(f"server answered {answered} classifications for the {len(chunk)} images starting "
+                                f"at {chunk[0][0]!r}")
+            for (path, _), classification in zip(chunk, response.result.classifications, strict=True):
                 top = sorted(classification.classes, key=lambda c: -c.score)[:top_k]
                 yield {"image": path, "model": response.model_spec.name, "version": response.model_spec.version.value,
                        "classes": [{"label": c.label, "probability": c.score} for c in top]}

@@ -90,7 +90,8 @@ def export(options: Optional[ExportConfig] = None, **fields) -> Dict:
     staging = tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=model_dir)
     record = {"experiment": exp_id, "checkpoint": checkpoint_path, "model": model_config.to_json(), "name": name,
               "version": version, "format": format, "labels": labels, "input_size": model_config.input_size,
-              "family": model_config.family, "preprocessing": model_config.preprocessing, "parity_images": {"source": source, "count": int(len(images))}}
+              "family": model_config.family, "preprocessing": model_config.preprocessing,
+              "parity_images": {"source": source, "count": int(len(images))}}
     try:
         reference = {key: value.numpy() for key, value in module.serving_default(tf.constant(images)).items()}
         record["inference_graph"] = _graph_record(model, module, images, reference)

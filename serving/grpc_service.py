@@ -109,7 +109,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response = predict_pb2.PredictResponse()
         response.model_spec.name = servable.name
         response.model_spec.version.value = servable.version
-        response.model_spec.signature_name = self.core.resolve_signature(request.model_spec.signature_name, list(inputs))
+        signature = self.core.resolve_signature(request.model_spec.signature_name, list(inputs))
+        response.model_spec.signature_name = signature
         for name, value in outputs.items():
             fill_tensor_proto(response.outputs[name], value)
         return response

@@ -45,8 +45,8 @@ class InferenceCore:
             raise UserError(f"signature {name_some([signature])} not found; expected one of {list(SIGNATURE_INPUTS)}",
                             not_found=True)
         if len(input_names) != 1:
-            raise UserError(f"expected exactly one input ('images' float32 [batch,H,W,3] or 'image_bytes' string [batch]), "
-                            f"got {name_some(input_names)}")
+            raise UserError("expected exactly one input ('images' float32 [batch,H,W,3] or 'image_bytes' string "
+                            f"[batch]), got {name_some(input_names)}")
         name = input_names[0]
         if not signature:
             signature = {v: k for k, v in SIGNATURE_INPUTS.items()}.get(name, "serving_default")
@@ -89,11 +89,13 @@ class InferenceCore:
         if not isinstance(image_bytes, list):
             raise UserError(f"input 'image_bytes' must be {BYTES_DESCRIPTION}")
         self.check_rows(len(image_bytes))
-        arguments = (image_bytes, servable.input_size, servable.preprocessing, self.config.max_image_pixels, check_alive)
+        arguments = (image_bytes, servable.input_size, servable.preprocessing, self.config.max_image_pixels,
+                     check_alive)
         return self.decode_pool.decode(*arguments) if self.decode_pool else decode_images_numpy(*arguments)
 
     def predict(self, model_name: str, version: Optional[int], signature: str, inputs: Dict,
-                output_filter: Sequence[str] = (), check_alive: CheckAlive = None, label: Optional[str] = None) -> tuple:
+                output_filter: Sequence[str] = (), check_alive: CheckAlive = None,
+                label: Optional[str] = None) -> tuple:
         """(servable, {output: array}) for one request; UserError for anything the client got wrong.
 
         The model is named by `model_name` and `version` or `label` (neither: its highest served version).

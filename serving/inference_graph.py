@@ -237,7 +237,8 @@ class _Folder:
 
     def shortcut(self, shortcut, values: Values, name: str) -> Shortcut:
         if shortcut.projects:
-            return Shortcut(self.conv_bn(values, name, shortcut.name, None, shortcut.stride, 0.0), shortcut.stride, (0, 0))
+            projection = self.conv_bn(values, name, shortcut.name, None, shortcut.stride, 0.0)
+            return Shortcut(projection, shortcut.stride, (0, 0))
         extra = max(shortcut.out_channels - shortcut.in_channels, 0)
         return Shortcut(None, shortcut.stride, (extra // 2, extra - extra // 2))
 
@@ -295,12 +296,13 @@ def fold_model(model) -> Tuple[Program, Dict[str, np.ndarray]]:
     stem = folder.conv_bn(stem_values, "stem", "conv", "bn", stem_fn.stride, stem_fn.epsilon, input_scale=scale)
     units = []
     if isinstance(model, RevNet):
-        for stage, (opener, stack) in enumerate(zip(model.openers, model.stacks), start=1):
+        for stage, (opener, stack) in enumerate(zip(model.openers, model.stacks, strict=True), start=1):
             fn, values = opener.fn, _module_values(opener)
             name = f"stage{stage}/unit1"
             units.append(RevNetUnit(folder.residual(fn.f, _prefixed(values, "f"), f"{name}/f"),
                                     folder.residual(fn.g, _prefixed(values, "g"), f"{name}/g"),
-                                    folder.shortcut(fn.shortcut1, values, name), folder.shortcut(fn.shortcut2, values, name)))
+                                    folder.shortcut(fn.shortcut1, values, name),
+                                    folder.shortcut(fn.shortcut2, values, name)))
             if stack is not None:
                 units += fold_stack(folder, stack, f"stage{stage}/reversible")
     elif isinstance(model, ResNet):
@@ -314,7 +316,8 @@ def fold_model(model) -> Tuple[Program, Dict[str, np.ndarray]]:
     program = Program(
         pixel_mean=folder.add("pixel_mean", mean), stem=stem, stem_max_pool=stem_fn.max_pool,
         units=tuple(units), split_channels=isinstance(model, RevNet),
-        head_affine=folder.add("head/bn/scale_shift", np.stack(folder.bn_scale_shift(head_values, "bn", model.head.fn.epsilon))),
+        head_affine=folder.add("head/bn/scale_shift",
+                               np.stack(folder.bn_scale_shift(head_values, "bn", model.head.fn.epsilon))),
         dense_kernel=folder.add("head/dense/kernel", head_values("dense/kernel")),
         dense_bias=folder.add("head/dense/bias", head_values("dense/bias")))
     return program, folder.arrays

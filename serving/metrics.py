@@ -33,7 +33,7 @@ class HistogramSnapshot:
                 elif sample.name.endswith("_count"):
                     self.count = int(sample.value)
         self.buckets = buckets
-        self.counts = [now - before for now, before in zip(cumulative, [0] + cumulative[:-1])]
+        self.counts = [now - before for now, before in zip(cumulative, [0] + cumulative[:-1], strict=True)]
 
 
 class Metrics:

@@ -74,7 +74,8 @@ class ModelRepository:
         self._poll_lock = threading.Lock()
         if not self.poll():
             artifact = model_file(entry.backend, onnx_file)
-            reasons = "; ".join(f"version {v}: {reason}" for v, (_, reason) in sorted(self._broken.items(), reverse=True))
+            broken = sorted(self._broken.items(), reverse=True)
+            reasons = "; ".join(f"version {v}: {reason}" for v, (_, reason) in broken)
             raise UserError(f"model {entry.name!r}: {entry.base_path!r} has no version folder with a {entry.backend} "
                             f"model ({artifact}) that loads under policy {entry.policy.describe()}"
                             + (f" ({reasons})" if reasons else "; run `cli.py export`"))

@@ -2,8 +2,9 @@
 
 This is the only place serving and export defaults live. `cli.py serve` and `cli.py export` build one
 flag per field (common/options.py: type from the annotation, default from the field, help and bounds from
-the metadata), and `start_server(**options)` and `export(**options)` take the same names. The limits bound what one client can make the server do:
-rows per request, pixels per image, decode and connection slots, the time a REST request may take.
+the metadata), and `start_server(**options)` and `export(**options)` take the same names. The limits
+bound what one client can make the server do: rows per request, pixels per image, decode and connection
+slots, the time a REST request may take.
 
 Importing this module imports nothing heavy (the CLI builds its flags from it).
 """

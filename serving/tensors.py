@@ -107,11 +107,13 @@ def check_shape(dtype: int, shape: Tuple[int, ...], spec: InputSpec, dtype_text:
     """`shape` after checking the dtype, rank, every dimension and the row count against `spec`."""
     if dtype != spec.dtype:
         raise UserError(f"input {spec.name!r} must be {spec.description}, got {dtype_text}")
-    if len(shape) != len(spec.dims) or any(want is not None and size != want for size, want in zip(shape, spec.dims)):
+    mismatched = (want is not None and size != want for size, want in zip(shape, spec.dims, strict=True))
+    if len(shape) != len(spec.dims) or any(mismatched):
         raise UserError(f"input {spec.name!r} has shape {list(shape)}; expected {_dims_text(spec)}")
     rows = shape[0]
     if rows < 1:
-        raise UserError(f"the request is empty (input {spec.name!r} has shape {list(shape)}); expected at least one row")
+        raise UserError(f"the request is empty (input {spec.name!r} has shape {list(shape)}); expected at least "
+                        "one row")
     if rows > spec.max_rows:
         raise UserError(f"a request of {rows} rows exceeds the server limit of {spec.max_rows} (--max-request-rows)")
     return shape
@@ -134,10 +136,12 @@ def make_ndarray(proto, name: str = "tensor", spec: Optional[InputSpec] = None,
     else:
         shape = tensor_shape(proto)
     if any(size < 0 for size in shape):
-        raise UserError(f"input {name!r} has an unknown dimension in shape {list(shape)}; expected a fully defined shape")
+        raise UserError(f"input {name!r} has an unknown dimension in shape {list(shape)}; expected a fully "
+                        "defined shape")
     count = _element_count(shape)
     if count > max_elements:
-        raise UserError(f"input {name!r} of shape {list(shape)} has {count:,} elements; at most {max_elements:,} allowed")
+        raise UserError(f"input {name!r} of shape {list(shape)} has {count:,} elements; at most "
+                        f"{max_elements:,} allowed")
     if proto.dtype == DT_STRING:
         if len(proto.string_val) != count:
             raise UserError(f"input {name!r} has {len(proto.string_val)} strings but shape {list(shape)}")

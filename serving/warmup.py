@@ -60,7 +60,8 @@ def read_warmup_requests(version_dir: str) -> List:
     try:
         for index, data in enumerate(tf.data.TFRecordDataset(path).take(MAX_WARMUP_RECORDS + 1)):
             if index == MAX_WARMUP_RECORDS:
-                raise UserError(f"{layout.WARMUP_FILE} holds more than {MAX_WARMUP_RECORDS} records, TF Serving's limit")
+                raise UserError(f"{layout.WARMUP_FILE} holds more than {MAX_WARMUP_RECORDS} records, "
+                                "TF Serving's limit")
             record = prediction_log_pb2.PredictionLog.FromString(data.numpy())
             kind = record.WhichOneof("log_type")
             if kind != "predict_log":

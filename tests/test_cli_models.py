@@ -2,7 +2,7 @@
 import json
 
 import pytest
-from cli_runner import run_cli
+from testkit.cli_runner import run_cli
 
 
 def test_models_json_lists_every_model_with_the_documented_keys():

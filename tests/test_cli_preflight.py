@@ -8,7 +8,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Runs the CLI as `python cli.py ...` does, then says whether TensorFlow got imported.
-RUN = ("import runpy, sys\nsys.argv = ['cli.py'] + sys.argv[1:]\ncode = None\ntry:\n    runpy.run_path('cli.py', run_name='__main__')\n"
+RUN = ("import runpy, sys\nsys.argv = ['cli.py'] + sys.argv[1:]\ncode = None\n"
+       "try:\n    runpy.run_path('cli.py', run_name='__main__')\n"
        "except SystemExit as done:\n    code = done.code\nprint('exit', code, 'tensorflow' in sys.modules)\n")
 
 

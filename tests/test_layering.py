@@ -148,7 +148,8 @@ def _cycles(graph):
 
 def test_no_module_imports_itself_through_others():
     # A package's __init__ re-exporting its own modules is not a circle the reader has to untangle.
-    graph = {module: {t for t in targets if not module.startswith(t + ".")} for module, targets in _module_graph().items()}
+    graph = {module: {t for t in targets if not module.startswith(t + ".")}
+             for module, targets in _module_graph().items()}
     assert _cycles(graph) == []
 
 

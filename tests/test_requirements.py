@@ -92,10 +92,12 @@ def _python_files(under_tests: bool):
 
 
 def _local_modules():
-    """Names that resolve to our own files (the package root, test helpers beside the tests)."""
+    """Names that resolve to our own files (the package root, the tests' helper package and modules)."""
     names = {"revnet"}
-    for _dirpath, _, filenames in os.walk(os.path.join(ROOT, "tests")):
+    for dirpath, _, filenames in os.walk(os.path.join(ROOT, "tests")):
         names |= {name[:-3] for name in filenames if name.endswith(".py")}
+        if "__init__.py" in filenames:
+            names.add(os.path.basename(dirpath))
     return names
 
 

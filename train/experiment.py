@@ -2,7 +2,8 @@
 
     WORKDIR/ID/config.json      ExperimentConfig.to_json(): {"model": ModelConfig, "train": TrainConfig,
                                 "data": {"dir", "dataset", "label_names", "train_examples", "validation_examples"}}
-    WORKDIR/ID/checkpoints/     tf.train.CheckpointManager files (ckpt-N), checkpoint = Checkpoint(model=, optimizer=, step=, ...);
+    WORKDIR/ID/checkpoints/     tf.train.CheckpointManager files (ckpt-N),
+                                checkpoint = Checkpoint(model=, optimizer=, step=, ...);
                                 `create_experiment` writes ckpt-0 with the model, zero momentum and data position 0
     WORKDIR/ID/best/            a copy of the best evaluated checkpoint (ckpt-N files + best.json)
     WORKDIR/ID/eval.jsonl       one line per evaluated checkpoint
@@ -107,7 +108,8 @@ def resume_candidates(ckpt_dir: str) -> Tuple[List[str], List[str]]:
     checkpoint on disk that it does not name (e.g. the state file itself is damaged) is still a candidate.
     """
     problems = []
-    on_disk = {int(m.group(1)) for m in map(_INDEX.match, os.listdir(ckpt_dir)) if m} if os.path.isdir(ckpt_dir) else set()
+    listing = os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else []
+    on_disk = {int(m.group(1)) for m in map(_INDEX.match, listing) if m}
     named: List[str] = []
     try:
         state = tf.train.get_checkpoint_state(ckpt_dir)
@@ -119,8 +121,8 @@ def resume_candidates(ckpt_dir: str) -> Tuple[List[str], List[str]]:
     for path in dict.fromkeys(named):
         name = os.path.basename(path)
         if re.fullmatch(r"ckpt-\d+", name) and checkpoint_step(name) not in on_disk:
-            problems.append(f"checkpoint {os.path.join(ckpt_dir, name)} is named in {os.path.join(ckpt_dir, STATE_FILE)} "
-                            f"but its .index file is missing")
+            problems.append(f"checkpoint {os.path.join(ckpt_dir, name)} is named in "
+                            f"{os.path.join(ckpt_dir, STATE_FILE)} but its .index file is missing")
     candidates = [os.path.join(ckpt_dir, f"ckpt-{step}") for step in sorted(on_disk, reverse=True)]
     return candidates, problems
 
@@ -171,7 +173,8 @@ def resolve_checkpoint(exp_dir: str, which: str = "latest") -> str:
     elif which == "best":
         path = tf.train.latest_checkpoint(best_dir(exp_dir))
         if path is None:
-            raise UserError(f"experiment {exp_dir!r} has no best checkpoint yet; run `cli.py eval` or use --checkpoint latest")
+            raise UserError(f"experiment {exp_dir!r} has no best checkpoint yet; run `cli.py eval` or use "
+                            "--checkpoint latest")
     else:
         path = which if tf.io.gfile.exists(which + ".index") else None
     if path is None:

@@ -119,7 +119,8 @@ def parse_units(text: str, num_stages: int) -> Tuple[int, ...]:
     except ValueError:
         counts = ()
     if len(counts) != num_stages or min(counts) < 1:
-        raise UserError(f"--units must be {num_stages} positive unit counts joined by '-' (one per stage), got {text!r}")
+        raise UserError(f"--units must be {num_stages} positive unit counts joined by '-' (one per stage), "
+                        f"got {text!r}")
     return counts
 
 
@@ -156,7 +157,8 @@ def _imported_config(base, shapes, pixel_mean, preprocessing: Optional[str]):
     normalization = original_normalization(base.family, base.input_size, pixel_mean)
     return get_config(base.name, units_per_stage=base.units_per_stage, stem_channels=inferred.stem_channels,
                       channels_per_stage=inferred.channels_per_stage,
-                      num_classes=inferred.num_classes, preprocessing=preprocessing or ORIGINAL_PREPROCESSING[base.family],
+                      num_classes=inferred.num_classes,
+                      preprocessing=preprocessing or ORIGINAL_PREPROCESSING[base.family],
                       **normalization)
 
 

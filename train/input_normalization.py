@@ -52,7 +52,8 @@ def original_normalization(family: str, input_size: int, pixel_mean: Optional[Se
     if pixel_mean is None:
         raise UserError("a CIFAR model needs the training images' mean: pass --data DIR (a dataset from "
                         "`cli.py preprocess`, which records it) or --pixel-mean R,G,B")
-    return {"input_normalization": "subtract_mean", "pixel_mean": as_nested_tuple(pixel_mean_array(pixel_mean, input_size))}
+    return {"input_normalization": "subtract_mean",
+            "pixel_mean": as_nested_tuple(pixel_mean_array(pixel_mean, input_size))}
 
 
 def check_dataset_fits(config, metadata: Dict, data_dir: str) -> None:
@@ -63,7 +64,8 @@ def check_dataset_fits(config, metadata: Dict, data_dir: str) -> None:
         return
     raise UserError(f"{data_dir} was prepared for {family} models ({metadata.get('image_size')}x"
                     f"{metadata.get('image_size')} inputs) but {config.name} is a {config.family} model "
-                    f"({config.input_size}x{config.input_size}); train a model of the {family} family (`cli.py models`) or "
+                    f"({config.input_size}x{config.input_size}); train a model of the {family} family "
+                    "(`cli.py models`) or "
                     f"re-run `cli.py preprocess` with --image-size {config.input_size}")
 
 

@@ -63,12 +63,13 @@ class MomentumSGD(tf.Module):
         return context.merge_call(self._apply_cross_replica, args=(list(gradients), list(variables), learning_rate))
 
     def _apply_cross_replica(self, strategy, gradients, variables, learning_rate):
-        reduced = strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.SUM, list(zip(gradients, variables)))
+        pairs = list(zip(gradients, variables, strict=True))
+        reduced = strategy.extended.batch_reduce_to(tf.distribute.ReduceOp.SUM, pairs)
         finite = tf.constant(True)
         if self.loss_scale is not None:
             reduced = [g / self.loss_scale.scale for g in reduced]
             finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in reduced])
-        for gradient, variable, velocity, decay in zip(reduced, variables, self.velocities, self.decays):
+        for gradient, variable, velocity, decay in zip(reduced, variables, self.velocities, self.decays, strict=True):
             strategy.extended.update(variable, self._update_one, args=(gradient, velocity, learning_rate, decay,
                                                                        finite), group=False)
         if self.loss_scale is not None:

@@ -43,7 +43,8 @@ def _prefix_in_folder(folder: str) -> str:
         return indexes[0][: -len(".index")]
     if not indexes:
         raise UserError(f"{folder!r} holds no checkpoint (no *.index file and no usable {STATE_FILE!r} state file)")
-    raise UserError(f"{folder!r} holds {len(indexes)} checkpoints ({', '.join(os.path.basename(i) for i in indexes[:4])}"
+    some = ", ".join(os.path.basename(i) for i in indexes[:4])
+    raise UserError(f"{folder!r} holds {len(indexes)} checkpoints ({some}"
                     f"{', ...' if len(indexes) > 4 else ''}) and no usable state file; pass one prefix, e.g. "
                     f"{indexes[-1][: -len('.index')]}")
 

@@ -120,5 +120,5 @@ def run_evaluation(eval_step, dataset) -> Dict:
 def copy_weights(source_model, target_model) -> None:
     """Copy a (possibly distributed) model's variables into a plain one; replica-synced moving
     statistics are read in cross-replica context, which averages them over the replicas."""
-    for target, source in zip(target_model.variables, source_model.variables):
+    for target, source in zip(target_model.variables, source_model.variables, strict=True):
         target.assign(np.asarray(source.read_value()))

@@ -154,7 +154,8 @@ def run(model: str, data: Optional[str] = None, id: Optional[str] = None, workdi
         announce_id = id is None
         if id is None:
             if placement.num_workers > 1:
-                raise UserError("--id is required when TF_CONFIG names several workers (they must share one experiment)")
+                raise UserError("--id is required when TF_CONFIG names several workers (they must share one "
+                                "experiment)")
             id = new_experiment_id(get_config(model).name)
         exp_dir = experiment.experiment_dir(workdir, id)
         config = resolve_experiment(model, data, exp_dir, experiment.read_config(exp_dir), overrides)
@@ -396,7 +397,8 @@ def jit_warning(train_cfg: TrainConfig, model_config: ModelConfig) -> Optional[s
     return None
 
 
-def _input_failure(error, config: ExperimentConfig, metadata: Dict, data_service: Optional[str], save, at_step: int) -> Exception:
+def _input_failure(error, config: ExperimentConfig, metadata: Dict, data_service: Optional[str], save,
+                   at_step: int) -> Exception:
     """A UserError naming the damaged training shard (after saving the progress so far), or a clear error
     when the tf.data service stopped answering."""
     try:

@@ -48,7 +48,8 @@ SPECS: Dict[str, CifarSpec] = {
                           tuple(f"data_batch_{i}" for i in range(1, 6)), ("test_batch",), "batches.meta",
                           ("labels",)),
     "cifar-100": CifarSpec("cifar-100-python.tar.gz", "cifar-100-python",
-                           "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz", "eb9058c3a382ffc7106e4002c42a8d85",
+                           "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                           "eb9058c3a382ffc7106e4002c42a8d85",
                            ("train",), ("test",), "meta", ("fine_labels", "coarse_labels")),
 }
 

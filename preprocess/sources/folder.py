@@ -224,7 +224,8 @@ def _class_name(folder_name: str, where: str) -> str:
     bad = [char for char in name if unicodedata.category(char).startswith("C")]
     if bad or not name.strip():
         what = f"a control character ({bad[0]!r})" if bad else "a blank name"
-        raise UserError(f"class folder {where!r} has {what} in its name; class names become lines of the exported labels.txt: rename it")
+        raise UserError(f"class folder {where!r} has {what} in its name; class names become lines of the "
+                        "exported labels.txt: rename it")
     return name
 
 

@@ -71,8 +71,8 @@ def _read_text_file(path: str, what: str) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
-        raise UserError(f"{what} {path!r} is not UTF-8 text (byte {error.start}: {data[error.start:error.start + 1]!r}); "
-                        f"save it as UTF-8") from None
+        byte = data[error.start:error.start + 1]
+        raise UserError(f"{what} {path!r} is not UTF-8 text (byte {error.start}: {byte!r}); save it as UTF-8") from None
 
 
 def read_class_texts(input_dir: str, class_names_file: Optional[str] = None) -> Dict[str, str]:
@@ -211,7 +211,7 @@ def list_imagenet(input_dir: str, val_labels: Optional[str] = None, label_offset
         if names and not val_labels:
             raise UserError("val/ holds flat ILSVRC2012_val_*.JPEG files; pass --val-labels with "
                             "LOC_val_solution.csv or a file with one synset per line")
-        for name, synset in zip(names, read_val_labels(val_labels, names) if names else []):
+        for name, synset in zip(names, read_val_labels(val_labels, names) if names else [], strict=True):
             if synset not in label_of:
                 raise UserError(f"validation label {synset} (for {name}) has no training folder train/{synset}/")
             add("validation", "val", name, synset)

@@ -50,8 +50,9 @@ def test_reversible_peak_is_flat_in_depth_while_autodiff_grows(rows):
 
 def test_rows_have_the_documented_fields_and_format(rows):
     row = rows[(DEEP_UNITS, "reversible")]
-    for key in ("model", "units_per_stage", "depth", "mode", "precision", "batch_size", "peak_bytes", "activation_bytes",
-                "activation_bytes_per_image", "peak_rss_bytes", "step_seconds", "grad_rel_err", "recon_rel_err"):
+    for key in ("model", "units_per_stage", "depth", "mode", "precision", "batch_size", "peak_bytes",
+                "activation_bytes", "activation_bytes_per_image", "peak_rss_bytes", "step_seconds", "grad_rel_err",
+                "recon_rel_err"):
         assert key in row
     assert row["units_per_stage"] == [DEEP_UNITS, 1, 1] and row["depth"] == 4 * (DEEP_UNITS + 2) + 2
     assert row["peak_rss_bytes"] > row["peak_bytes"] > 0 and row["step_seconds"] > 0

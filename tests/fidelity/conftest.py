@@ -1,7 +1,7 @@
 """Session fixture: every reference checkpoint imported once."""
 import pytest
 
-from fidelity_helpers import MODELS, import_fixture
+from testkit.fidelity_helpers import MODELS, import_fixture
 
 
 @pytest.fixture(scope="session")

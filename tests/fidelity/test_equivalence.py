@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from revnet.train.experiment import restore_model
 
-from fidelity_helpers import MODELS, assert_logits_match, fixture_path, raw_pixels
+from testkit.fidelity_helpers import MODELS, assert_logits_match, fixture_path, raw_pixels
 
 WIDTHS = {"resnet-32": (16, (16, 32, 64), 10), "revnet-38": (32, (32, 64, 112), 10),
           "revnet-104-narrow": (8, (8, 16, 32, 52), 1000)}

@@ -7,9 +7,9 @@ import os
 
 import numpy as np
 import pytest
-from cli_runner import run_cli
+from testkit.cli_runner import run_cli
 
-from fidelity_helpers import CIFAR_MEAN, assert_logits_match, checkpoint_prefix, raw_pixels
+from testkit.fidelity_helpers import CIFAR_MEAN, assert_logits_match, checkpoint_prefix, raw_pixels
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -27,7 +27,7 @@ def served_logits(version_dir, pixels):
     saved = tf.saved_model.load(version_dir).signatures["serving_default"](images=tf.constant(images))["logits"]
     session = onnxruntime.InferenceSession(os.path.join(version_dir, "model.onnx"), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]
-    onnx = dict(zip(names, session.run(None, {"images": images})))["logits"]
+    onnx = dict(zip(names, session.run(None, {"images": images}), strict=True))["logits"]
     return saved.numpy(), onnx
 
 

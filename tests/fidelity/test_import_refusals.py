@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from revnet.cli import cli
 
-from fidelity_helpers import (CIFAR_MEAN_FLAG, checkpoint_prefix, copy_fixture, import_fixture, read_tensors,
+from testkit.fidelity_helpers import (CIFAR_MEAN_FLAG, checkpoint_prefix, copy_fixture, import_fixture, read_tensors,
                               write_checkpoint)
 
 

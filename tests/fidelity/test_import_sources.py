@@ -15,7 +15,7 @@ import tensorflow as tf
 from revnet.train.experiment import restore_model
 from revnet.train.import_weights import import_weights
 
-from fidelity_helpers import (CIFAR_MEAN, CIFAR_MEAN_FLAG, assert_logits_match, checkpoint_prefix, copy_fixture,
+from testkit.fidelity_helpers import (CIFAR_MEAN, CIFAR_MEAN_FLAG, assert_logits_match, checkpoint_prefix, copy_fixture,
                               fixture_path, raw_pixels, read_tensors)
 
 
@@ -48,7 +48,8 @@ def test_report_counts_reconcile(tmp_path):
     with open(fixture_path("resnet-32", "manifest.json")) as handle:
         kinds = [entry["kind"] for entry in json.load(handle)["variables"]]
     mapped, ignored = report["mapped"], report["ignored"]
-    assert mapped["weights"] == kinds.count("model_weight") and mapped["moving_statistics"] == kinds.count("bn_moving_stat")
+    assert mapped["weights"] == kinds.count("model_weight")
+    assert mapped["moving_statistics"] == kinds.count("bn_moving_stat")
     assert ignored == {"optimizer_slot": kinds.count("optimizer_slot"), "counter": 1, "learning_rate": 1}
     assert mapped["tensors"] + sum(ignored.values()) == report["checkpoint"]["variables"] == len(kinds)
     with open(os.path.join(tmp_path, "r", "import.json")) as handle:
@@ -91,7 +92,7 @@ def test_release_archive(tmp_path, stem_kernel):
     with tarfile.open(archive, "w:gz") as tar:
         for suffix in (".index", ".data-00000-of-00001"):
             tar.add(prefix + suffix, arcname="resnet-32/model.ckpt-600" + suffix)
-        from fidelity_helpers import write_checkpoint
+        from testkit.fidelity_helpers import write_checkpoint
 
         older["Model/init/init_conv/w"] = older["Model/init/init_conv/w"] * 0.0
         old_prefix = write_checkpoint(str(tmp_path / "old" / "model.ckpt-300"), older)

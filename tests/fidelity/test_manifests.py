@@ -11,7 +11,7 @@ from revnet.models.layers import shapes_only
 from revnet.models.original_names import check_fit, ignored_kind, infer_config, original_variable_map
 from revnet.models.registry import build_model, get_config
 
-from fidelity_helpers import fixture_path
+from testkit.fidelity_helpers import fixture_path
 
 MANIFESTS = {"revnet-104-full": "revnet-104", "resnet-101-full": "resnet-101", "resnet-32": "resnet-32",
              "revnet-38": "revnet-38", "revnet-104-narrow": "revnet-104"}

@@ -1,7 +1,7 @@
 """The importer is general, not fitted to the three fixtures: every registry architecture (ResNet and
 RevNet, basic and bottleneck, CIFAR and ImageNet stems) with other widths and class counts imports from an
 original-layout checkpoint and computes what the original would. The stand-in for the original here is
-`reference_forward`, an independent implementation of the documented layout and numerics that shares no
+`testkit.reference_forward`, an independent implementation of the documented layout and numerics that shares no
 code with revnet.models; the first test shows it reproduces the original code's own logits."""
 import json
 
@@ -12,8 +12,8 @@ import tensorflow as tf
 from revnet.train.experiment import restore_model
 from revnet.train.import_weights import import_weights
 
-from fidelity_helpers import CIFAR_MEAN, CIFAR_MEAN_FLAG, MODELS, fixture_path, read_tensors, write_checkpoint
-from reference_forward import Weights, forward, original_input
+from testkit.fidelity_helpers import CIFAR_MEAN, CIFAR_MEAN_FLAG, MODELS, fixture_path, read_tensors, write_checkpoint
+from testkit.reference_forward import Weights, forward, original_input
 
 
 def relative_error(ours, reference):
@@ -31,7 +31,8 @@ def test_the_reference_reproduces_the_original_code(name):
     weights = Weights(read_tensors(name))
     inputs = np.load(fixture_path(name, "inputs.npy"))
     for mode, training in (("eval", False), ("train", True)):
-        assert relative_error(forward(weights, spec, inputs, training), np.load(fixture_path(name, f"logits_{mode}.npy"))) < 1e-5
+        expected = np.load(fixture_path(name, f"logits_{mode}.npy"))
+        assert relative_error(forward(weights, spec, inputs, training), expected) < 1e-5
 
 
 # registry name -> the original config it stands for (narrowed or widened, other class counts)

@@ -33,7 +33,7 @@ def test_fused_batch_norm_matches_the_float64_reference(training, dtype, toleran
         assert y.dtype == x_dtype
         grads = tape.gradient(loss, [x, params["bn/gamma"], params["bn/beta"]])
         results[x_dtype] = [y] + grads + (list(stats["bn"]) if training else [])
-    for index, (reference, candidate) in enumerate(zip(results[tf.float64], results[dtype])):
+    for index, (reference, candidate) in enumerate(zip(results[tf.float64], results[dtype], strict=True)):
         reference, candidate = reference.numpy(), tf.cast(candidate, tf.float64).numpy()
         assert np.linalg.norm(candidate - reference) <= tolerance * np.linalg.norm(reference), index
 
@@ -57,6 +57,6 @@ def test_the_recomputed_batch_norm_has_autodiffs_output_moments_and_gradients_in
                 y = tf.nn.batch_normalization(x, mean, variance, beta, gamma, 1e-3)
             loss = tf.reduce_sum(y * upstream)
         results.append([y, mean, variance] + tape.gradient(loss, [x, gamma, beta]))
-    for reference, candidate in zip(*results):
+    for reference, candidate in zip(*results, strict=True):
         np.testing.assert_allclose(candidate.numpy(), reference.numpy(), rtol=0, atol=1e-10)
 

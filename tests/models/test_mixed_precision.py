@@ -68,14 +68,14 @@ def test_fp16_overflow_inside_the_reversible_gradient_skips_the_step_and_lowers_
     train_step(iterator, tf.constant(1))  # one step at learning rate 0.05
     assert float(loss_scale.scale) == 2.0 ** 39
     assert int(loss_scale.good_steps) == 0
-    for old, variable in zip(before, model.trainable_variables):
+    for old, variable in zip(before, model.trainable_variables, strict=True):
         np.testing.assert_array_equal(old, variable.numpy())
     assert all(not np.any(v.numpy()) for v in optimizer.velocities)
     # Lower the scale to a sane value: the next step is applied.
     loss_scale.scale.assign(2.0 ** 10)
     train_step(iterator, tf.constant(1))  # one step at learning rate 0.05
     assert int(loss_scale.good_steps) == 1
-    assert any(not np.array_equal(old, v.numpy()) for old, v in zip(before, model.trainable_variables))
+    assert any(not np.array_equal(old, v.numpy()) for old, v in zip(before, model.trainable_variables, strict=True))
 
 
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])

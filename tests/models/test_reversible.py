@@ -52,7 +52,7 @@ def test_gradients_match_autodiff(small_batch, name, overrides, mode, dtype, tol
     assert all(np.linalg.norm(g) > 0 for g in reference[1:]), "every variable must receive a gradient"
     assert max_relative_error(reference, candidate) <= tolerance
     # Moving statistics are updated once, in the real forward pass, never during recomputation.
-    for a, b in zip(models["autodiff"].variables, models[mode].variables):
+    for a, b in zip(models["autodiff"].variables, models[mode].variables, strict=True):
         assert a.name == b.name
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-6 if dtype == "float32" else 1e-12)
 
@@ -160,5 +160,5 @@ def test_unrolled_stacks_for_xla_give_autodiffs_gradients(small_batch, jit):
     graph = tf.function(lambda: step(models["reversible"])).get_concrete_function().graph
     assert not [op for op in graph.get_operations() if op.type in ("While", "StatelessWhile")], \
         "an unrolled stack must not build a while loop in training"
-    for a, b in zip(models["autodiff"].variables, models["reversible"].variables):
+    for a, b in zip(models["autodiff"].variables, models["reversible"].variables, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=0, atol=1e-12)

@@ -5,7 +5,7 @@ import os
 
 import numpy as np
 import pytest
-from cli_runner import run_cli
+from testkit.cli_runner import run_cli
 import tensorflow as tf
 
 from revnet.common.errors import UserError
@@ -37,11 +37,11 @@ def test_float64_gradients_equal_the_autodiff_twin(mode, small_batch):
     candidate = build_model("revvit-tiny", mode=mode, param_dtype="float64", seed=3, **TINY)
     reference = build_model("revvit-tiny", mode="autodiff", param_dtype="float64", seed=3, **TINY)
     assert [v.name for v in candidate.variables] == [v.name for v in reference.variables]
-    for a, b in zip(candidate.variables, reference.variables):
+    for a, b in zip(candidate.variables, reference.variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())   # same seed, same weights, whatever the mode
     got, expected = _gradients(candidate, images, labels), _gradients(reference, images, labels)
     assert len(got) == len(expected) == 1 + len(reference.trainable_variables)
-    for variable, g, e in zip(["images"] + [v.name for v in reference.trainable_variables], got, expected):
+    for variable, g, e in zip(["images"] + [v.name for v in reference.trainable_variables], got, expected, strict=True):
         assert np.linalg.norm(e) > 0, f"{variable} gets no gradient"
         assert np.linalg.norm(g - e) <= 1e-10 * np.linalg.norm(e), variable
 
@@ -52,10 +52,11 @@ def test_the_blocks_rebuild_their_input_and_the_seed_sets_every_weight():
     images = tf.random.stateless_uniform([2, 32, 32, 3], [4, 5], 0, 255, dtype=tf.float64)
     assert max(model.reconstruction_errors(images)) < 1e-12
     again = build_model("revvit-tiny", param_dtype="float64", seed=1, **TINY)
-    for a, b in zip(model.variables, again.variables):
+    for a, b in zip(model.variables, again.variables, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.name)
     other = build_model("revvit-tiny", param_dtype="float64", seed=2, **TINY)
-    kernels = [(a.name, a.numpy(), b.numpy()) for a, b in zip(model.variables, other.variables) if "kernel" in a.name]
+    kernels = [(a.name, a.numpy(), b.numpy()) for a, b in zip(model.variables, other.variables, strict=True)
+               if "kernel" in a.name]
     assert all(not np.array_equal(a, b) for _, a, b in kernels), "a kernel does not follow the seed"
     attention = model.blocks.blocks[0][0].attention
     query, key, value = (dense.kernel.numpy() for dense in (attention.query_dense, attention.key_dense,
@@ -138,7 +139,8 @@ def test_reversible_peak_memory_is_flat_in_depth_while_the_autodiff_twin_grows()
                                   "num_classes": 4}}
             # activation_bytes: the peak minus the same step's peak at batch 1 (weights, gradients, momentum)
             peak[(units, mode)] = run_worker(spec, timeout_seconds=300)["activation_bytes"]
-    slope = {mode: (peak[(deep, mode)] - peak[(shallow, mode)]) / (deep - shallow) for mode in ("reversible", "autodiff")}
+    slope = {mode: (peak[(deep, mode)] - peak[(shallow, mode)]) / (deep - shallow)
+             for mode in ("reversible", "autodiff")}
     stream_bytes = batch * 64 * (width // 2) * 4   # one stream of 64 tokens, float32
     assert slope["autodiff"] >= 4 * stream_bytes, peak          # autodiff stores every block's activations
     assert slope["reversible"] <= 0.1 * slope["autodiff"], peak  # the reversible blocks store none of them
@@ -170,7 +172,7 @@ def test_train_writes_a_checkpoint_holding_every_trained_weight(trained):
     assert path.endswith("ckpt-2") and config.model.name == "revvit-tiny" and config.model.num_classes == 3
     initial = build_model(config.model)
     changed = [not np.array_equal(a.numpy(), b.numpy()) for a, b in zip(model.trainable_variables,
-                                                                        initial.trainable_variables)]
+                                                                        initial.trainable_variables, strict=True)]
     assert all(changed), f"{changed.count(False)} weights were not trained or not restored"
 
 

@@ -7,14 +7,15 @@ import pytest
 from revnet.preprocess.sources import cifar
 from revnet.preprocess.fake_data import FOLDER_KINDS, jpeg_bytes, folder_pixels, write_folder_tree, write_imagenet_tree
 
-from preprocess_test_helpers import CIFAR10_NAMES, FOLDER_CLASSES
+from testkit.preprocess_test_helpers import CIFAR10_NAMES, FOLDER_CLASSES
 
 
 @pytest.fixture(scope="session")
 def cifar10_arrays():
     rng = np.random.default_rng(10)
     return {"train_images": rng.integers(0, 256, (250, 32, 32, 3), dtype=np.uint8),
-            "train_labels": rng.integers(0, 10, 250), "test_images": rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8),
+            "train_labels": rng.integers(0, 10, 250),
+            "test_images": rng.integers(0, 256, (60, 32, 32, 3), dtype=np.uint8),
             "test_labels": rng.integers(0, 10, 60)}
 
 

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from revnet.pipeline import PreprocessConfig, run_preprocess
-from preprocess_test_helpers import dataset_files, kill_worker_plugin
+from testkit.preprocess_test_helpers import dataset_files, kill_worker_plugin
 
 distributed = pytest.importorskip("distributed")
 

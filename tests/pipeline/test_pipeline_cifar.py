@@ -15,7 +15,7 @@ from revnet.pipeline import PreprocessConfig, run_preprocess
 from revnet.pipeline import run as pipeline_run
 from revnet.pipeline.plan import order_key
 from revnet.preprocess import schema
-from preprocess_test_helpers import CIFAR10_NAMES, read_records
+from testkit.preprocess_test_helpers import CIFAR10_NAMES, read_records
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +138,8 @@ def test_cifar100_coarse_labels(cifar100_archive, cifar100_arrays, tmp_path):
         index = int(record["image/filename"].decode().rsplit("_", 1)[1][:6])
         assert record["image/class/label"] == cifar100_arrays["test_coarse"][index]
         assert record["image/class/coarse_label"] == cifar100_arrays["test_coarse"][index]
-        assert record["image/class/text"].decode() == cifar100_arrays["coarse_names"][cifar100_arrays["test_coarse"][index]]
+        coarse = cifar100_arrays["test_coarse"][index]
+        assert record["image/class/text"].decode() == cifar100_arrays["coarse_names"][coarse]
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(record["image/encoded"]))),
                                       cifar100_arrays["test_images"][index])
 
@@ -182,7 +183,8 @@ def test_overwrite_replaces_only_a_dataset_of_ours(cifar10_run, cifar10_archive,
     (foreign / "photos").mkdir(parents=True)
     (foreign / "thesis.txt").write_text("four years of work")
     (foreign / "photos" / "a.jpg").write_bytes(b"jpeg")
-    with pytest.raises(UserError, match=r"holds no dataset written by preprocess .*\(--overwrite replaces only a dataset\)"):
+    refused = r"holds no dataset written by preprocess .*\(--overwrite replaces only a dataset\)"
+    with pytest.raises(UserError, match=refused):
         run_preprocess(PreprocessConfig("cifar-10", str(foreign), input_path=cifar10_archive, workers=1,
                                         overwrite=True))
     assert (foreign / "thesis.txt").read_text() == "four years of work" and (foreign / "photos" / "a.jpg").exists()

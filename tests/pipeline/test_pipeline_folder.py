@@ -15,7 +15,7 @@ from PIL import Image
 from revnet.common.errors import UserError
 from revnet.pipeline import PreprocessConfig, run_preprocess
 from revnet.preprocess.fake_data import LOSSY_KINDS, write_folder_tree
-from preprocess_test_helpers import FOLDER_CLASSES, read_records
+from testkit.preprocess_test_helpers import FOLDER_CLASSES, read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLASSES = sorted(FOLDER_CLASSES)

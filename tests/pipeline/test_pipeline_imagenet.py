@@ -9,7 +9,7 @@ from PIL import Image
 
 from revnet.common.errors import UserError
 from revnet.pipeline import PreprocessConfig, run_preprocess
-from preprocess_test_helpers import read_records
+from testkit.preprocess_test_helpers import read_records
 
 
 @pytest.fixture(scope="module")

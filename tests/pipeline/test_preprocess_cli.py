@@ -10,7 +10,7 @@ import pytest
 
 from revnet.benchmarks.preprocess import format_rows, run_preprocess_benchmark
 from revnet.common.errors import UserError
-from preprocess_test_helpers import read_records
+from testkit.preprocess_test_helpers import read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -8,7 +8,8 @@ from revnet.serving.inference_graph import InferenceGraph, Ops, _Folder, fold_st
 
 SMALL = {
     "revnet-basic": ("revnet-38", dict(units_per_stage=(2, 3, 2), channels_per_stage=(8, 16, 24), stem_channels=8)),
-    "revnet-bottleneck": ("revnet-164", dict(units_per_stage=(2, 2, 1), channels_per_stage=(4, 8, 8), stem_channels=16)),
+    "revnet-bottleneck": ("revnet-164", dict(units_per_stage=(2, 2, 1), channels_per_stage=(4, 8, 8),
+                                             stem_channels=16)),
     "resnet-basic": ("resnet-32", dict(units_per_stage=(2, 1, 1), channels_per_stage=(8, 16, 32), stem_channels=8)),
     "resnet-imagenet": ("resnet-50", dict(units_per_stage=(1, 1, 1, 1), channels_per_stage=(4, 4, 8, 8),
                                           stem_channels=8, input_size=32, num_classes=5)),
@@ -74,7 +75,7 @@ def test_unrolled_stack_equals_the_training_loop_forward():
     pair = (x1, x2)
     for unit in units:
         pair = unit.apply(ops, pair)
-    for got, expected in zip(pair, (y1, y2)):
+    for got, expected in zip(pair, (y1, y2), strict=True):
         expected = expected.numpy()
         np.testing.assert_allclose(got.numpy(), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
@@ -88,6 +89,6 @@ def test_building_the_graph_leaves_the_model_unchanged():
     assert type(model.pixel_mean) is mean_type and not isinstance(model.pixel_mean, tf.Variable)
     after = [(variable.name, variable.numpy()) for variable in model.variables]
     assert [n for n, _ in before] == [n for n, _ in after]
-    for (_, old), (_, new) in zip(before, after):
+    for (_, old), (_, new) in zip(before, after, strict=True):
         np.testing.assert_array_equal(old, new)
     assert not set(map(id, graph.weights.values())) & set(map(id, model.variables))

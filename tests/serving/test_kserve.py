@@ -29,7 +29,7 @@ def server(serving_env, tmp_path_factory):
     config = root / "models.config"
     config.write_text("model_config_list {\n" + "".join(
         f'  config {{ name: "{name}" base_path: "{root / name}" model_platform: "{platform}" }}\n'
-        for name, platform in zip(MODELS, ("onnx", "tensorflow"))) + "}\n")
+        for name, platform in zip(MODELS, ("onnx", "tensorflow"), strict=True)) + "}\n")
     handle = start_server(model_config_file=str(config), port=0, rest_port=0, poll_seconds=3600)
     yield {"handle": handle, "http": triton_http.InferenceServerClient(f"127.0.0.1:{handle.rest_port}"),
            "grpc": triton_grpc.InferenceServerClient(f"127.0.0.1:{handle.port}")}
@@ -64,7 +64,8 @@ def test_health_readiness_and_metadata(server, serving_env, protocol):
         assert not client.is_model_ready(name, "7")
         metadata = client.get_model_metadata(name, **({"as_json": True} if protocol == "grpc" else {}))
         assert metadata["name"] == name and metadata["versions"] == ["1"]
-        inputs = {tensor["name"]: (tensor["datatype"], [int(d) for d in tensor["shape"]]) for tensor in metadata["inputs"]}
+        inputs = {tensor["name"]: (tensor["datatype"], [int(d) for d in tensor["shape"]])
+                  for tensor in metadata["inputs"]}
         assert inputs == {"images": ("FP32", [-1, 32, 32, 3]), "image_bytes": ("BYTES", [-1])}
         assert [tensor["name"] for tensor in metadata["outputs"]] == ["probabilities", "classes", "logits"]
     assert not client.is_model_ready("delta")

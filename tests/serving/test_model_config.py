@@ -117,7 +117,8 @@ def test_several_models_versions_and_labels_over_grpc_and_rest(server):
 
 
 @pytest.mark.parametrize("spec, code, message", [
-    (dict(name="alpha", label="nightly"), grpc.StatusCode.NOT_FOUND, "version label 'nightly' of model 'alpha' not found"),
+    (dict(name="alpha", label="nightly"), grpc.StatusCode.NOT_FOUND,
+     "version label 'nightly' of model 'alpha' not found"),
     (dict(name="alpha", version=3), grpc.StatusCode.NOT_FOUND, "version 3 of model 'alpha' is not loaded"),
     (dict(name=""), grpc.StatusCode.NOT_FOUND, "the request names no model; this server serves ['alpha', 'beta']"),
     (dict(name="delta"), grpc.StatusCode.NOT_FOUND, "model 'delta' is not served"),
@@ -200,7 +201,8 @@ def test_an_unloaded_version_finishes_the_request_it_holds(server, exports):
     ("model_config_list { config { name: 'a' base_path: '{a}' } config { name: 'a' base_path: '{a}' } }",
      "names model 'a' more than once"),
     ("model_config_list { config { name: 'a' base_path: '{a}/nowhere' } }", "is not a folder"),
-    ("model_config_list { config { name: 'a' base_path: '{a}' model_platform: 'pytorch' } }", "model_platform 'pytorch'"),
+    ("model_config_list { config { name: 'a' base_path: '{a}' model_platform: 'pytorch' } }",
+     "model_platform 'pytorch'"),
     ("model_config_list { config { name: 'a' base_path: '{a}' model_version_policy { specific { versions: 1 } } "
      "version_labels { key: 'canary' value: 2 } } }", "labels versions its policy does not serve (canary -> 2"),
     ("model_config_list { }", "lists no model"),

@@ -60,7 +60,8 @@ def call(server, request, timeout=60):
 def bomb_requests():
     """(kind, request, expected detail) for every bomb the issue lists, scaled to this server's limits."""
     return [
-        ("png bomb", request_for(image_bytes=[png_bomb(2000, 1000)]), "2,000,000 pixels exceeds the limit of 1,000,000"),
+        ("png bomb", request_for(image_bytes=[png_bomb(2000, 1000)]),
+         "2,000,000 pixels exceeds the limit of 1,000,000"),
         ("jpeg bomb", request_for(image_bytes=[jpeg_bomb(12000, 12000)]), "144,000,000 pixels exceeds the limit"),
         ("fill bomb", request_for(images=fill_bomb([1, 30000, 30000, 3])), r"expected \[batch, 32, 32, 3\]"),
         ("2^54+1 rows", request_for(images=fill_bomb([2 ** 54 + 1, 32, 32, 3])), "exceeds the server limit of 40"),
@@ -101,9 +102,9 @@ def test_requests_over_the_batch_size_are_split_and_concatenated(server, serving
     assert code == grpc.StatusCode.OK
     np.testing.assert_allclose(make_ndarray(response.outputs["probabilities"]), direct["probabilities"], atol=1e-5)
     np.testing.assert_array_equal(make_ndarray(response.outputs["classes"]), direct["classes"])
-    added = [after - was for after, was in zip(metrics.batch_rows.counts, before)]
+    added = [after - was for after, was in zip(metrics.batch_rows.counts, before, strict=True)]
     buckets = list(metrics.batch_rows.buckets) + [float("inf")]
-    assert sum(added) >= 3 and max(bound for bound, count in zip(buckets, added) if count) <= MAX_BATCH
+    assert sum(added) >= 3 and max(bound for bound, count in zip(buckets, added, strict=True) if count) <= MAX_BATCH
     code, response = call(server, request_for(image_bytes=serving_env["encoded"] * 2))  # 16 images
     assert code == grpc.StatusCode.OK and make_ndarray(response.outputs["classes"]).shape == (16,)
     code, details = call(server, request_for(images=np.zeros((MAX_ROWS + 1, 32, 32, 3), np.float32)))
@@ -213,7 +214,8 @@ def test_rest_content_length_is_checked_before_reading(server, length, body, sta
 @pytest.mark.parametrize("body,message", [
     (b"[" * 2000 + b"]" * 2000, "nested too deeply"),
     (b"[" * 100000, "nested too deeply"),
-    (json.dumps({"instances": [[1.0]], "signature_name": ["serving_default"]}).encode(), "'signature_name' must be a string"),
+    (json.dumps({"instances": [[1.0]], "signature_name": ["serving_default"]}).encode(),
+     "'signature_name' must be a string"),
     (json.dumps({"instances": [[[[0.0] * 3] * 32] * 32], "signature_name": 7}).encode(), "must be a string"),
     (b"{\"instances\": " + b"[" * 60 + b"1" + b"]" * 60 + b"}", "expected [batch, 32, 32, 3]"),
     (b"{\"instances\": [[[[NaN, 0, 0]]]]}", "shape"),

@@ -31,7 +31,8 @@ def server(request, serving_env):
                           max_batch_size=MAX_BATCH, max_request_rows=MAX_ROWS, batch_timeout_ms=3, workers=16,
                           poll_seconds=3600)
     channel = grpc.insecure_channel(f"127.0.0.1:{handle.port}")
-    yield {"handle": handle, "backend": request.param, "stub": prediction_service_pb2_grpc.PredictionServiceStub(channel),
+    yield {"handle": handle, "backend": request.param,
+           "stub": prediction_service_pb2_grpc.PredictionServiceStub(channel),
            "models": model_service_pb2_grpc.ModelServiceStub(channel), "channel": channel}
     channel.close()
     handle.stop()
@@ -89,7 +90,7 @@ def test_classify_returns_label_names(server, serving_env, reference):
         request.input.example_list.examples.add().features.feature["image/encoded"].bytes_list.value.append(data)
     response = server["stub"].Classify(request, timeout=60)
     assert len(response.result.classifications) == 3
-    for row, expected in zip(response.result.classifications, reference["decoded_probabilities"]):
+    for row, expected in zip(response.result.classifications, reference["decoded_probabilities"], strict=True):
         assert {c.label for c in row.classes} == {"cat", "dog", "ship"}
         assert row.classes[0].label == ["cat", "dog", "ship"][expected.argmax()]
         assert row.classes[0].score == pytest.approx(expected.max(), abs=1e-4)
@@ -143,8 +144,8 @@ def test_reflection_lists_the_services(server):
 
 
 def _rest(server, path, body):
-    request = urllib.request.Request(f"http://127.0.0.1:{server['handle'].rest_port}{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(f"http://127.0.0.1:{server['handle'].rest_port}{path}",
+                                     data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
             return response.status, json.loads(response.read())

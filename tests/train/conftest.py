@@ -1,17 +1,6 @@
-"""Session fixtures for the trainer tests: a tiny learnable dataset in the official format (PNG
-TFRecords + metadata.json) and one short finished experiment that several tests read."""
+"""Session fixtures for the trainer tests: one short finished experiment that several tests read, on
+the shared `toy_data` (tests/conftest.py)."""
 import pytest
-
-NUM_CLASSES = 4
-
-
-@pytest.fixture(scope="session")
-def toy_data(tmp_path_factory):
-    from revnet.preprocess.fake_data import write_toy_dataset
-
-    path = str(tmp_path_factory.mktemp("toy_data"))
-    write_toy_dataset(path, num_train=160, num_validation=37, num_classes=NUM_CLASSES, num_shards=2, seed=0)
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from revnet.common.errors import UserError
-from trainer_testing import ServiceCluster, cli_command, subprocess_env, wait_for
+from testkit.trainer_testing import ServiceCluster, cli_command, subprocess_env, wait_for
 
 pytestmark = pytest.mark.slow  # real server subprocesses; `-m "not slow"` skips them
 
@@ -94,7 +94,7 @@ def test_trainer_trains_through_the_service_across_an_epoch(cluster, toy_data, t
 def test_unreachable_service_and_bad_addresses_are_user_errors(toy_data, tmp_path):
     from revnet.train.data_service import parse_address
     from revnet.train.trainer import run
-    from trainer_testing import free_port
+    from testkit.trainer_testing import free_port
 
     for bad in ("localhost", "grpc://host:99999", "http://host:5050", ""):
         with pytest.raises(UserError, match="not HOST:PORT"):

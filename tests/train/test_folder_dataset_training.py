@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import pytest
-from cli_runner import run_cli
+from testkit.cli_runner import run_cli
 
 from revnet.common.errors import UserError
 from revnet.models import get_config

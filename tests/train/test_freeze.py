@@ -38,7 +38,7 @@ def test_frozen_parts_keep_weights_and_statistics_and_the_rest_trains(name):
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, model(_images(),
                                                                                              training=True)))
         gradients = tape.gradient(loss, model.trained_variables)
-        for variable, gradient in zip(model.trained_variables, gradients):
+        for variable, gradient in zip(model.trained_variables, gradients, strict=True):
             variable.assign_sub(0.1 * gradient)
     parts = _part_of(model)
     trained = {id(v) for v in model.trained_variables}
@@ -61,7 +61,7 @@ def test_gradients_of_what_trains_are_exact_in_reversible_mode():
                                                                                              training=True)))
         gradients[mode] = tape.gradient(loss, model.trained_variables)
         assert len(model.trained_variables) < len(model.trainable_variables)
-    for reversible, autodiff in zip(gradients["reversible"], gradients["autodiff"]):
+    for reversible, autodiff in zip(gradients["reversible"], gradients["autodiff"], strict=True):
         assert reversible is not None
         np.testing.assert_allclose(reversible.numpy(), autodiff.numpy(), rtol=0, atol=1e-10)
 

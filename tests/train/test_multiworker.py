@@ -6,7 +6,7 @@ import subprocess
 import pytest
 import tensorflow as tf
 
-from trainer_testing import cli_command, free_port, subprocess_env
+from testkit.trainer_testing import cli_command, free_port, subprocess_env
 
 pytestmark = pytest.mark.slow  # real subprocesses; `-m "not slow"` skips them
 
@@ -21,8 +21,8 @@ def test_two_workers_train_one_experiment(toy_data, tmp_path):
         args = cli_command("train", "--model", "resnet-32", "--data", toy_data, "--id", "mw", "--workdir", workdir,
                            "--steps", "2", "--batch-size", "8", "--checkpoint-every", "1", "--log-every", "1",
                            "--seed", "1", "--json")
-        processes.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=open(tmp_path / f"w{index}.log", "w"),
-                                          text=True))
+        log = open(tmp_path / f"w{index}.log", "w")
+        processes.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=log, text=True))
     outputs = []
     for process in processes:
         try:

@@ -1,4 +1,5 @@
-"""The paper recipes and TrainConfig validation, the learning-rate schedule and one momentum-SGD update against its formula."""
+"""The paper recipes and TrainConfig validation, the learning-rate schedule and one momentum-SGD update
+against its formula."""
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -10,7 +10,7 @@ import time
 import pytest
 import tensorflow as tf
 
-from trainer_testing import cli_command, subprocess_env
+from testkit.trainer_testing import cli_command, subprocess_env
 
 pytestmark = pytest.mark.slow  # real subprocesses; `-m "not slow"` skips them
 

@@ -49,7 +49,8 @@ def test_experiment_folder_holds_config_checkpoints_log_and_summaries(finished_e
 def test_loss_goes_down_on_a_learnable_toy_set(toy_data, tmp_path):
     summary = train_run(model="revnet-38", data=toy_data, id="learn", workdir=str(tmp_path), steps=30, batch_size=16,
                         learning_rate=0.05, log_every=1, seed=2, progress=False)
-    losses = [value for _, value in read_scalars(os.path.join(summary["experiment_dir"], "tensorboard", "train"))["loss"]]
+    scalars = read_scalars(os.path.join(summary["experiment_dir"], "tensorboard", "train"))
+    losses = [value for _, value in scalars["loss"]]
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:3]), losses
     assert np.mean(losses[-5:]) < 0.7  # chance level is ln(4) = 1.39
 
@@ -91,7 +92,7 @@ def test_two_cpu_replicas_match_one_replica_for_the_same_global_batch():
     losses_two, variables_two = _train_steps(2, images, labels, 2 * half)
     np.testing.assert_allclose(losses_two, losses_one, rtol=1e-6)  # the loss is reported in float32
     assert len(variables_one) == len(variables_two)
-    for one, two in zip(variables_one, variables_two):
+    for one, two in zip(variables_one, variables_two, strict=True):
         assert np.linalg.norm(two - one) <= 1e-9 * np.linalg.norm(one) + 1e-12
     assert not np.allclose(variables_one[0], build_model("resnet-32", num_classes=4, seed=3).variables[0].numpy())
 
@@ -175,7 +176,8 @@ def test_a_call_of_two_steps_computes_what_two_calls_of_one_step_do():
         train_steps = make_train_step(model, optimizer, strategy, 8, step, position,
                                       lambda at: 0.1 / (1.0 + tf.cast(at, tf.float32)), steps_per_call=steps_per_call)
         loss = [float(train_steps(iterator, tf.constant(count))[0]) for count in calls][-1]
-        update = np.concatenate([(v.numpy() - w).ravel() for v, w in zip(model.trainable_variables, initial)])
+        update = np.concatenate([(v.numpy() - w).ravel()
+                                 for v, w in zip(model.trainable_variables, initial, strict=True)])
         runs[steps_per_call] = loss, update, int(step.numpy()), int(position.numpy())
     (loss_one, update_one, *counters_one), (loss_two, update_two, *counters_two) = runs[1], runs[2]
     assert counters_one == counters_two == [2, 16]
@@ -205,13 +207,13 @@ def test_jit_compiles_the_reversible_step_with_its_while_loops_and_matches_the_p
         initial = [v.numpy() for v in model.trainable_variables]
         loss = float(train_steps(iterator, tf.constant(1))[0])
         # The first update is -lr * (gradient + weight decay): it compares the gradients themselves.
-        results[jit] = loss, [v.numpy() - w for v, w in zip(model.trainable_variables, initial)]
+        results[jit] = loss, [v.numpy() - w for v, w in zip(model.trainable_variables, initial, strict=True)]
         if jit:
             graph = train_steps.get_concrete_function(iterator, tf.constant(1)).graph.as_graph_def()
             compiled = [f for f in graph.library.function if f.attr["_XlaMustCompile"].b]
             assert compiled, "the forward/backward pass was not marked for XLA"
     assert results[True][0] == pytest.approx(results[False][0], rel=1e-9)
-    for plain, compiled in zip(results[False][1], results[True][1]):
+    for plain, compiled in zip(results[False][1], results[True][1], strict=True):
         assert np.linalg.norm(compiled - plain) <= 1e-7 * np.linalg.norm(plain) + 1e-15
 
 
