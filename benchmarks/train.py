@@ -525,9 +525,11 @@ def format_rows(rows: List[Dict]) -> str:
             ratio = f"{_ratio(row, keras)} of keras fit" if keras else ""
             if trainer:
                 extra = row["step_seconds"] - trainer["step_seconds"]
-                per_save = extra * row["steps"] / row["checkpoints_in_window"]
-                ratio += (f", {_ratio(row, trainer)} of trainer (+{1000 * extra:.0f} ms/step: "
-                          f"{per_save:.2f} s per checkpoint if the saves cost it all)")
+                ratio += f", {_ratio(row, trainer)} of trainer"
+                if extra > 0:   # slower than the in-process trainer: what each checkpoint would cost
+                    per_save = extra * row["steps"] / row["checkpoints_in_window"]
+                    ratio += (f" (+{1000 * extra:.0f} ms/step: {per_save:.2f} s per checkpoint if the saves "
+                              "cost it all)")
         elif row["kind"] == "trainer" and row["replicas"] == 1:
             keras = find(model, batch, kind="keras", keras_jit=False, window=None)
             bare = find(model, batch, kind="bare", mode=bare_mode, jit=None, overrides=None)
