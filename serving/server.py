@@ -32,7 +32,8 @@ class ServerHandle:
     """A running server: `.port`, `.rest_port` (None when REST is off), `.models` (the ModelManager), `.stop()`."""
 
     def __init__(self, grpc_server, grpc_executor, port, http_server, health_servicer, poll_stop, core):
-        self.grpc_server, self.grpc_executor, self.port, self.http_server = grpc_server, grpc_executor, port, http_server
+        self.grpc_server, self.grpc_executor, self.port = grpc_server, grpc_executor, port
+        self.http_server = http_server
         self.rest_port = http_server.server_address[1] if http_server else None
         self.health, self._poll_stop, self.core = health_servicer, poll_stop, core
         self.models = core.models
@@ -115,7 +116,11 @@ def start_server(config: Optional[ServeConfig] = None, **options) -> ServerHandl
             raise UserError(f"cannot bind REST to {config.host}:{config.rest_port}: {error.strerror}") from None
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     poll_stop = threading.Event()
-    threading.Thread(target=_poll, args=(core.models, config, poll_stop), name="version-poll", daemon=True).start()
+    # The config text being served is read here, not on the thread: a change written as soon as start_server
+    # returns must count as a change.
+    served_text = _config_text(config.model_config_file) if config.model_config_file_poll_wait_seconds else None
+    threading.Thread(target=_poll, args=(core.models, config, poll_stop, served_text), name="version-poll",
+                     daemon=True).start()
     handle = ServerHandle(server, executor, bound, http_server, health_servicer, poll_stop, core)
     served = ", ".join(f"{name} {repository.versions()} ({repository.backend})"
                        for name, repository in sorted(core.models.models.items()))
@@ -149,11 +154,11 @@ def _track(models: ModelManager, metrics: Metrics, health_servicer) -> None:
     update(models.models)
 
 
-def _poll(models: ModelManager, config: ServeConfig, stop: threading.Event) -> None:
+def _poll(models: ModelManager, config: ServeConfig, stop: threading.Event, served_text: Optional[str]) -> None:
     """Look for new versions every --poll-seconds, and re-read the model config file every
     --model-config-file-poll-wait-seconds (applied when its text changed; a refused one is logged once)."""
     every = config.model_config_file_poll_wait_seconds
-    applied = refused = _config_text(config.model_config_file) if every else None
+    applied = refused = served_text
     next_read = time.monotonic() + every
     while not stop.wait(min(config.poll_seconds, every) if every else config.poll_seconds):
         if every and time.monotonic() >= next_read:

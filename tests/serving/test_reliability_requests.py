@@ -5,6 +5,7 @@ error. Small limits keep every case cheap."""
 import base64
 import json
 import logging
+import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -209,6 +210,19 @@ def test_rest_content_length_is_checked_before_reading(server, length, body, sta
     response = raw_http(server["handle"].rest_port, post_head(PREDICT_PATH, length), body, timeout=5)
     assert http_status(response) == status, response[:300]
     assert message in json.loads(response.partition(b"\r\n\r\n")[2])["error"]
+
+
+def test_an_unread_body_is_drained_so_a_client_still_sending_reads_the_answer(server):
+    """A 404 answered before the body is read: the server reads and drops the rest of the body before it
+    closes, so a client sending 16 MB finishes sending (no reset) and reads the answer."""
+    body = b"x" * (16 << 20)
+    with socket.create_connection(("127.0.0.1", server["handle"].rest_port), timeout=30) as sock:
+        sock.sendall(post_head("/v1/not-a-path", str(len(body))) + body)   # a reset here fails the test
+        response = b""
+        while chunk := sock.recv(65536):
+            response += chunk
+    assert http_status(response) == 404, response[:300]
+    assert "unknown path /v1/not-a-path" in json.loads(response.partition(b"\r\n\r\n")[2])["error"]
 
 
 @pytest.mark.parametrize("body,message", [

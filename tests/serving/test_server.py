@@ -90,7 +90,7 @@ def test_classify_returns_label_names(server, serving_env, reference):
         request.input.example_list.examples.add().features.feature["image/encoded"].bytes_list.value.append(data)
     response = server["stub"].Classify(request, timeout=60)
     assert len(response.result.classifications) == 3
-    for row, expected in zip(response.result.classifications, reference["decoded_probabilities"], strict=True):
+    for row, expected in zip(response.result.classifications, reference["decoded_probabilities"][:3], strict=True):
         assert {c.label for c in row.classes} == {"cat", "dog", "ship"}
         assert row.classes[0].label == ["cat", "dog", "ship"][expected.argmax()]
         assert row.classes[0].score == pytest.approx(expected.max(), abs=1e-4)
