@@ -28,6 +28,104 @@ log = logging.getLogger(__name__)
 
 LEARNING_RATE = 0.01
 
+# Rows for the public Keras layer on its own, not registry models: `--models seq-list,seq-factory`.
+# A ReversibleSequence of user-style blocks over 64 tokens of width 192 (revvit-tiny's), f and g each
+# LayerNorm -> Dense(4 x 96, GELU) -> Dense(96), in its list form (a Python loop over block layers) or its factory
+# form (ReversibleSequence.from_factory: one tf.while_loop over stacked weights). `--units N` sets the number of
+# blocks (default 12). float32 only.
+SEQUENCE_MODELS = {"seq-list": "list", "seq-factory": "factory"}
+SEQUENCE_BLOCKS, SEQUENCE_TOKENS, SEQUENCE_WIDTH = 12, 64, 192
+
+
+class _SequenceNet:
+    """images [batch, 32, 32, 3] -> 4x4 patches -> Dense(192) -> ReversibleSequence -> mean over tokens -> Dense(10):
+    the network contract `_make_step` and the numerics use (`config`, `trainable_variables`, `decay_variables`)."""
+
+    def __init__(self, name: str, mode: str, num_blocks: int = SEQUENCE_BLOCKS, dtype: str = "float32"):
+        import itertools
+        from types import SimpleNamespace
+
+        import keras
+        import tensorflow as tf
+
+        from revnet.reversible import ReversibleSequence
+
+        form = SEQUENCE_MODELS[name]
+        self.config = SimpleNamespace(name=name, architecture="sequence", family="mlp", block=form,
+                                      units_per_stage=(num_blocks,), depth=2 * num_blocks, input_size=32,
+                                      num_classes=10)
+        seeds = itertools.count(1)   # the blocks' in the order they are made, so both forms get the same weights
+        half = SEQUENCE_WIDTH // 2
+
+        def dense(units, seed=None, **kwargs):
+            seed = next(seeds) if seed is None else seed
+            return keras.layers.Dense(units, kernel_initializer=keras.initializers.GlorotUniform(seed),
+                                      dtype=dtype, **kwargs)
+
+        def residual_fn():
+            return keras.Sequential([keras.layers.LayerNormalization(epsilon=1e-6, dtype=dtype),
+                                     dense(4 * half, activation="gelu"), dense(half)])
+
+        def make_block():
+            return residual_fn(), residual_fn()
+
+        if form == "list":
+            self.blocks = ReversibleSequence([make_block() for _ in range(num_blocks)], mode=mode, dtype=dtype)
+        else:
+            self.blocks = ReversibleSequence.from_factory(make_block, num_blocks, mode=mode, dtype=dtype)
+        self.embed, self.head = dense(SEQUENCE_WIDTH, seed=10**6), dense(self.config.num_classes, seed=10**6 + 1)
+        self.dtype = dtype
+        self(tf.zeros([1, 32, 32, 3], dtype))   # builds every layer
+
+    def tokens(self, images):
+        import tensorflow as tf
+
+        patches = tf.reshape(tf.cast(images, self.dtype) / 255.0, [-1, 8, 4, 8, 4, 3])
+        patches = tf.reshape(tf.transpose(patches, [0, 1, 3, 2, 4, 5]), [-1, SEQUENCE_TOKENS, 48])
+        return self.embed(patches)
+
+    def __call__(self, images, training: bool = False):
+        import tensorflow as tf
+
+        features = self.blocks(self.tokens(images), training=training)
+        return tf.cast(self.head(tf.reduce_mean(features, axis=1)), tf.float32)
+
+    @property
+    def variables(self):
+        return [v.value for layer in (self.embed, self.blocks, self.head) for v in layer.variables]
+
+    @property
+    def trainable_variables(self):
+        return [v.value for layer in (self.embed, self.blocks, self.head) for v in layer.trainable_variables]
+
+    @property
+    def decay_variables(self):
+        return [v.value for layer in (self.embed, self.blocks, self.head) for v in layer.trainable_variables
+                if "kernel" in v.path]
+
+
+def _sequence_numerics(spec: Dict, images, labels) -> Tuple[float, Optional[float]]:
+    """Gradient error of the row's mode (float32) against float64 autodiff of the same form with the same
+    weights; for "reversible", ||inverse(blocks(h)) - h|| / ||h|| over the embedded tokens h (inference mode)."""
+    import numpy as np
+    import tensorflow as tf
+
+    from revnet.benchmarks.numerics import max_relative_error, model_gradients
+
+    num_blocks = _overrides(spec).get("units_per_stage", (SEQUENCE_BLOCKS,))[0]
+    candidate = _SequenceNet(spec["model"], spec["mode"], num_blocks)
+    reference = _SequenceNet(spec["model"], "autodiff", num_blocks, dtype="float64")
+    for source, target in zip(candidate.variables, reference.variables, strict=True):
+        target.assign(tf.cast(source, tf.float64))
+    grad_err = max_relative_error(model_gradients(reference, tf.cast(images, tf.float64), labels),
+                                  model_gradients(candidate, tf.cast(images, tf.float32), labels))
+    recon_err = None
+    if spec["mode"] == "reversible":
+        tokens = candidate.tokens(images)
+        rebuilt = candidate.blocks.inverse(candidate.blocks(tokens))
+        recon_err = float(np.linalg.norm(rebuilt - tokens) / np.linalg.norm(tokens))
+    return grad_err, recon_err
+
 
 def _device_name() -> str:
     import tensorflow as tf
@@ -85,7 +183,10 @@ def measure(spec: Dict) -> Dict:
         tf.config.threading.set_inter_op_parallelism_threads(spec["inter_op_threads"])
     overrides = _overrides(spec)
     precision = spec.get("precision", "float32")
-    model = build_model(spec["model"], mode=spec["mode"], compute_dtype=PRECISIONS[precision], **overrides)
+    if spec["model"] in SEQUENCE_MODELS:
+        model = _SequenceNet(spec["model"], spec["mode"], overrides.get("units_per_stage", (SEQUENCE_BLOCKS,))[0])
+    else:
+        model = build_model(spec["model"], mode=spec["mode"], compute_dtype=PRECISIONS[precision], **overrides)
     size = spec.get("input_size") or model.config.input_size
     batch_size = spec["batch_size"]
     images, labels = _batch(batch_size, size, model.config.num_classes, 1)
@@ -108,7 +209,10 @@ def measure(spec: Dict) -> Dict:
     peak_bytes = int(tf.config.experimental.get_memory_info(device)["peak"])
     peak_rss_bytes = int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
     grad_rel_err = recon_rel_err = None
-    if spec.get("numerics", True) and spec.get("check_gradients", True):
+    if spec.get("numerics", True) and spec.get("check_gradients", True) and spec["model"] in SEQUENCE_MODELS:
+        numerics_images, numerics_labels = _batch(spec.get("numerics_batch", 8), size, model.config.num_classes, 3)
+        grad_rel_err, recon_rel_err = _sequence_numerics(spec, numerics_images, numerics_labels)
+    elif spec.get("numerics", True) and spec.get("check_gradients", True):
         numerics_images, numerics_labels = _batch(spec.get("numerics_batch", 8), size, model.config.num_classes, 3)
         grad_rel_err = gradient_error(spec["model"], spec["mode"], precision, numerics_images, numerics_labels,
                                       overrides)
@@ -161,6 +265,9 @@ def plan(model_names: Sequence[str], modes: Sequence[str], precisions: Sequence[
     precisions = [choose("precision", precision.strip(), PRECISIONS) for precision in precisions]
     specs = []
     for name in model_names:
+        if name in SEQUENCE_MODELS:
+            specs += _plan_sequence(name, modes, precisions, batch_sizes, units)
+            continue
         config = get_config(name)
         variants = [u for target, u in units if target in (None, name)] if units else [None]
         for variant in variants:
@@ -174,6 +281,19 @@ def plan(model_names: Sequence[str], modes: Sequence[str], precisions: Sequence[
                         specs.append({"model": config.name, "mode": mode, "precision": precision,
                                       "batch_size": batch_size, "overrides": overrides})
     return specs
+
+
+def _plan_sequence(name: str, modes: Sequence[str], precisions: Sequence[str], batch_sizes: Sequence[int],
+                   units: Sequence[Tuple[Optional[str], Tuple[int, ...]]]) -> List[Dict]:
+    """The specs of a SEQUENCE_MODELS row set: one per (blocks, batch, mode), float32 only."""
+    if list(precisions) != ["float32"]:
+        raise UserError(f"{name} runs in float32 only; got --precision {','.join(precisions)}")
+    variants = [u for target, u in units if target in (None, name)] if units else [(SEQUENCE_BLOCKS,)]
+    if any(len(variant) != 1 or variant[0] < 1 for variant in variants):
+        raise UserError(f"--units for {name} is one number of blocks, such as {name}=16")
+    return [{"model": name, "mode": mode, "precision": "float32", "batch_size": batch_size,
+             "overrides": {"units_per_stage": list(variant)}}
+            for variant in variants for batch_size in batch_sizes for mode in modes]
 
 
 def run_memory_benchmark(model_names: List[str], batch_sizes: Sequence, steps: int, modes: Sequence[str],
@@ -209,8 +329,8 @@ def run_memory_benchmark(model_names: List[str], batch_sizes: Sequence, steps: i
         from revnet.common.fileio import atomic_write_json
 
         atomic_write_json(json_path, [{k: row[k] for k in FIELDS} for row in rows])
-    if plot_path:
-        plot_rows(rows, plot_path)
+    if plot_path:   # the plot has series for the registry's architectures, not for the sequence rows
+        plot_rows([row for row in rows if row["architecture"] != "sequence"], plot_path)
     return rows
 
 

@@ -79,8 +79,9 @@ def _taped_half(coupling, fn, x_in, y, dy, var_grads):
         tape.watch(x)
         y = coupling.forward(x, fx)
     fn_vars = _tf_variables(fn.layer)
-    grads = tape.gradient(y, [x_in, x] + fn_vars, output_gradients=dy, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    for v, d in zip(fn_vars, grads[2:]):
+    grads = tape.gradient(y, [x_in, x] + fn_vars, output_gradients=dy,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    for v, d in zip(fn_vars, grads[2:], strict=True):
         var_grads[id(v)] = var_grads.get(id(v), 0) + d
     return x, grads[0], grads[1]
 
@@ -108,6 +109,17 @@ class ReversibleSequence(keras.layers.Layer):
         self.coupling = get_coupling(coupling, split_axis)
         self.mode = mode
         self.split_axis = split_axis
+
+    @classmethod
+    def from_factory(cls, make_block, num_blocks: int, coupling="additive", mode: str = "reversible",
+                     split_axis: int = -1, **kwargs):
+        """`num_blocks` blocks, each a new `(f, g)` pair from `make_block()`, run as one `tf.while_loop` over their
+        weights stacked along a leading `num_blocks` axis (a StackedReversibleSequence, reversible/stacked.py).
+        The graph does not grow with `num_blocks`; in "reversible" mode neither does the activation memory."""
+        # Not imported: reversible/stacked.py subclasses this class (an import here would be a cycle). The package
+        # imports it, which registers it with Keras.
+        stacked = keras.saving.get_registered_object("revnet>StackedReversibleSequence")
+        return stacked(make_block, num_blocks, coupling=coupling, mode=mode, split_axis=split_axis, **kwargs)
 
     def _split(self, x):
         if x.shape[self.split_axis] is not None and x.shape[self.split_axis] % 2:

@@ -45,7 +45,7 @@ def _grads(layer, x, training=None):
 
 def _max_difference(got, reference):
     assert len(got) == len(reference)
-    return max(np.max(np.abs(np.asarray(a) - np.asarray(b))) for a, b in zip(got, reference))
+    return max(np.max(np.abs(np.asarray(a) - np.asarray(b))) for a, b in zip(got, reference, strict=True))
 
 
 @pytest.mark.parametrize("mode", ["reversible", "recompute"])
@@ -126,7 +126,7 @@ def test_dropout_gradients_match_autodiff_with_the_same_masks(mode, graph):
     start = [v.numpy() for v in seeds]
 
     def step(layer):
-        for v, value in zip(seeds, start):
+        for v, value in zip(seeds, start, strict=True):
             v.assign(value)       # the same seed-generator states, so the same masks, in both modes
         grads = (tf.function(_grads) if graph else _grads)(layer, x, training=True)
         return grads, [v.numpy() for v in seeds]
@@ -175,7 +175,7 @@ def test_noise_and_statistics_shared_by_blocks_end_as_in_autodiff(mode):
     start = [v.numpy() for v in state]
     grads, after = {}, {}
     for name, layer in layers.items():
-        for v, value in zip(state, start):
+        for v, value in zip(state, start, strict=True):
             v.assign(value)
         grads[name] = _grads(layer, x, training=True)
         after[name] = [v.numpy() for v in state]
