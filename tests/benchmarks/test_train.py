@@ -85,16 +85,19 @@ def test_the_table_prints_the_ratios_the_targets_name(tiny_rows):
 
 
 # Runs COMMAND as a child subreaper (prctl PR_SET_CHILD_SUBREAPER), so any process it leaves behind is
-# re-parented here instead of to init; prints the command lines of those left, then ends them.
+# re-parented here instead of to init; prints the command lines of those left running, then ends them. One
+# that has already exited (a zombie, state Z, with an empty command line: it died with its parent and was
+# re-parented here before anyone reaped it) is not left behind.
 _REAPER = """
 import ctypes, json, os, signal, subprocess, sys, time
 ctypes.CDLL(None).prctl(36, 1)
 result = subprocess.run(sys.argv[1:], capture_output=True, text=True, timeout=900)
 time.sleep(1)
 left = []
-for entry in os.listdir("/proc"):
+for entry in filter(str.isdigit, os.listdir("/proc")):
     try:
-        if entry.isdigit() and int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1]) == os.getpid():
+        state, parent = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[:2]
+        if int(parent) == os.getpid() and state != "Z":
             left.append(open(f"/proc/{entry}/cmdline").read().replace("\\0", " "))
             os.kill(int(entry), signal.SIGKILL)
     except OSError:
