@@ -19,7 +19,7 @@ import pytest
 from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from revnet.serving.tensors import make_tensor_proto
-from reliability_helpers import fill_bomb, http_status, jpeg_bomb, png_bomb, post_head, raw_http
+from testkit.reliability_helpers import fill_bomb, http_status, jpeg_bomb, png_bomb, post_head, raw_http
 
 pytestmark = pytest.mark.slow
 

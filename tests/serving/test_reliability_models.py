@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from revnet.common.errors import UserError
-from reliability_helpers import png_bomb
+from testkit.reliability_helpers import png_bomb
 
 
 def copy_version(serving_env, model_dir, version):

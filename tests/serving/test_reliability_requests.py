@@ -16,7 +16,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from revnet.common.errors import UserError
 from revnet.serving.tensors import make_ndarray, make_tensor_proto
-from reliability_helpers import fill_bomb, http_status, jpeg_bomb, png_bomb, post_head, raw_http
+from testkit.reliability_helpers import fill_bomb, http_status, jpeg_bomb, png_bomb, post_head, raw_http
 
 MAX_BATCH, MAX_ROWS, MAX_PIXELS = 4, 40, 1_000_000
 PREDICT_PATH = "/v1/models/revnet:predict"

@@ -10,7 +10,7 @@ from PIL import Image
 from revnet.common.errors import UserError
 from revnet.serving.request_images import decode_image_numpy, decode_image_tf
 from revnet.serving.tensors import DT_FLOAT, InputSpec, fill_tensor_proto, make_ndarray, make_tensor_proto
-from reliability_helpers import fill_bomb, jpeg_bomb, png_bomb
+from testkit.reliability_helpers import fill_bomb, jpeg_bomb, png_bomb
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.int64, np.int32, np.uint8])
