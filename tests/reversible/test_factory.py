@@ -7,21 +7,8 @@ import pytest
 import tensorflow as tf
 import keras
 
-from revnet.reversible import Coupling, ReversibleSequence, StackedReversibleSequence
-
-
-@keras.saving.register_keras_serializable(package="revnet_tests_factory")
-class QuadraticCoupling(Coupling):
-    """A user's own coupling: y = x * (1 + fx**2) + fx."""
-
-    def forward(self, x, fx):
-        return x * (1 + fx ** 2) + fx
-
-    def inverse(self, y, fx):
-        return (y - fx) / (1 + fx ** 2)
-
-
-COUPLINGS = {"additive": "additive", "affine": "affine", "user": QuadraticCoupling()}
+from revnet.reversible import ReversibleSequence, StackedReversibleSequence
+from testkit.reversible_helpers import COUPLINGS, gradients, random_input
 
 
 def _factory(units=4, coupling="additive", dtype="float64", dropout=False, batch_norm=False, conv=False):
@@ -50,19 +37,6 @@ def _factory(units=4, coupling="additive", dtype="float64", dropout=False, batch
     return make_block
 
 
-def _x(seed, shape=(5, 8)):
-    return tf.constant(np.random.default_rng(seed).normal(size=shape), tf.float64)
-
-
-def _grads(layer, x, training=None):
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = tf.reduce_sum(tf.sin(layer(x, training=training)))
-    grads = tape.gradient(loss, [x] + layer.trainable_variables)
-    assert not any(isinstance(g, tf.IndexedSlices) for g in grads)   # dense, for every optimizer
-    return grads
-
-
 def _max_difference(got, reference):
     assert len(got) == len(reference)
     return max(np.max(np.abs(np.asarray(a) - np.asarray(b))) for a, b in zip(got, reference, strict=True))
@@ -70,7 +44,7 @@ def _max_difference(got, reference):
 
 def _pair(mode, depth=3, x=None, **factory):
     """The factory form in `mode` and in "autodiff" with the same weights and state."""
-    x = _x(0) if x is None else x
+    x = random_input(0) if x is None else x
     layers = {name: ReversibleSequence.from_factory(_factory(**factory), depth, coupling=COUPLINGS[
         factory.get("coupling", "additive")], mode=name, dtype="float64") for name in ("autodiff", mode)}
     for layer in layers.values():
@@ -83,9 +57,9 @@ def _pair(mode, depth=3, x=None, **factory):
 @pytest.mark.parametrize("mode", ["reversible", "recompute"])
 @pytest.mark.parametrize("coupling", COUPLINGS)
 def test_gradients_match_autodiff_float64(coupling, mode):
-    x = _x(0)
+    x = random_input(0)
     layers = _pair(mode, x=x, coupling=coupling)
-    reference, got = _grads(layers["autodiff"], x), _grads(layers[mode], x)
+    reference, got = gradients(layers["autodiff"], x), gradients(layers[mode], x)
     assert len(got) == 1 + 4   # x, then f's and g's kernel and bias, each stacked over the 3 blocks
     assert got[1].shape == (3, 4, 8 if coupling == "affine" else 4)
     assert _max_difference(got, reference) <= 1e-10
@@ -94,21 +68,21 @@ def test_gradients_match_autodiff_float64(coupling, mode):
 
 @pytest.mark.parametrize("coupling", ["additive", "affine"])
 def test_conv_blocks_gradients_match_autodiff_float64(coupling):
-    x = _x(1, shape=(2, 5, 5, 4))
+    x = random_input(1, shape=(2, 5, 5, 4))
     layers = _pair("reversible", depth=2, x=x, units=2, coupling=coupling, conv=True)
-    assert _max_difference(_grads(layers["reversible"], x), _grads(layers["autodiff"], x)) <= 1e-10
+    assert _max_difference(gradients(layers["reversible"], x), gradients(layers["autodiff"], x)) <= 1e-10
 
 
 @pytest.mark.parametrize("mode", ["reversible", "autodiff"])
 def test_factory_form_equals_the_list_form_of_the_same_blocks(mode):
     """The n-th block of the loop is the n-th make_block() pair: same output, and the stacked gradient's slice n is
     the gradient of block n's weights in the list form."""
-    x = _x(2)
+    x = random_input(2)
     make_block = _factory(dropout=True, batch_norm=True)
     listed = ReversibleSequence([make_block() for _ in range(3)], mode="autodiff", dtype="float64")
     stacked = ReversibleSequence.from_factory(_factory(dropout=True, batch_norm=True), 3, mode=mode, dtype="float64")
     np.testing.assert_array_equal(listed(x).numpy(), stacked(x).numpy())   # inference mode
-    reference, got = _grads(listed, x, training=True), _grads(stacked, x, training=True)
+    reference, got = gradients(listed, x, training=True), gradients(stacked, x, training=True)
     n = len(stacked.trainable_variables)   # f's and g's kernel, bias, gamma, beta
     per_block = [tf.stack([reference[1 + k + n * block] for block in range(3)]) for k in range(n)]
     assert _max_difference(got, reference[:1] + per_block) <= 1e-10
@@ -120,30 +94,30 @@ def test_factory_form_equals_the_list_form_of_the_same_blocks(mode):
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
 @pytest.mark.parametrize("mode", ["reversible", "recompute"])
 def test_dropout_gradients_match_autodiff_with_the_same_masks(mode, graph):
-    x = _x(3)
+    x = random_input(3)
     layers = _pair(mode, depth=2, x=x, dropout=True)
     seeds = layers[mode].non_trainable_variables
     assert [v.shape for v in seeds] == [(2, 2)] * 4   # Dropout's and GaussianNoise's seed state in f and g, per block
     start = [v.numpy() for v in seeds]
     grads, after = {}, {}
     for name, layer in layers.items():
-        grads[name] = (tf.function(_grads) if graph else _grads)(layer, x, training=True)
+        grads[name] = (tf.function(gradients) if graph else gradients)(layer, x, training=True)
         after[name] = [v.numpy() for v in layer.non_trainable_variables]
     assert _max_difference(after["autodiff"], start) > 0   # masks were drawn
     assert _max_difference(after[mode], after["autodiff"]) == 0   # the state moved once, as in autodiff
     assert _max_difference(grads[mode], grads["autodiff"]) <= 1e-10
-    without = _grads(layers[mode], x)   # inference: no masks, other gradients
+    without = gradients(layers[mode], x)   # inference: no masks, other gradients
     assert _max_difference(without, grads[mode]) > 0.1
 
 
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
 @pytest.mark.parametrize("mode", ["reversible", "recompute"])
 def test_batch_norm_statistics_move_once_per_step(mode, graph):
-    x = _x(4, shape=(6, 8))
+    x = random_input(4, shape=(6, 8))
     layers = _pair(mode, depth=2, x=x, batch_norm=True)
     stats, grads = {}, {}
     for name, layer in layers.items():
-        grads[name] = (tf.function(_grads) if graph else _grads)(layer, x, training=True)
+        grads[name] = (tf.function(gradients) if graph else gradients)(layer, x, training=True)
         stats[name] = [v.numpy() for v in layer.non_trainable_variables]
     assert [s.shape for s in stats[mode]] == [(2, 4)] * 4   # moving mean and variance of f's and g's BN, per block
     assert _max_difference(stats["autodiff"], [np.zeros((2, 4)), np.ones((2, 4))] * 2) > 0.01   # they moved
@@ -153,7 +127,7 @@ def test_batch_norm_statistics_move_once_per_step(mode, graph):
 
 @pytest.mark.parametrize("coupling", COUPLINGS)
 def test_inverse_rebuilds_input(coupling):
-    x = _x(5)
+    x = random_input(5)
     layer = ReversibleSequence.from_factory(_factory(coupling=coupling), 4, coupling=COUPLINGS[coupling],
                                             dtype="float64")
     y = layer(x)
@@ -168,12 +142,12 @@ def _ops(concrete):
 
 
 def test_runs_a_while_loop_whose_graph_does_not_grow_with_depth():
-    x = _x(6)
+    x = random_input(6)
     sizes = {}
     for depth in (2, 16):
         layer = ReversibleSequence.from_factory(_factory(dropout=True, batch_norm=True), depth, dtype="float64")
         layer(x)
-        sizes[depth], ops = _ops(tf.function(_grads).get_concrete_function(layer, x, training=True))
+        sizes[depth], ops = _ops(tf.function(gradients).get_concrete_function(layer, x, training=True))
         assert ops.count("While") + ops.count("StatelessWhile") == 2   # the forward loop and the backward loop
         # f's and g's Dense once each in the forward body; in the backward body, re-run and the two gradient
         # products each: 8, whatever the depth (an unrolled stack of 16 blocks would have 16 times as many).

@@ -3,21 +3,8 @@ import pytest
 import tensorflow as tf
 import keras
 
-from revnet.reversible import AdditiveCoupling, AffineCoupling, Coupling, ReversibleSequence
-
-
-@keras.saving.register_keras_serializable(package="revnet_tests")
-class QuadraticCoupling(Coupling):
-    """A user's own coupling: y = x * (1 + fx**2) + fx."""
-
-    def forward(self, x, fx):
-        return x * (1 + fx ** 2) + fx
-
-    def inverse(self, y, fx):
-        return (y - fx) / (1 + fx ** 2)
-
-
-COUPLINGS = {"additive": "additive", "affine": "affine", "user": QuadraticCoupling()}
+from revnet.reversible import AdditiveCoupling, AffineCoupling, ReversibleSequence
+from testkit.reversible_helpers import COUPLINGS, gradients, random_input
 
 
 def _dense(units, seed, **kwargs):
@@ -32,17 +19,6 @@ def _blocks(depth=3, units=4, coupling="additive", dtype="float64"):
     return [(_dense(width, 2 * k, dtype=dtype), _dense(width, 2 * k + 1, dtype=dtype)) for k in range(depth)]
 
 
-def _x(seed, shape=(5, 8)):
-    return tf.constant(np.random.default_rng(seed).normal(size=shape), tf.float64)
-
-
-def _grads(layer, x, training=None):
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        loss = tf.reduce_sum(tf.sin(layer(x, training=training)))
-    return tape.gradient(loss, [x] + layer.trainable_variables)
-
-
 def _max_difference(got, reference):
     assert len(got) == len(reference)
     return max(np.max(np.abs(np.asarray(a) - np.asarray(b))) for a, b in zip(got, reference, strict=True))
@@ -51,12 +27,12 @@ def _max_difference(got, reference):
 @pytest.mark.parametrize("mode", ["reversible", "recompute"])
 @pytest.mark.parametrize("coupling", COUPLINGS)
 def test_gradients_match_autodiff_float64(coupling, mode):
-    x = _x(0)
+    x = random_input(0)
     layer = ReversibleSequence(_blocks(coupling=coupling), coupling=COUPLINGS[coupling], mode=mode, dtype="float64")
     layer(x)
-    reference = _grads(ReversibleSequence(layer.blocks, coupling=COUPLINGS[coupling], mode="autodiff",
+    reference = gradients(ReversibleSequence(layer.blocks, coupling=COUPLINGS[coupling], mode="autodiff",
                                           dtype="float64"), x)
-    got = _grads(layer, x)
+    got = gradients(layer, x)
     assert len(got) == 1 + 12
     assert _max_difference(got, reference) <= 1e-10
 
@@ -75,7 +51,7 @@ class _Spy(keras.layers.Layer):
 
 
 def _spied(mode):
-    x = _x(0)
+    x = random_input(0)
     blocks = [tuple(_Spy(fn, dtype="float64") for fn in pair) for pair in _blocks(depth=2)]
     layer = ReversibleSequence(blocks, mode=mode, dtype="float64")
     layer(x)
@@ -88,7 +64,7 @@ def _spied(mode):
 @pytest.mark.parametrize("mode,calls", [("autodiff", 1), ("reversible", 2), ("recompute", 2)])
 def test_rerunning_modes_run_each_layer_again_in_the_backward_pass(mode, calls):
     x, layer, spies = _spied(mode)
-    _grads(layer, x)
+    gradients(layer, x)
     assert [spy.calls for spy in spies] == [calls] * 4
 
 
@@ -117,7 +93,7 @@ def _noisy_blocks(depth=2, units=4):
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
 @pytest.mark.parametrize("mode", ["reversible", "recompute"])
 def test_dropout_gradients_match_autodiff_with_the_same_masks(mode, graph):
-    x = _x(3)
+    x = random_input(3)
     blocks = _noisy_blocks()
     layers = {name: ReversibleSequence(blocks, mode=name, dtype="float64") for name in ("autodiff", mode)}
     layers[mode](x)
@@ -128,7 +104,7 @@ def test_dropout_gradients_match_autodiff_with_the_same_masks(mode, graph):
     def step(layer):
         for v, value in zip(seeds, start, strict=True):
             v.assign(value)       # the same seed-generator states, so the same masks, in both modes
-        grads = (tf.function(_grads) if graph else _grads)(layer, x, training=True)
+        grads = (tf.function(gradients) if graph else gradients)(layer, x, training=True)
         return grads, [v.numpy() for v in seeds]
 
     reference, reference_seeds = step(layers["autodiff"])
@@ -146,12 +122,12 @@ def _bn_blocks():
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
 @pytest.mark.parametrize("mode", ["reversible", "recompute"])
 def test_batch_norm_statistics_move_once_per_step(mode, graph):
-    x = _x(4, shape=(6, 8))
+    x = random_input(4, shape=(6, 8))
     stats, grads = {}, {}
     for name in ("autodiff", mode):
         layer = ReversibleSequence(_bn_blocks(), mode=name, dtype="float64")   # identical weights in both
         layer(x)
-        grads[name] = (tf.function(_grads) if graph else _grads)(layer, x, training=True)
+        grads[name] = (tf.function(gradients) if graph else gradients)(layer, x, training=True)
         stats[name] = [v.numpy() for v in layer.non_trainable_variables]
     assert len(stats[mode]) == 4   # moving mean and variance of each BatchNormalization
     assert _max_difference(stats["autodiff"], [np.zeros(4), np.ones(4)] * 2) > 0.01   # the statistics moved
@@ -167,7 +143,7 @@ def test_noise_and_statistics_shared_by_blocks_end_as_in_autodiff(mode):
     norm = keras.layers.BatchNormalization(momentum=0.5, dtype="float64")
     blocks = [(keras.Sequential([_dense(4, 2 * k, dtype="float64"), dropout]),
                keras.Sequential([_dense(4, 2 * k + 1, dtype="float64"), norm])) for k in range(2)]
-    x = _x(6, shape=(6, 8))
+    x = random_input(6, shape=(6, 8))
     layers = {name: ReversibleSequence(blocks, mode=name, dtype="float64") for name in ("autodiff", mode)}
     layers[mode](x)
     state = layers[mode].non_trainable_variables
@@ -177,7 +153,7 @@ def test_noise_and_statistics_shared_by_blocks_end_as_in_autodiff(mode):
     for name, layer in layers.items():
         for v, value in zip(state, start, strict=True):
             v.assign(value)
-        grads[name] = _grads(layer, x, training=True)
+        grads[name] = gradients(layer, x, training=True)
         after[name] = [v.numpy() for v in state]
     assert _max_difference(after["autodiff"], start) > 0.01
     assert _max_difference(after[mode], after["autodiff"]) <= 1e-12
@@ -186,7 +162,7 @@ def test_noise_and_statistics_shared_by_blocks_end_as_in_autodiff(mode):
 
 @pytest.mark.parametrize("coupling", COUPLINGS)
 def test_inverse_rebuilds_input(coupling):
-    x = _x(1)
+    x = random_input(1)
     layer = ReversibleSequence(_blocks(coupling=coupling), coupling=COUPLINGS[coupling], dtype="float64")
     y = layer(x)
     assert _max_difference([y], [x]) > 0.1
@@ -215,7 +191,7 @@ def test_odd_split_is_a_value_error():
 
 def test_affine_f_of_the_wrong_width_is_a_value_error():
     with pytest.raises(ValueError, match="twice"):
-        ReversibleSequence(_blocks(coupling="additive"), coupling="affine", dtype="float64")(_x(0))
+        ReversibleSequence(_blocks(coupling="additive"), coupling="affine", dtype="float64")(random_input(0))
 
 
 @pytest.mark.parametrize("coupling", COUPLINGS)
