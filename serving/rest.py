@@ -205,8 +205,9 @@ class _Api:
         # 405 naming them; a body, if any, is not read.
         started = time.perf_counter()
         try:
-            return _Reply(405, {"error": f"method {method[:32]} is not allowed; this API serves GET (status, "
-                                         f"metrics) and POST (predict)"},
+            return _Reply(405, {"error": f"method {method[:32]} is not allowed; this API serves GET (model "
+                                         "status, /v2 health and metadata, metrics) and POST (predict, /v2 "
+                                         "infer)"},
                           headers={"Allow": "GET, POST", "Connection": "close"})
         finally:
             self.core.metrics.record_request("rest_other", "405", time.perf_counter() - started, UNKNOWN, UNKNOWN)
