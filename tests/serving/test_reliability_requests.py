@@ -212,6 +212,25 @@ def test_rest_content_length_is_checked_before_reading(server, length, body, sta
     assert message in json.loads(response.partition(b"\r\n\r\n")[2])["error"]
 
 
+def _chunked(path: str, parts) -> bytes:
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n").encode()
+    return head + b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in parts) + b"0\r\n\r\n"
+
+
+def test_rest_chunked_bodies_are_served_and_counted_against_the_limit(server, images):
+    """A chunked body is read whole and served; one that streams past 64 MiB is 413 once past the limit."""
+    body = json.dumps({"instances": images[:2].tolist()}).encode()
+    parts = [body[i:i + 4096] for i in range(0, len(body), 4096)]
+    response = raw_http(server["handle"].rest_port, _chunked(PREDICT_PATH, parts), timeout=30)
+    assert http_status(response) == 200, response[:300]
+    assert len(json.loads(response.partition(b"\r\n\r\n")[2])["predictions"]) == 2
+    over = [b" " * (1 << 20)] * 65   # 65 MiB of whitespace, never valid to the end
+    response = raw_http(server["handle"].rest_port, _chunked(PREDICT_PATH, over), timeout=30)
+    assert http_status(response) == 413, response[:300]
+    assert "chunked request body exceeds the limit" in json.loads(response.partition(b"\r\n\r\n")[2])["error"]
+
+
 def test_an_unread_body_is_drained_so_a_client_still_sending_reads_the_answer(server):
     """A 404 answered before the body is read: the server reads and drops the rest of the body before it
     closes, so a client sending 16 MB finishes sending (no reset) and reads the answer."""
