@@ -58,14 +58,14 @@ def entry_for_model_dir(model_dir: str, backend: str) -> ModelEntry:
     return ModelEntry(os.path.basename(os.path.normpath(model_dir)), model_dir, backend)
 
 
-def read_model_config_file(path: str, default_backend: str) -> Tuple[ModelEntry, ...]:
+def read_model_config_text(path: str) -> str:
+    """The text of --model-config-file; a UserError naming why it cannot be read."""
     try:
         with open(path, "r", encoding="utf-8") as handle:
-            text = handle.read()
+            return handle.read()
     except (OSError, UnicodeDecodeError) as error:
         raise UserError(f"cannot read --model-config-file {path!r}: {getattr(error, 'strerror', None) or error}") \
             from None
-    return parse_model_config(text, default_backend, where=path)
 
 
 def parse_model_config(text_or_proto, default_backend: str, where: str = "the model config") -> Tuple[ModelEntry, ...]:

@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 from concurrent import futures
-from typing import Optional
+from typing import Optional, Tuple
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from revnet.common.errors import UserError
 from revnet.serving import warmup
-from revnet.serving.model_config import entry_for_model_dir, parse_model_config, read_model_config_file
+from revnet.serving.model_config import ModelEntry, entry_for_model_dir, parse_model_config, read_model_config_text
 from revnet.serving.repository import ModelManager, ModelRepository
 from revnet.serving.batching import DynamicBatcher
 from revnet.serving.grpc_service import add_services
@@ -90,7 +90,8 @@ def start_server(config: Optional[ServeConfig] = None, **options) -> ServerHandl
 
     health_servicer = health.HealthServicer()
     try:
-        core.models = ModelManager(_entries(config), make_repository)
+        entries, served_text = _entries(config)
+        core.models = ModelManager(entries, make_repository)
     except BaseException:
         _stop_workers(core)
         raise
@@ -116,9 +117,6 @@ def start_server(config: Optional[ServeConfig] = None, **options) -> ServerHandl
             raise UserError(f"cannot bind REST to {config.host}:{config.rest_port}: {error.strerror}") from None
     health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     poll_stop = threading.Event()
-    # The config text being served is read here, not on the thread: a change written as soon as start_server
-    # returns must count as a change.
-    served_text = _config_text(config.model_config_file) if config.model_config_file_poll_wait_seconds else None
     threading.Thread(target=_poll, args=(core.models, config, poll_stop, served_text), name="version-poll",
                      daemon=True).start()
     handle = ServerHandle(server, executor, bound, http_server, health_servicer, poll_stop, core)
@@ -131,10 +129,13 @@ def start_server(config: Optional[ServeConfig] = None, **options) -> ServerHandl
     return handle
 
 
-def _entries(config: ServeConfig):
+def _entries(config: ServeConfig) -> Tuple[Tuple[ModelEntry, ...], Optional[str]]:
+    """The models to serve, and the text of the model config file they were read from (None without one): the
+    version poll compares the file with that text, so a change written at any time after this read counts."""
     if config.model_config_file:
-        return read_model_config_file(config.model_config_file, config.backend)
-    return (entry_for_model_dir(config.model_dir, config.backend),)
+        text = read_model_config_text(config.model_config_file)
+        return parse_model_config(text, config.backend, where=config.model_config_file), text
+    return (entry_for_model_dir(config.model_dir, config.backend),), None
 
 
 def _track(models: ModelManager, metrics: Metrics, health_servicer) -> None:
