@@ -62,9 +62,10 @@ class _Replayed:
         return out
 
 
-def _taped_half(coupling, fn, x_in, y, dy, var_grads):
-    """Rebuild x from y = coupling.forward(x, fn(x_in)), re-running fn under a tape, and pull dy back through this
-    half-block: (x, gradient of x_in, gradient of x); the gradients of fn's weights are added into `var_grads`."""
+def _rebuild_half(coupling, run, weights, x_in, y, dy):
+    """Rebuild x from y = coupling.forward(x, run(x_in)), re-running `run` under a tape, and pull dy back through
+    this half-block: (x, gradient of x_in, gradient of x, gradients of `weights`, the tensors or variables `run`
+    reads). The list form and the factory form (stacked.py) both walk back through this."""
     # In a graph (tf.function) the re-run waits for dy, the gradient of the half-block after this one. Otherwise
     # nothing orders the reconstruction chain after the gradients: the executor may rebuild every block ahead of
     # the backward pass and keep all their taped activations alive, so memory grows with depth as autodiff's does.
@@ -72,18 +73,25 @@ def _taped_half(coupling, fn, x_in, y, dy, var_grads):
     with tf.control_dependencies([dy]):
         x_in, y = tf.identity(x_in), tf.identity(y)
     with tf.GradientTape() as tape:
-        tape.watch(x_in)
-        fx = fn(x_in)
+        tape.watch([x_in] + weights)
+        fx = run(x_in)
         with tape.stop_recording():
             x = coupling.inverse(y, fx)
         tape.watch(x)
         y = coupling.forward(x, fx)
-    fn_vars = _tf_variables(fn.layer)
-    grads = tape.gradient(y, [x_in, x] + fn_vars, output_gradients=dy,
+    grads = tape.gradient(y, [x_in, x] + weights, output_gradients=dy,
                           unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    for v, d in zip(fn_vars, grads[2:], strict=True):
+    return x, grads[0], grads[1], grads[2:]
+
+
+def _taped_half(coupling, fn, x_in, y, dy, var_grads):
+    """`_rebuild_half` for a replayed layer: (x, gradient of x_in, gradient of x); the gradients of fn's weights
+    are added into `var_grads`."""
+    fn_vars = _tf_variables(fn.layer)
+    x, dx_in, dx, grads = _rebuild_half(coupling, fn, fn_vars, x_in, y, dy)
+    for v, d in zip(fn_vars, grads, strict=True):
         var_grads[id(v)] = var_grads.get(id(v), 0) + d
-    return x, grads[0], grads[1]
+    return x, dx_in, dx
 
 
 def _check_layers(blocks) -> None:

@@ -32,7 +32,7 @@ import tensorflow as tf
 import keras
 from tensorflow.python.eager import record
 
-from revnet.reversible.sequence import ReversibleSequence, _check_layers
+from revnet.reversible.sequence import ReversibleSequence, _check_layers, _rebuild_half
 
 
 class _Template:
@@ -281,19 +281,9 @@ class StackedReversibleSequence(ReversibleSequence):
         """Rebuild x from y = coupling.forward(x, fn(x_in)) and pull dy back through this half-block:
         (x, gradient of x_in, gradient of x, gradients of fn's weights). fn re-runs from the state it started the
         step with: the forward pass's masks, and its new state is dropped."""
-        # The re-run waits for dy, so blocks are rebuilt one at a time behind the gradients (sequence.py).
-        with tf.control_dependencies([dy]):
-            x_in, y = tf.identity(x_in), tf.identity(y)
-        with tf.GradientTape() as tape:
-            tape.watch([x_in] + weights)
-            fx, _ = _stateless(fn, weights, state, x_in, training)
-            with tape.stop_recording():
-                x = self.coupling.inverse(y, fx)
-            tape.watch(x)
-            y = self.coupling.forward(x, fx)
-        grads = tape.gradient(y, [x_in, x] + weights, output_gradients=dy,
-                              unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        return x, grads[0], grads[1], grads[2:]
+        def run(h):
+            return _stateless(fn, weights, state, h, training)[0]
+        return _rebuild_half(self.coupling, run, weights, x_in, y, dy)
 
     def _block_recompute(self, p, s, x1, x2, dy1, dy2, training):
         """Re-run the block from its kept input: (x1, x2, dx1, dx2, [f's, g's grads])."""
